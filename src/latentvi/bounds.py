@@ -5,7 +5,7 @@ Every function takes the same four things:
 * ``x: [*B, *X]`` — the data, ``*B`` batch dimensions and ``*X`` the likelihood's event shape;
 * ``q`` — the approximate posterior q(z|x), batch shape ``[*B]``, event shape ``[Z]``;
 * ``prior`` — p(z), batch shape broadcastable to ``[*B]`` (p(z|x) for a conditional model);
-* ``likelihood`` — a callable ``z: [S, *B, Z] -> p(x|z)`` with batch shape ``[S, *B]``, event ``*X``.
+* ``likelihood`` — a callable ``z: [S, *B, Z] -> p(x|z)``, batch shape ``[S, *B]``, event ``*X``.
 
 and returns one value per example, shape ``[*B]``, in nats, summed over data and latent dimensions.
 Reductions over the batch are the caller's. Samples are reparameterized whenever ``q`` allows it, so
@@ -97,17 +97,15 @@ def elbo_kl(
 ) -> Tensor:
     """ELBO as ``E_q[log p(x|z)] - KL(q ‖ p(z))``: ``[*B]``.
 
-    The KL is analytic through ``torch.distributions.kl_divergence`` when ``analytic_kl`` and a closed
-    form is registered for the pair, else a Monte Carlo estimate on the same draws of ``z``.
+    The KL is analytic through ``torch.distributions.kl_divergence`` when ``analytic_kl`` and a
+    closed form is registered for the pair, else a Monte Carlo estimate on the same draws of ``z``.
     """
     check_num_samples(num_samples)
     _check_data(x, q)
     z = sample(q, num_samples)  # (S, *B, Z)
     expected_log_likelihood = likelihood(z).log_prob(x).mean(0)  # (*B)
-    if analytic_kl:
-        divergence = kl(q, prior, z)
-    else:
-        divergence = (q.log_prob(z) - prior.log_prob(z)).mean(0)
+    monte_carlo = not analytic_kl
+    divergence = (q.log_prob(z) - prior.log_prob(z)).mean(0) if monte_carlo else kl(q, prior, z)
     return expected_log_likelihood - divergence
 
 
@@ -195,5 +193,5 @@ def importance_log_likelihood(
 
 
 def posterior_gap(q: Distribution, posterior: Distribution) -> Tensor:
-    """KL(q(z|x) ‖ p(z|x)) ``[*B]``: the exact value of ``log p(x) - ELBO(q)`` when p(z|x) is known."""
+    """KL(q(z|x) ‖ p(z|x)) ``[*B]``: exactly ``log p(x) - ELBO(q)`` when p(z|x) is known."""
     return kl(q, posterior)

@@ -4,7 +4,7 @@ Conventions used across latentvi:
 
 * A latent ``z`` always has an *event* dimension: a distribution over ``z`` has batch shape ``[*B]``
   and event shape ``[Z]``, so ``q.log_prob(z)`` is ``[*B]`` (summed over the latent dimensions).
-* Discrete latents are one-hot vectors (``OneHotCategorical``), so they also have event shape ``[K]``.
+* Discrete latents are one-hot vectors (``OneHotCategorical``): they too have event shape ``[K]``.
 * All log densities are in nats.
 """
 
@@ -50,12 +50,12 @@ def standard_normal(latent_dim: int, *, dtype=None, device=None) -> Independent:
 
 
 def positive_scale(raw: Tensor, min_scale: float = 1e-5) -> Tensor:
-    """Map an unconstrained tensor to a positive scale with softplus (stable, no ``exp`` blow-up)."""
+    """Map an unconstrained tensor to a positive scale by softplus (stable, no ``exp`` blow-up)."""
     return F.softplus(raw) + min_scale
 
 
 def inverse_softplus(scale: Tensor | float, min_scale: float = 1e-5) -> Tensor:
-    """The raw value whose :func:`positive_scale` is ``scale``: ``log(expm1(scale - min_scale))``."""
+    """The raw value whose :func:`positive_scale` is ``scale``: ``log(expm1(scale - min))``."""
     y = torch.as_tensor(scale) - min_scale
     return y + torch.log(-torch.expm1(-y))
 

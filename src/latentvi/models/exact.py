@@ -8,7 +8,7 @@
 Both expose the same small interface that the bounds and inference code consume: ``prior`` (p(z),
 event shape ``[Z]``), ``likelihood(z)`` (p(x|z) for ``z: [*S, *B, Z]``, event shape ``[D]``),
 ``log_joint(x, z)``, ``log_marginal(x)``, ``posterior(x)`` and ``sample(n)``. Parameters are
-``nn.Parameter`` so that θ can be fitted by variational inference and checked against the closed form.
+``nn.Parameter`` so θ can be fitted by variational inference and checked against the closed form.
 """
 
 from __future__ import annotations
