@@ -83,3 +83,24 @@ def test_softplus_scale_round_trip():
 def test_check_finite_names_the_argument():
     with pytest.raises(ValueError, match="weights contains NaN"):
         check_finite("weights", torch.tensor([1.0, math.nan]))
+
+
+def test_image_likelihoods_sum_over_pixels():
+    from latentvi.distributions import bernoulli, continuous_bernoulli
+
+    logits = torch.randn(4, 1, 3, 3, dtype=torch.float64)
+    x = torch.rand(4, 1, 3, 3, dtype=torch.float64)
+    binary = (x > 0.5).double()
+    expected = -torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, binary, reduction="none"
+    ).sum((1, 2, 3))
+    torch.testing.assert_close(bernoulli(logits, 3).log_prob(binary), expected)
+    cb = continuous_bernoulli(logits, 3)
+    assert cb.batch_shape == (4,) and cb.event_shape == (1, 3, 3)
+    # The continuous Bernoulli density integrates to one: check one pixel by the trapezoid rule.
+    grid = torch.linspace(0, 1, 20001, dtype=torch.float64)
+    single = continuous_bernoulli(torch.tensor([[0.7]], dtype=torch.float64).expand(20001, 1))
+    integral = torch.trapezoid(single.log_prob(grid.unsqueeze(-1)).exp(), grid)
+    assert abs(integral.item() - 1.0) < 1e-6
+    gauss = diagonal_gaussian(torch.zeros(4, 1, 3, 3), torch.ones(4, 1, 3, 3), event_dims=3)
+    assert gauss.log_prob(torch.zeros(4, 1, 3, 3)).shape == (4,)

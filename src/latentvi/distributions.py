@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import (
+    Bernoulli,
+    ContinuousBernoulli,
     Distribution,
     Independent,
     MultivariateNormal,
@@ -25,7 +27,9 @@ from torch.distributions import (
 )
 
 __all__ = [
+    "bernoulli",
     "check_finite",
+    "continuous_bernoulli",
     "diagonal_gaussian",
     "entropy",
     "has_analytic_entropy",
@@ -38,9 +42,26 @@ __all__ = [
 ]
 
 
-def diagonal_gaussian(loc: Tensor, scale: Tensor) -> Independent:
-    """N(loc, diag(scale²)) over the last dimension: batch ``loc.shape[:-1]``, event ``[Z]``."""
-    return Independent(Normal(loc, scale), 1)
+def diagonal_gaussian(loc: Tensor, scale: Tensor, event_dims: int = 1) -> Independent:
+    """N(loc, diag(scale²)) over the last ``event_dims`` dimensions.
+
+    With the default ``event_dims=1``: batch ``loc.shape[:-1]``, event ``[Z]``. Images use
+    ``event_dims=3`` (``[C, H, W]``) so that ``log_prob`` sums over every pixel.
+    """
+    return Independent(Normal(loc, scale), event_dims)
+
+
+def bernoulli(logits: Tensor, event_dims: int = 1) -> Independent:
+    """Independent Bernoulli pixels/bits over the last ``event_dims`` dimensions (binary data)."""
+    return Independent(Bernoulli(logits=logits, validate_args=False), event_dims)
+
+
+def continuous_bernoulli(logits: Tensor, event_dims: int = 1) -> Independent:
+    """Independent continuous Bernoulli over the last ``event_dims`` dimensions, for data in [0, 1].
+
+    The properly normalized density for intensities (Loaiza-Ganem & Cunningham 2019).
+    """
+    return Independent(ContinuousBernoulli(logits=logits, validate_args=False), event_dims)
 
 
 def standard_normal(latent_dim: int, *, dtype=None, device=None) -> Independent:

@@ -1,0 +1,115 @@
+"""Small frozen dataclass configs behind the command line.
+
+A config is a frozen dataclass whose fields are declared with :func:`option`, which records the help
+text; :func:`add_arguments` turns the fields into ``--kebab-case`` command-line options and
+:func:`from_arguments` builds the config back, so the dataclass's ``__post_init__`` validation runs
+exactly once, for the Python API and the CLI alike. Validation raises ``ValueError`` naming the
+field, the value and the fix (see :func:`require`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import tempfile
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = [
+    "add_arguments",
+    "from_arguments",
+    "option",
+    "require",
+    "save_config",
+    "to_dict",
+]
+
+T = TypeVar("T")
+
+
+def option(default: Any, help: str, *, choices: tuple | None = None) -> Any:
+    """A dataclass field with a default and the ``--help`` text for its command-line option."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def require(condition: bool, field: str, value: Any, fix: str) -> None:
+    """Raise ``ValueError("<field> = <value> is invalid: <fix>")`` unless ``condition`` holds."""
+    if not condition:
+        raise ValueError(f"{field} = {value!r} is invalid: {fix}")
+
+
+def _option_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """(the scalar type, whether None is allowed) for annotations like ``int | None``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0], True
+    return annotation, False
+
+
+def add_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
+    """Add one ``--option`` per field of the dataclass ``config_type`` (help: :func:`option`)."""
+    hints = typing.get_type_hints(config_type)
+    for field in dataclasses.fields(config_type):
+        if not field.init:
+            continue
+        kind, optional = _base_type(hints[field.name])
+        help_text = field.metadata.get("help", "")
+        choices = field.metadata.get("choices")
+        name = _option_name(field.name)
+        if kind is bool:
+            parser.add_argument(
+                name,
+                action=argparse.BooleanOptionalAction,
+                default=field.default,
+                help=f"{help_text} (default: {field.default})",
+            )
+            continue
+        parser.add_argument(
+            name,
+            type=_none_or(kind) if optional else kind,
+            default=field.default,
+            choices=choices,
+            metavar=kind.__name__.upper() if choices is None else None,
+            help=f"{help_text} (default: {field.default})",
+        )
+
+
+def _none_or(kind: type):
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def from_arguments(config_type: type[T], arguments: argparse.Namespace) -> T:
+    """Build ``config_type`` from parsed arguments (its ``__post_init__`` validates)."""
+    values = {f.name: getattr(arguments, f.name) for f in dataclasses.fields(config_type) if f.init}
+    return config_type(**values)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (possibly nested) dataclass config."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def save_config(config: Any, path: str | os.PathLike) -> Path:
+    """Write ``config`` as JSON atomically (temp file in the same folder, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        json.dump(to_dict(config), handle, indent=2, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)
+    return path

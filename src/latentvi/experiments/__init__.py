@@ -1,0 +1,1 @@
+"""Jobs that compose the library into one run: what the CLI's sub-commands call."""
