@@ -38,6 +38,7 @@ __all__ = [
     "elbo_entropy",
     "elbo_enumerated",
     "elbo_kl",
+    "elbo_terms",
     "importance_log_likelihood",
     "iwae_bound",
     "log_weights",
@@ -87,6 +88,30 @@ def elbo_entropy(
     return log_joint.mean(0) + h
 
 
+def elbo_terms(
+    x: Tensor,
+    q: Distribution,
+    prior: Distribution,
+    likelihood: Likelihood,
+    num_samples: int = 1,
+    analytic_kl: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """The two terms of the KL-form ELBO: ``(E_q[log p(x|z)], KL(q ‖ p(z)))``, each ``[*B]``.
+
+    The expectation averages ``num_samples`` draws of ``z ~ q`` (reparameterized when possible).
+    The KL is analytic through ``torch.distributions.kl_divergence`` when ``analytic_kl`` and a
+    closed form is registered for the pair, else a Monte Carlo estimate on the same draws of ``z``.
+    Models that weight the terms (β-VAE) use this; :func:`elbo_kl` is their difference.
+    """
+    check_num_samples(num_samples)
+    _check_data(x, q)
+    z = sample(q, num_samples)  # (S, *B, Z)
+    expected_log_likelihood = likelihood(z).log_prob(x).mean(0)  # (*B)
+    monte_carlo = not analytic_kl
+    divergence = (q.log_prob(z) - prior.log_prob(z)).mean(0) if monte_carlo else kl(q, prior, z)
+    return expected_log_likelihood, divergence
+
+
 def elbo_kl(
     x: Tensor,
     q: Distribution,
@@ -95,17 +120,10 @@ def elbo_kl(
     num_samples: int = 1,
     analytic_kl: bool = True,
 ) -> Tensor:
-    """ELBO as ``E_q[log p(x|z)] - KL(q ‖ p(z))``: ``[*B]``.
-
-    The KL is analytic through ``torch.distributions.kl_divergence`` when ``analytic_kl`` and a
-    closed form is registered for the pair, else a Monte Carlo estimate on the same draws of ``z``.
-    """
-    check_num_samples(num_samples)
-    _check_data(x, q)
-    z = sample(q, num_samples)  # (S, *B, Z)
-    expected_log_likelihood = likelihood(z).log_prob(x).mean(0)  # (*B)
-    monte_carlo = not analytic_kl
-    divergence = (q.log_prob(z) - prior.log_prob(z)).mean(0) if monte_carlo else kl(q, prior, z)
+    """ELBO as ``E_q[log p(x|z)] - KL(q ‖ p(z))``: ``[*B]`` (see :func:`elbo_terms`)."""
+    expected_log_likelihood, divergence = elbo_terms(
+        x, q, prior, likelihood, num_samples, analytic_kl
+    )
     return expected_log_likelihood - divergence
 
 
