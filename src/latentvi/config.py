@@ -65,6 +65,16 @@ def add_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
         help_text = field.metadata.get("help", "")
         choices = field.metadata.get("choices")
         name = _option_name(field.name)
+        if typing.get_origin(kind) is tuple:
+            item = typing.get_args(kind)[0]
+            parser.add_argument(
+                name,
+                type=_comma_separated(item),
+                default=field.default,
+                metavar=f"{item.__name__.upper()},...",
+                help=f"{help_text}, comma-separated (default: {','.join(map(str, field.default))})",
+            )
+            continue
         if kind is bool:
             parser.add_argument(
                 name,
@@ -81,6 +91,19 @@ def add_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
             metavar=kind.__name__.upper() if choices is None else None,
             help=f"{help_text} (default: {field.default})",
         )
+
+
+def _comma_separated(item: type):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(item(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {item.__name__} values like 200,200; got {text!r}"
+            ) from None
+
+    parse.__name__ = f"{item.__name__} list"
+    return parse
 
 
 def _none_or(kind: type):
