@@ -212,3 +212,15 @@ def test_mismatched_batch_shapes_are_refused(linear):
             num_samples=5,
             chunk_size=0,
         )
+
+
+def test_enumerated_elbo_with_zero_probability_components(mixture):
+    x = mixture.sample(2, torch.Generator().manual_seed(12))
+    logits = torch.tensor([[0.0, -math.inf, 1.0], [0.0, 0.0, -math.inf]], dtype=torch.float64)
+    logits.requires_grad_(True)
+    q = OneHotCategorical(logits=logits)
+    elbo = elbo_enumerated(x, q, mixture.prior, mixture.likelihood)
+    assert torch.isfinite(elbo).all()
+    (grad,) = torch.autograd.grad(elbo.sum(), logits)
+    assert torch.isfinite(grad).all()
+    assert (elbo <= mixture.log_marginal(x)).all()

@@ -34,6 +34,7 @@ Likelihood = Callable[[Tensor], Distribution]
 
 __all__ = [
     "Likelihood",
+    "check_data",
     "check_num_samples",
     "elbo_entropy",
     "elbo_enumerated",
@@ -49,11 +50,12 @@ __all__ = [
 def check_num_samples(num_samples: int, name: str = "num_samples") -> int:
     """Validate a sample count: a positive integer, else ``ValueError`` naming ``name``."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"{name} must be a positive integer (K >= 1), got {num_samples!r}")
+        raise ValueError(f"{name} must be a positive integer (>= 1), got {num_samples!r}")
     return num_samples
 
 
-def _check_data(x: Tensor, q: Distribution) -> None:
+def check_data(x: Tensor, q: Distribution) -> None:
+    """Raise ``ValueError`` unless ``x [*B, *X]`` has the leading batch dimensions of ``q``."""
     batch = q.batch_shape
     if x.dim() < len(batch) or not _broadcastable(x.shape[: len(batch)], batch):
         raise ValueError(
@@ -81,7 +83,7 @@ def elbo_entropy(
     same draws.
     """
     check_num_samples(num_samples)
-    _check_data(x, q)
+    check_data(x, q)
     z = sample(q, num_samples)  # (S, *B, Z)
     log_joint = likelihood(z).log_prob(x) + prior.log_prob(z)  # (S, *B)
     h = entropy(q, z) if analytic_entropy else -q.log_prob(z).mean(0)
@@ -104,7 +106,7 @@ def elbo_terms(
     Models that weight the terms (β-VAE) use this; :func:`elbo_kl` is their difference.
     """
     check_num_samples(num_samples)
-    _check_data(x, q)
+    check_data(x, q)
     z = sample(q, num_samples)  # (S, *B, Z)
     expected_log_likelihood = likelihood(z).log_prob(x).mean(0)  # (*B)
     monte_carlo = not analytic_kl
@@ -135,11 +137,16 @@ def elbo_enumerated(
     ``Σ_z q(z) [log p(x|z) + log p(z) - log q(z)]`` over ``q.enumerate_support()`` (e.g. one-hot
     categorical latents). No sampling, so no Monte Carlo error.
     """
-    _check_data(x, q)
+    check_data(x, q)
     z = q.enumerate_support(expand=True)  # (K, *B, K)
     log_q = q.log_prob(z)  # (K, *B)
     log_joint = likelihood(z).log_prob(x) + prior.log_prob(z)
-    return (log_q.exp() * (log_joint - log_q)).sum(0)
+    # Components with q(z) = 0 contribute nothing; mask them before subtracting so that neither
+    # the value nor the gradient sees 0 · ∞.
+    support = log_q > -math.inf
+    safe_log_q = torch.where(support, log_q, torch.zeros_like(log_q))
+    terms = torch.where(support, safe_log_q.exp() * (log_joint - safe_log_q), 0.0)
+    return terms.sum(0)
 
 
 def log_weights(
@@ -151,7 +158,7 @@ def log_weights(
 ) -> Tensor:
     """Importance log-weights ``log p(x, z_k) - log q(z_k|x)`` for ``z_k ~ q``: ``[K, *B]``."""
     check_num_samples(num_samples)
-    _check_data(x, q)
+    check_data(x, q)
     z = sample(q, num_samples)  # (K, *B, Z)
     return likelihood(z).log_prob(x) + prior.log_prob(z) - q.log_prob(z)
 

@@ -45,7 +45,7 @@ from torch.distributions import (
     kl_divergence,
 )
 
-from latentvi.bounds import Likelihood, _check_data, check_num_samples, elbo_kl
+from latentvi.bounds import Likelihood, check_data, check_num_samples, elbo_kl
 from latentvi.distributions import kl, sample
 
 __all__ = [
@@ -271,7 +271,7 @@ def score_function_elbo(
         analytic_kl: use the closed-form KL where one is registered.
     """
     check_num_samples(num_samples)
-    _check_data(x, q)
+    check_data(x, q)
     z = sample(q, num_samples).detach()  # (S, *B, Z): no path from z back to φ
     log_likelihood = likelihood(z).log_prob(x)  # (S, *B)
     divergence = _try_kl(q, prior) if analytic_kl else None
@@ -357,7 +357,7 @@ def gumbel_softmax_elbo(
         )
     logits = _categorical_logits(logits_or_q)  # (*B, K)
     q = OneHotCategorical(logits=logits)
-    _check_data(x, q)
+    check_data(x, q)
     relaxed = RelaxedOneHotCategorical(torch.as_tensor(temperature).to(logits), logits=logits)
     y = relaxed.rsample(torch.Size([num_samples]))  # (S, *B, K), on the simplex
     hard = F.one_hot(y.argmax(-1), logits.shape[-1]).to(y)  # (S, *B, K), exact draws from q
