@@ -9,11 +9,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-__all__ = ["plot_vi_report", "save_figure"]
+__all__ = [
+    "image_grid",
+    "plot_image_grid",
+    "plot_latent_scatter",
+    "plot_training_curves",
+    "plot_vi_report",
+    "save_figure",
+]
 
 
 def save_figure(figure: plt.Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
@@ -72,4 +81,65 @@ def plot_vi_report(
     bars.invert_yaxis()
     bars.set_xlabel("total gradient variance (trace of covariance), log scale")
     bars.set_title("Gradient estimator variance at the same q")
+    return save_figure(figure, path)
+
+
+def image_grid(images: torch.Tensor, columns: int | None = None, pad: int = 1) -> np.ndarray:
+    """Tile images ``[N, C, H, W]`` (values in [0, 1]) into one array ``[rows·(H+pad), …, C]``."""
+    images = images.detach().float().clamp(0, 1).cpu()
+    n, channels, height, width = images.shape
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / columns))
+    grid = np.ones((rows * (height + pad) + pad, columns * (width + pad) + pad, channels))
+    for i in range(n):
+        r, c = divmod(i, columns)
+        top, left = pad + r * (height + pad), pad + c * (width + pad)
+        grid[top : top + height, left : left + width] = images[i].permute(1, 2, 0).numpy()
+    return grid[..., 0] if channels == 1 else grid
+
+
+def plot_image_grid(
+    images: torch.Tensor, path: str | os.PathLike, title: str = "", columns: int | None = None
+) -> Path:
+    """Save a grid of images ``[N, C, H, W]`` in [0, 1] as a PNG."""
+    grid = image_grid(images, columns)
+    figure, axis = plt.subplots(
+        figsize=(max(3.0, grid.shape[1] / 30), max(3.0, grid.shape[0] / 30))
+    )
+    axis.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axis.set_axis_off()
+    if title:
+        axis.set_title(title)
+    return save_figure(figure, path)
+
+
+def plot_latent_scatter(
+    points: torch.Tensor, labels: torch.Tensor, path: str | os.PathLike, title: str = ""
+) -> Path:
+    """Scatter of 2-D points ``[N, 2]`` coloured by integer labels ``[N]``."""
+    points, labels = points.detach().cpu().numpy(), labels.detach().cpu().numpy()
+    figure, axis = plt.subplots(figsize=(6, 5))
+    scatter = axis.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=3, alpha=0.7)
+    figure.colorbar(scatter, ax=axis, label="label")
+    axis.set_title(title)
+    return save_figure(figure, path)
+
+
+def plot_training_curves(
+    records: Sequence[Mapping[str, float]],
+    keys: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "",
+) -> Path:
+    """Plot ``keys`` of metric records (each with a ``step``) against the step, one panel."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for key in keys:
+        points = [(r["step"], r[key]) for r in records if key in r and r[key] is not None]
+        if points:
+            steps, values = zip(*points, strict=True)
+            axis.plot(steps, values, label=key, marker="." if len(points) < 30 else None)
+    axis.set_xlabel("step")
+    axis.set_ylabel("nats per example")
+    axis.set_title(title)
+    axis.legend()
     return save_figure(figure, path)
