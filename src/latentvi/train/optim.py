@@ -1,0 +1,86 @@
+"""The optimizer side of a step: the default AdamW, the gradient-norm check, resumed settings."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from latentvi.train.config import TrainConfig
+
+__all__ = ["adopt_hyperparameters", "default_optimizer", "gradient_norm", "hyperparameters"]
+
+logger = logging.getLogger(__name__)
+
+
+def default_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """``AdamW(model.parameters())`` with the config's lr, betas, eps and weight_decay."""
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=config.lr,
+        betas=config.betas,
+        eps=config.eps,
+        weight_decay=config.weight_decay,
+    )
+
+
+def gradient_norm(model: torch.nn.Module, clip: float | None) -> tuple[float, str | None]:
+    """(global L2 norm of the gradients before clipping, what is non-finite or None).
+
+    The second value names the first parameter with a non-finite gradient, e.g.
+    ``"gradient of encoder.weight"``; gradients are then left as they are. Otherwise, with
+    `clip`, they are scaled in place by ``min(1, clip / (norm + 1e-6))`` (as
+    ``torch.nn.utils.clip_grad_norm_`` does).
+    """
+    grads = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+    if not grads:
+        return 0.0, None
+    device = grads[0][1].device
+    norms = [torch.linalg.vector_norm(g.detach()).double().to(device) for _, g in grads]
+    norm = float(torch.linalg.vector_norm(torch.stack(norms)))
+    if not math.isfinite(norm):
+        for name, grad in grads:
+            if not bool(torch.isfinite(grad).all()):
+                return norm, f"gradient of {name}"
+        return norm, "gradient norm"  # finite parts whose squares overflow
+    if clip is not None:
+        scale = clip / (norm + 1e-6)
+        if scale < 1.0:
+            for _, grad in grads:
+                grad.detach().mul_(scale)
+    return norm, None
+
+
+def hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """A copy of each param group's settings (everything but ``params``)."""
+    return [
+        {key: _copy(value) for key, value in group.items() if key != "params"}
+        for group in optimizer.param_groups
+    ]
+
+
+def _copy(value):
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+def adopt_hyperparameters(optimizer: torch.optim.Optimizer, wanted: list[dict]) -> None:
+    """Set the param groups' settings to `wanted` (from :func:`hyperparameters` of a freshly
+    built optimizer) after loading a checkpoint, warning about each change. An unchanged config
+    changes nothing; a lowered lr after divergence takes effect."""
+    for index, (group, settings) in enumerate(zip(optimizer.param_groups, wanted, strict=True)):
+        for key, value in settings.items():
+            saved = group.get(key)
+            if isinstance(saved, torch.Tensor) and isinstance(value, torch.Tensor):
+                same = torch.equal(saved, value)
+            else:
+                same = saved == value
+            if not same:
+                logger.warning(
+                    "param group %d: %s = %r from the current config (checkpoint had %r)",
+                    index,
+                    key,
+                    value,
+                    saved,
+                )
+                group[key] = value
