@@ -55,7 +55,139 @@ def _run_vi(arguments: argparse.Namespace) -> None:
         print(format_vi_report(results))
 
 
-COMMANDS: list[Callable] = [_add_vi]
+def _add_train(subparsers) -> None:
+    from latentvi.experiments.vae import DataConfig
+    from latentvi.models.vae import VAEConfig
+    from latentvi.train import TrainConfig
+
+    train = subparsers.add_parser(
+        "train", help="train a model (see: latentvi train vae --help)", description="Train a model."
+    )
+    models = train.add_subparsers(
+        dest="model", required=True, metavar="MODEL", parser_class=_Parser
+    )
+    vae = models.add_parser(
+        "vae",
+        help="a variational autoencoder on images",
+        description="Train a VAE (or IWAE, β-VAE, two-layer VAE) on an image data set. The run "
+        "folder gets checkpoints, metrics and the configs; --resume continues a stopped run.",
+    )
+    for group_name, config_type in (
+        ("data", DataConfig),
+        ("model", VAEConfig),
+        ("training", TrainConfig),
+    ):
+        add_arguments(vae.add_argument_group(group_name), config_type)
+    vae.set_defaults(out="runs/vae")
+    vae.add_argument("--resume", action="store_true", help="continue the run in --out")
+    vae.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    vae.set_defaults(handler=_run_train_vae)
+
+
+def _run_train_vae(arguments: argparse.Namespace) -> None:
+    from latentvi.experiments.vae import DataConfig, train_vae
+    from latentvi.models.vae import VAEConfig
+    from latentvi.train import TrainConfig
+
+    summary = train_vae(
+        from_arguments(VAEConfig, arguments),
+        from_arguments(DataConfig, arguments),
+        from_arguments(TrainConfig, arguments),
+        resume=arguments.resume,
+    )
+    _print(summary, arguments.json)
+
+
+def _print(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    for key, value in result.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for inner, item in value.items():
+                print(f"  {inner}: {_format(item)}")
+        else:
+            print(f"{key}: {_format(value)}")
+
+
+def _format(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _add_eval(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="held-out ELBO and importance-sampled log-likelihood of a run",
+        description="Evaluate a trained run on held-out data: the ELBO and the importance-"
+        "sampled log-likelihood (nats per example), each with its standard error.",
+    )
+    parser.add_argument("run", help="run folder written by latentvi train")
+    parser.add_argument(
+        "--importance-samples", type=int, default=5000, help="K per example (default: 5000)"
+    )
+    parser.add_argument(
+        "--n-examples", type=int, default=None, help="evaluate the first N examples (default: all)"
+    )
+    parser.add_argument(
+        "--split", choices=("test", "valid"), default="test", help="held-out split (default: test)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=_run_eval)
+
+
+def _run_eval(arguments: argparse.Namespace) -> None:
+    from latentvi.experiments.vae import evaluate_run
+
+    result = evaluate_run(
+        arguments.run,
+        importance_samples=arguments.importance_samples,
+        n_examples=arguments.n_examples,
+        split=arguments.split,
+        progress=not arguments.json,
+    )
+    _print(result, arguments.json)
+
+
+def _add_sample(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sample",
+        help="draw images from a trained model",
+        description="Sample z ~ p(z), x ~ p(x|z).",
+    )
+    parser.add_argument("run", help="run folder written by latentvi train")
+    parser.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
+    parser.add_argument("--out", default="samples.png", help="PNG to write (default: samples.png)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.set_defaults(handler=_run_sample)
+
+
+def _run_sample(arguments: argparse.Namespace) -> None:
+    from latentvi.experiments.vae import sample_run
+
+    print(sample_run(arguments.run, arguments.n, arguments.out, arguments.seed))
+
+
+def _add_plot(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plot",
+        help="figures of a trained run",
+        description="Reconstructions, prior samples, the 2-D latent manifold (latent-dim 2), a "
+        "scatter of posterior means coloured by label, and training curves.",
+    )
+    parser.add_argument("run", help="run folder written by latentvi train")
+    parser.add_argument("--out", default=None, help="folder for the PNGs (default: RUN/figures)")
+    parser.set_defaults(handler=_run_plot)
+
+
+def _run_plot(arguments: argparse.Namespace) -> None:
+    from latentvi.experiments.vae import plot_run
+
+    for path in plot_run(arguments.run, arguments.out):
+        print(path)
+
+
+COMMANDS: list[Callable] = [_add_vi, _add_train, _add_eval, _add_sample, _add_plot]
 
 
 def build_parser() -> argparse.ArgumentParser:

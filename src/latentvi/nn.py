@@ -4,6 +4,7 @@
 * :class:`GaussianHead` — splits ``[*B, 2Z]`` features into a location and a raw scale and returns the
   diagonal Gaussian ``N(loc, diag(softplus(raw)²))`` with batch ``[*B]`` and event ``[Z]``. It holds
   no parameters, so it follows any body whose last layer has ``2Z`` outputs (a conv body later).
+* :class:`ConvEncoder` / :class:`ConvDecoder` — stride-2 convolutional bodies for images.
 * :class:`DiagonalGaussianEncoder` — ``MLP`` then ``GaussianHead``: the amortized posterior
   q_φ(z|x) of Kingma & Welling (2014), one network that maps every x to its own Gaussian.
 """
@@ -13,12 +14,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor, nn
 from torch.distributions import Independent
 
 from latentvi.distributions import diagonal_gaussian, positive_scale
 
-__all__ = ["MLP", "DiagonalGaussianEncoder", "GaussianHead"]
+__all__ = ["MLP", "ConvDecoder", "ConvEncoder", "DiagonalGaussianEncoder", "GaussianHead"]
 
 Activation = Callable[[], nn.Module]
 
@@ -121,3 +123,83 @@ class DiagonalGaussianEncoder(nn.Module):
                 f"x has shape {tuple(x.shape)} but the encoder expects [*B, {self.in_features}]"
             )
         return self.head(self.body(x))
+
+
+def _conv_spatial(data_shape: Sequence[int], layers: int) -> tuple[int, int]:
+    _, height, width = data_shape
+    factor = 2**layers
+    if height % factor or width % factor:
+        raise ValueError(
+            f"data_shape {tuple(data_shape)}: height and width must be divisible by 2^{layers} = "
+            f"{factor} for {layers} stride-2 convolutions; pad the images or change channels"
+        )
+    return height // factor, width // factor
+
+
+def _flatten_batch(x: Tensor, event_dims: int) -> tuple[Tensor, torch.Size]:
+    batch = x.shape[: x.dim() - event_dims]
+    return x.reshape(-1, *x.shape[x.dim() - event_dims :]), batch
+
+
+class ConvEncoder(nn.Module):
+    """Stride-2 convolutions (kernel 4, padding 1) then flatten: ``[*B, C, H, W] -> [*B, F]``.
+
+    Each layer halves the height and width, so H and W must be divisible by ``2^len(channels)``;
+    ``out_features`` is ``channels[-1] · H/2^L · W/2^L``.
+    """
+
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        channels: Sequence[int] = (32, 64),
+        activation: Activation = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        channels = tuple(_check_positive_int("channels (each)", c) for c in channels)
+        height, width = _conv_spatial(data_shape, len(channels))
+        layers: list[nn.Module] = []
+        previous = data_shape[0]
+        for size in channels:
+            layers += [nn.Conv2d(previous, size, 4, stride=2, padding=1), activation()]
+            previous = size
+        self.body = nn.Sequential(*layers, nn.Flatten())
+        self.out_features = channels[-1] * height * width
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat, batch = _flatten_batch(x, 3)
+        return self.body(flat).reshape(*batch, self.out_features)
+
+
+class ConvDecoder(nn.Module):
+    """Linear map to a small feature map, then stride-2 transposed convolutions.
+
+    ``[*B, Z] -> [*B, C, H, W]``: the mirror of :class:`ConvEncoder` with the same ``channels``.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        data_shape: Sequence[int],
+        channels: Sequence[int] = (32, 64),
+        activation: Activation = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        channels = tuple(_check_positive_int("channels (each)", c) for c in channels)
+        self.height, self.width = _conv_spatial(data_shape, len(channels))
+        self.top_channels = channels[-1]
+        self.data_shape = tuple(data_shape)
+        self.project = nn.Linear(latent_dim, channels[-1] * self.height * self.width)
+        layers: list[nn.Module] = [activation()]
+        reversed_channels = (*reversed(channels), data_shape[0])
+        for i, (fan_in, fan_out) in enumerate(
+            itertools.pairwise(reversed_channels)
+        ):
+            layers.append(nn.ConvTranspose2d(fan_in, fan_out, 4, stride=2, padding=1))
+            if i < len(channels) - 1:
+                layers.append(activation())
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        flat, batch = _flatten_batch(z, 1)
+        features = self.project(flat).reshape(-1, self.top_channels, self.height, self.width)
+        return self.body(features).reshape(*batch, *self.data_shape)

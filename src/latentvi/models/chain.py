@@ -7,6 +7,7 @@ draws the first block and then the second given the first; ``log_prob`` adds the
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 
 import torch
@@ -26,7 +27,7 @@ class GaussianChain(Distribution):
             ``[z₁, z₂]`` as the posterior q(z₁|x) q(z₂|z₁).
     """
 
-    arg_constraints: dict = {}
+    arg_constraints: typing.ClassVar[dict] = {}
     support = constraints.real_vector
     has_rsample = True
 

@@ -1,0 +1,337 @@
+"""VAE jobs behind ``latentvi train vae``, ``eval``, ``sample`` and ``plot``, and :func:`load`.
+
+A run folder holds everything needed to rebuild the model without running code from it:
+``model.json`` (the model kind, data shape, model and data configs), ``config.json`` (the resolved
+training config), ``checkpoints/step-*/`` (safetensors weights and JSON state), ``metrics.jsonl`` /
+``metrics.csv`` and TensorBoard scalars. :func:`load` reads ``model.json`` and the latest
+checkpoint's ``model.safetensors`` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latentvi.config import option, require, to_dict
+from latentvi.data import DATASETS, Batches, ImageDataset, binarize_static, load_dataset
+from latentvi.models.vae import VAE, VAEConfig
+from latentvi.train import TrainConfig, fit, load_checkpoint
+
+__all__ = [
+    "DataConfig",
+    "evaluate_run",
+    "load",
+    "load_data",
+    "plot_run",
+    "sample_run",
+    "train_vae",
+]
+
+BINARIZE = ("dynamic", "static", "none")
+MODEL_FILE = "model.json"
+TEST_BINARIZATION_SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data set to train on and how to present it."""
+
+    dataset: str = option(
+        "mnist", "data set: mnist, fashion-mnist, digits or idx", choices=DATASETS
+    )
+    root: str | None = option(None, "folder of idx files (for idx, or to override a data set)")
+    binarize: str = option(
+        "dynamic",
+        "dynamic: a fresh Bernoulli draw of every image each epoch (Burda et al.); static: one "
+        "fixed draw; none: keep intensities (use a gaussian or continuous-bernoulli likelihood)",
+        choices=BINARIZE,
+    )
+    batch_size: int = option(100, "examples per optimizer step")
+    validation: bool = option(
+        False, "hold out a validation split (MNIST: 50k/10k) and validate on it instead of test"
+    )
+    valid_examples: int = option(2000, "examples used by each periodic validation pass")
+
+    def __post_init__(self) -> None:
+        require(
+            self.dataset in DATASETS,
+            "dataset",
+            self.dataset,
+            f"choose one of {', '.join(DATASETS)}",
+        )
+        require(self.binarize in BINARIZE, "binarize", self.binarize, f"choose one of {BINARIZE}")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "use a positive integer")
+        require(
+            self.valid_examples >= 1,
+            "valid_examples",
+            self.valid_examples,
+            "use a positive integer",
+        )
+        require(
+            self.dataset != "idx" or self.root is not None,
+            "root",
+            self.root,
+            "the idx data set needs --root pointing at a folder of idx files",
+        )
+
+
+def load_data(data: DataConfig, split: str) -> ImageDataset:
+    """The split (``train``, ``valid`` or ``test``) of the configured data set."""
+    return load_dataset(data.dataset, split, validation=data.validation, root=data.root)
+
+
+def _evaluation_images(data: DataConfig, dataset: ImageDataset) -> torch.Tensor:
+    """Held-out images as the model sees them: binarized once with a fixed seed when training
+    binarizes (the usual protocol for dynamically binarized MNIST), else as they are."""
+    if data.binarize == "none":
+        return dataset.images
+    return binarize_static(dataset.images, TEST_BINARIZATION_SEED)
+
+
+def _check_likelihood(model_config: VAEConfig, data: DataConfig) -> None:
+    binary = data.binarize != "none"
+    require(
+        not binary or model_config.likelihood == "bernoulli",
+        "likelihood",
+        model_config.likelihood,
+        "binarized data needs the bernoulli likelihood (or pass --binarize none)",
+    )
+    require(
+        binary or model_config.likelihood != "bernoulli",
+        "likelihood",
+        model_config.likelihood,
+        "intensities (--binarize none) need gaussian, gaussian-fixed or continuous-bernoulli",
+    )
+
+
+def train_vae(
+    model_config: VAEConfig,
+    data: DataConfig,
+    train: TrainConfig,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train a VAE; return the training result summary (JSON-ready)."""
+    _check_likelihood(model_config, data)
+    require(train.out is not None, "out", train.out, "give a run folder, e.g. --out runs/vae")
+    train_set = load_data(data, "train")
+    held_out = load_data(data, "valid" if data.validation else "test")
+    images = train_set.images
+    if data.binarize == "static":
+        images = binarize_static(images, train.seed)
+    dynamic = "dynamic" if data.binarize == "dynamic" else None
+    valid_images = _evaluation_images(data, held_out)[: data.valid_examples]
+
+    def make_batches(epoch, generator, *, start=0, rank=0, world_size=1):
+        batches = Batches(
+            images,
+            batch_size=data.batch_size,
+            binarize=dynamic,
+            rank=rank,
+            world_size=world_size,
+        )
+        return batches.iterate(generator, start=start)
+
+    def make_valid_batches():
+        return Batches(valid_images, batch_size=500, shuffle=False).iterate()
+
+    per_epoch = Batches(images, batch_size=data.batch_size).num_batches
+    model = VAE(train_set.shape, model_config)
+    out = Path(train.out)
+    spec = {
+        "kind": "vae",
+        "data_shape": list(train_set.shape),
+        "model": to_dict(model_config),
+        "data": to_dict(data),
+    }
+    if not resume or not (out / MODEL_FILE).exists():
+        _write_json(out / MODEL_FILE, spec)
+    result = fit(
+        model,
+        make_batches,
+        per_epoch,
+        train,
+        make_valid_batches=make_valid_batches,
+        optimizer_factory=_adamw(train),
+        resume=resume,
+        extra_config=spec,
+    )
+    return {
+        "run_dir": str(out),
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "metrics": result.metrics,
+        "last_checkpoint": str(result.last_checkpoint),
+    }
+
+
+def _adamw(train: TrainConfig):
+    """AdamW with the fused CPU/GPU kernel where this PyTorch has it (same maths, fewer passes)."""
+
+    def factory(model: torch.nn.Module) -> torch.optim.Optimizer:
+        kwargs = {"lr": train.lr, "betas": train.betas, "eps": train.eps}
+        try:
+            return torch.optim.AdamW(
+                model.parameters(), weight_decay=train.weight_decay, fused=True, **kwargs
+            )
+        except (RuntimeError, TypeError):
+            return torch.optim.AdamW(model.parameters(), weight_decay=train.weight_decay, **kwargs)
+
+    return factory
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def _read_spec(run_dir: str | os.PathLike) -> dict[str, Any]:
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ValueError(f"run folder {str(run)!r} does not exist: train one with latentvi train")
+    path = run / MODEL_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"{path} is missing: {str(run)!r} is not a latentvi run folder (train one first)"
+        )
+    try:
+        spec = json.loads(path.read_text())
+        kind, shape, model = spec["kind"], spec["data_shape"], spec["model"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is corrupt ({error}); retrain or restore it") from None
+    if kind != "vae":
+        raise ValueError(f"{path}: unknown model kind {kind!r}")
+    spec["model"] = {k: tuple(v) if isinstance(v, list) else v for k, v in model.items()}
+    spec["data_shape"] = tuple(shape)
+    return spec
+
+
+def load(run_dir: str | os.PathLike, map_location: str | torch.device = "cpu") -> VAE:
+    """The trained model of a run folder, in eval mode (weights of the latest checkpoint).
+
+    Reads only JSON and safetensors: loading runs no code from the folder.
+    """
+    spec = _read_spec(run_dir)
+    model = VAE(spec["data_shape"], VAEConfig(**spec["model"]))
+    load_checkpoint(run_dir, model, map_location=map_location, restore_rng=False)
+    model.data_config = DataConfig(**spec["data"])
+    return model.eval()
+
+
+@torch.no_grad()
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    importance_samples: int = 5000,
+    n_examples: int | None = None,
+    batch_size: int = 100,
+    chunk_size: int = 500,
+    split: str = "test",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Held-out ELBO and importance-sampled log-likelihood, nats per example, with standard errors.
+
+    Each example's log p(x) is estimated with ``importance_samples`` draws from q(z|x) (Burda et
+    al. 2016, eq. 2); the standard errors are those of the mean over examples (they include the
+    Monte Carlo noise of each example's estimate).
+    """
+    from tqdm.auto import tqdm
+
+    require(importance_samples >= 1, "importance_samples", importance_samples, "use K >= 1")
+    require(n_examples is None or n_examples >= 1, "n_examples", n_examples, "use N >= 1")
+    model = load(run_dir)
+    data = model.data_config
+    images = _evaluation_images(data, load_data(data, split))
+    if n_examples is not None:
+        images = images[:n_examples]
+    torch.manual_seed(TEST_BINARIZATION_SEED)
+    elbos, log_likelihoods = [], []
+    for start in tqdm(
+        range(0, images.shape[0], batch_size), desc="eval", disable=not progress, unit="batch"
+    ):
+        x = images[start : start + batch_size]
+        elbos.append(model.elbo(x))
+        estimate, _ = model.log_likelihood(
+            x, importance_samples, min(chunk_size, importance_samples)
+        )
+        log_likelihoods.append(estimate)
+    elbo, log_likelihood = torch.cat(elbos).double(), torch.cat(log_likelihoods).double()
+    n = elbo.shape[0]
+    return {
+        "elbo": elbo.mean().item(),
+        "log_likelihood": log_likelihood.mean().item(),
+        "elbo_stderr": (elbo.std() / math.sqrt(n)).item() if n > 1 else 0.0,
+        "log_likelihood_stderr": (log_likelihood.std() / math.sqrt(n)).item() if n > 1 else 0.0,
+        "n_examples": n,
+        "importance_samples": importance_samples,
+        "split": split,
+        "units": "nats per example",
+    }
+
+
+@torch.no_grad()
+def sample_run(run_dir: str | os.PathLike, n: int, out: str | os.PathLike, seed: int = 0) -> Path:
+    """Draw ``n`` images from the model (decoder means) and save them as a grid PNG."""
+    from latentvi.plots import plot_image_grid
+
+    require(n >= 1, "n", n, "use a positive number of samples")
+    model = load(run_dir)
+    torch.manual_seed(seed)
+    images = model.sample(n, mean=True)
+    return plot_image_grid(images, out, title=f"{n} samples from p(x)")
+
+
+@torch.no_grad()
+def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
+    """Reconstructions, prior samples, the latent manifold (2-D latents), a posterior-mean scatter
+    coloured by label, and the training curves. Returns the written files."""
+    from latentvi.plots import plot_image_grid, plot_latent_scatter, plot_training_curves
+    from latentvi.train import read_metrics
+
+    model = load(run_dir)
+    out = Path(out) if out is not None else Path(run_dir) / "figures"
+    data = model.data_config
+    test = load_data(data, "test")
+    images = _evaluation_images(data, test)
+    torch.manual_seed(0)
+    written = []
+    originals = images[:32]
+    pairs = torch.stack([originals, model.reconstruct(originals)], 1).flatten(0, 1)
+    written.append(
+        plot_image_grid(pairs, out / "reconstructions.png", "data | reconstruction", columns=16)
+    )
+    written.append(
+        plot_image_grid(model.sample(64, mean=True), out / "samples.png", "p(x) samples")
+    )
+    if model.config.latent_dim == 2 and model.config.stochastic_layers == 1:
+        grid = torch.linspace(-2.5, 2.5, 15)
+        z = torch.stack(torch.meshgrid(grid, grid.flip(0), indexing="xy"), -1).reshape(-1, 2)
+        manifold = model.decode(z).mean
+        written.append(
+            plot_image_grid(manifold, out / "manifold.png", "latent manifold", columns=15)
+        )
+    subset = slice(0, 5000)
+    q = model.encode(images[subset])
+    means = q.mean if model.config.stochastic_layers == 1 else q.first.mean
+    if means.shape[-1] > 2:
+        centred = means - means.mean(0)
+        _, _, basis = torch.linalg.svd(centred, full_matrices=False)
+        means, title = centred @ basis[:2].T, "posterior means (first two principal components)"
+    else:
+        title = "posterior means"
+    written.append(plot_latent_scatter(means, test.labels[subset], out / "latent.png", title))
+    records = read_metrics(run_dir)
+    keys = [
+        k
+        for k in ("train/elbo", "eval/elbo", "train/iwae", "eval/iwae")
+        if any(k in r for r in records)
+    ]
+    if keys:
+        written.append(plot_training_curves(records, keys, out / "curves.png", "training"))
+    return written

@@ -1,0 +1,315 @@
+"""Variational autoencoders (Kingma & Welling 2014; Rezende, Mohamed & Wierstra 2014).
+
+One class, :class:`VAE`, covers the lecture's model and its common variants through its config:
+
+* a Gaussian encoder q(z|x) = N(μ_φ(x), σ_φ(x)) and a decoder p(x|z) matched to the data — Bernoulli
+  (binary pixels), continuous Bernoulli (intensities in [0, 1], Loaiza-Ganem & Cunningham 2019), or
+  Gaussian with a learned or a fixed σ — on MLP or convolutional bodies;
+* one or two stochastic layers (the two-layer model of Burda, Grosse & Salakhutdinov 2016,
+  x → z₁ → z₂ with p(z₂) p(z₁|z₂) p(x|z₁));
+* objectives: the ELBO with analytic KL, β-VAE (Higgins et al. 2017), and the IWAE-K bound, with the
+  doubly-reparameterized (DReG) gradient as an option (Tucker et al. 2019).
+
+The public API is the distributions: ``encode(x)`` → q(z|x), ``decode(z)`` → p(x|z), ``prior`` →
+p(z); and ``elbo(x)``, ``log_likelihood(x, importance_samples=K)``, ``sample(n)``,
+``reconstruct(x)``, ``interpolate(a, b)``. ``loss(batch)`` is what the training loop calls.
+Shapes: images ``x [*B, C, H, W]``; latents ``z [*S, *B, Z]``; every bound is ``[*B]`` nats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from latentvi.bounds import elbo_terms, importance_log_likelihood, iwae_bound
+from latentvi.config import option, require
+from latentvi.distributions import (
+    bernoulli,
+    continuous_bernoulli,
+    diagonal_gaussian,
+    positive_scale,
+    standard_normal,
+)
+from latentvi.gradients import iwae_dreg
+from latentvi.models.chain import GaussianChain
+from latentvi.nn import MLP, ConvDecoder, ConvEncoder, GaussianHead
+
+__all__ = ["VAE", "VAEConfig"]
+
+LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "gaussian-fixed")
+OBJECTIVES = ("elbo", "iwae")
+BODIES = ("mlp", "conv")
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    """Architecture and objective of a :class:`VAE`."""
+
+    latent_dim: int = option(50, "size of the (top) latent z")
+    hidden: tuple[int, ...] = option((200, 200), "hidden layer sizes of the MLP bodies")
+    body: str = option("mlp", "network body: mlp or conv", choices=BODIES)
+    likelihood: str = option("bernoulli", "decoder distribution p(x|z)", choices=LIKELIHOODS)
+    fixed_std: float = option(0.1, "σ of the gaussian-fixed likelihood")
+    stochastic_layers: int = option(1, "1, or 2 for Burda et al.'s two-layer model")
+    latent_dim_1: int = option(100, "size of z₁, the lower latent of the two-layer model")
+    hidden_1: tuple[int, ...] = option((100, 100), "hidden sizes between z₁ and z₂ (two-layer)")
+    objective: str = option("elbo", "training objective: elbo or iwae", choices=OBJECTIVES)
+    num_samples: int = option(1, "samples of z per example (K for iwae)")
+    beta: float = option(1.0, "weight of the KL term (β-VAE; 1 is the ELBO)")
+    dreg: bool = option(False, "doubly-reparameterized gradient for the IWAE objective")
+    activation: str = option("tanh", "hidden activation: tanh, relu or elu")
+
+    def __post_init__(self) -> None:
+        require(self.latent_dim >= 1, "latent_dim", self.latent_dim, "use a positive integer")
+        require(self.latent_dim_1 >= 1, "latent_dim_1", self.latent_dim_1, "use a positive integer")
+        for name in ("hidden", "hidden_1"):
+            sizes = getattr(self, name)
+            require(
+                len(sizes) >= 1 and all(int(h) >= 1 for h in sizes),
+                name,
+                sizes,
+                "give one or more positive layer sizes, e.g. 200,200",
+            )
+        require(self.body in BODIES, "body", self.body, f"choose one of {', '.join(BODIES)}")
+        require(
+            self.likelihood in LIKELIHOODS,
+            "likelihood",
+            self.likelihood,
+            f"choose one of {', '.join(LIKELIHOODS)}",
+        )
+        require(
+            self.objective in OBJECTIVES,
+            "objective",
+            self.objective,
+            f"choose one of {', '.join(OBJECTIVES)}",
+        )
+        require(self.fixed_std > 0, "fixed_std", self.fixed_std, "use a positive σ")
+        require(
+            self.stochastic_layers in (1, 2),
+            "stochastic_layers",
+            self.stochastic_layers,
+            "use 1 or 2",
+        )
+        require(self.num_samples >= 1, "num_samples", self.num_samples, "use K >= 1")
+        require(self.beta >= 0, "beta", self.beta, "use a non-negative KL weight")
+        require(
+            not self.dreg or self.objective == "iwae",
+            "dreg",
+            self.dreg,
+            "DReG is a gradient for the IWAE objective; set objective=iwae",
+        )
+        require(
+            not self.dreg or self.stochastic_layers == 1,
+            "dreg",
+            self.dreg,
+            "DReG is implemented for one stochastic layer (a diagonal Gaussian q); drop --dreg",
+        )
+        require(
+            self.body == "mlp" or self.stochastic_layers == 1,
+            "body",
+            self.body,
+            "the two-layer model uses MLP bodies; set body=mlp",
+        )
+        require(
+            self.activation in _ACTIVATIONS,
+            "activation",
+            self.activation,
+            f"choose one of {', '.join(_ACTIVATIONS)}",
+        )
+
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+
+
+def _gaussian_layer(body: nn.Module, features: int, latent_dim: int) -> nn.Module:
+    """``body`` then a linear map to (μ, raw σ) and :class:`~latentvi.nn.GaussianHead`:
+    inputs → a diagonal Gaussian with event ``[Z]``."""
+    return nn.Sequential(body, nn.Linear(features, 2 * latent_dim), GaussianHead())
+
+
+class _ImageLikelihood(nn.Module):
+    """Maps decoder outputs ``[*S, *B, C·H·W]`` (or images) to p(x|z) with event ``[C, H, W]``."""
+
+    def __init__(self, kind: str, shape: tuple[int, int, int], fixed_std: float) -> None:
+        super().__init__()
+        self.kind, self.shape = kind, tuple(shape)
+        self.fixed_std = fixed_std
+        if kind == "gaussian":
+            self.raw_std = nn.Parameter(torch.full(self.shape, -1.0))  # softplus(-1) ≈ 0.31
+
+    def forward(self, output: Tensor) -> Distribution:
+        output = output.reshape(
+            *output.shape[: output.dim() - _trailing(output, self.shape)], *self.shape
+        )
+        if self.kind == "bernoulli":
+            return bernoulli(output, 3)
+        if self.kind == "continuous-bernoulli":
+            return continuous_bernoulli(output, 3)
+        if self.kind == "gaussian":
+            return diagonal_gaussian(output, positive_scale(self.raw_std).expand_as(output), 3)
+        return diagonal_gaussian(output, torch.full_like(output, self.fixed_std), 3)
+
+
+def _trailing(output: Tensor, shape: tuple[int, ...]) -> int:
+    """How many trailing dims of ``output`` hold one example's decoder output (1 flat or 3 image)."""
+    return 3 if tuple(output.shape[-3:]) == shape else 1
+
+
+class VAE(nn.Module):
+    """A variational autoencoder over images of shape ``data_shape = (C, H, W)``.
+
+    Build from a :class:`VAEConfig`; see the module docstring for the options and papers.
+    """
+
+    def __init__(self, data_shape: tuple[int, int, int], config: VAEConfig | None = None) -> None:
+        super().__init__()
+        config = config or VAEConfig()
+        if len(data_shape) != 3 or any(int(s) < 1 for s in data_shape):
+            raise ValueError(f"data_shape must be (C, H, W) with positive sizes, got {data_shape}")
+        self.config = config
+        self.data_shape = tuple(int(s) for s in data_shape)
+        features = self.data_shape[0] * self.data_shape[1] * self.data_shape[2]
+        activation = _ACTIVATIONS[config.activation]
+        hidden = tuple(int(h) for h in config.hidden)
+        out_per_pixel = features
+        self.likelihood_head = _ImageLikelihood(
+            config.likelihood, self.data_shape, config.fixed_std
+        )
+        bottom = config.latent_dim_1 if config.stochastic_layers == 2 else config.latent_dim
+        if config.body == "conv":
+            encoder_body = ConvEncoder(self.data_shape)
+            self.encoder = _gaussian_layer(encoder_body, encoder_body.out_features, bottom)
+            self.decoder = ConvDecoder(bottom, self.data_shape)
+        else:
+            self.encoder = _gaussian_layer(
+                nn.Sequential(nn.Flatten(-3), MLP(features, hidden[:-1], hidden[-1], activation)),
+                hidden[-1],
+                bottom,
+            )
+            self.decoder = MLP(bottom, tuple(reversed(hidden)), out_per_pixel, activation)
+        if config.stochastic_layers == 2:
+            hidden_1 = tuple(int(h) for h in config.hidden_1)
+            top = config.latent_dim
+            self.encoder_2 = _gaussian_layer(
+                MLP(bottom, hidden_1[:-1], hidden_1[-1], activation), hidden_1[-1], top
+            )
+            self.decoder_2 = _gaussian_layer(
+                MLP(top, tuple(reversed(hidden_1))[:-1], hidden_1[0], activation),
+                hidden_1[0],
+                bottom,
+            )
+        self.register_buffer("_zero", torch.zeros(()), persistent=False)
+
+    # --- the model as distributions -------------------------------------------------------
+    @property
+    def latent_dim(self) -> int:
+        """Size of the full latent vector (z₁ and z₂ concatenated for the two-layer model)."""
+        c = self.config
+        return c.latent_dim + (c.latent_dim_1 if c.stochastic_layers == 2 else 0)
+
+    @property
+    def prior(self) -> Distribution:
+        """p(z): N(0, I) or, with two layers, p(z₂) p(z₁|z₂) over ``z = [z₁, z₂]``."""
+        top = standard_normal(
+            self.config.latent_dim, dtype=self._zero.dtype, device=self._zero.device
+        )
+        if self.config.stochastic_layers == 1:
+            return top
+        return GaussianChain(top, self.decoder_2, reverse=True)
+
+    def encode(self, x: Tensor) -> Distribution:
+        """q(z|x) for images ``x [*B, C, H, W]``: batch ``[*B]``, event ``[Z]``."""
+        self._check_images(x)
+        q1 = self.encoder(x)
+        if self.config.stochastic_layers == 1:
+            return q1
+        return GaussianChain(q1, self.encoder_2)
+
+    def decode(self, z: Tensor) -> Distribution:
+        """p(x|z) for ``z [*S, *B, Z]``: batch ``[*S, *B]``, event ``[C, H, W]``."""
+        bottom = z[..., : self.config.latent_dim_1] if self.config.stochastic_layers == 2 else z
+        return self.likelihood_head(self.decoder(bottom))
+
+    # --- bounds -------------------------------------------------------------------------------
+    def elbo(self, x: Tensor, num_samples: int = 1) -> Tensor:
+        """ELBO per example ``[*B]`` in nats (analytic KL where registered)."""
+        expected, divergence = elbo_terms(x, self.encode(x), self.prior, self.decode, num_samples)
+        return expected - divergence
+
+    def iwae(self, x: Tensor, num_samples: int) -> Tensor:
+        """IWAE-K bound per example ``[*B]`` in nats."""
+        return iwae_bound(x, self.encode(x), self.prior, self.decode, num_samples)
+
+    @torch.no_grad()
+    def log_likelihood(
+        self, x: Tensor, importance_samples: int = 5000, chunk_size: int = 500
+    ) -> tuple[Tensor, Tensor]:
+        """Importance-sampled log p(x) with q(z|x) as proposal: ``([*B], [*B])`` estimate, stderr."""
+        q = self.encode(x)
+        return importance_log_likelihood(
+            x, q, self.prior, self.decode, importance_samples, chunk_size
+        )
+
+    # --- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = False) -> Tensor:
+        """``n`` images from p(x) = ∫ p(x|z) p(z) dz: ``[n, C, H, W]`` (``mean``: E[x|z] instead)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        likelihood = self.decode(self.prior.sample((n,)))
+        return likelihood.mean if mean else likelihood.sample()
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """E[x | z = mean of q(z|x)]: ``[*B, C, H, W]``."""
+        return self.decode(_location(self.encode(x))).mean
+
+    @torch.no_grad()
+    def interpolate(self, a: Tensor, b: Tensor, steps: int = 8) -> Tensor:
+        """Decode the straight line between the posterior means of images ``a`` and ``b``.
+
+        ``a, b [C, H, W]`` → ``[steps, C, H, W]`` (the decoder's mean at each point).
+        """
+        za, zb = _location(self.encode(torch.stack([a, b])))
+        weights = torch.linspace(0, 1, steps, device=za.device).unsqueeze(-1)
+        return self.decode((1 - weights) * za + weights * zb).mean
+
+    # --- training -------------------------------------------------------------------------------
+    def loss(self, batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training objective: ``(loss to minimize, metrics)``, both per-example means in nats.
+
+        ``batch`` is images ``[B, C, H, W]`` or a tuple whose first element is.
+        """
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        c = self.config
+        q = self.encode(x)
+        if c.objective == "iwae":
+            if c.dreg:
+                bound = iwae_dreg(x, q, self.prior, self.decode, c.num_samples)
+            else:
+                bound = iwae_bound(x, q, self.prior, self.decode, c.num_samples)
+            value = bound.mean()
+            return -value, {"iwae": value.detach(), "loss/neg_iwae": -value.detach()}
+        expected, divergence = elbo_terms(x, q, self.prior, self.decode, c.num_samples)
+        losses = {"recon": -expected.mean(), "kl": divergence.mean()}
+        total = losses["recon"] + c.beta * losses["kl"]
+        metrics = {f"loss/{k}": v.detach() for k, v in losses.items()}
+        metrics["elbo"] = -(losses["recon"] + losses["kl"]).detach()
+        return total, metrics
+
+    def _check_images(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or tuple(x.shape[-3:]) != self.data_shape:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"x has shape {shape} but this VAE models images of shape {self.data_shape}: "
+                f"pass x of shape [B, {', '.join(map(str, self.data_shape))}]"
+            )
+
+
+def _location(q: Distribution) -> Tensor:
+    """A point in latent space summarizing q: its mean, or the chain's mean path."""
+    return q.mean_path() if isinstance(q, GaussianChain) else q.mean
