@@ -214,6 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"latentvi {arguments.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeError as error:
+        if type(error).__name__ != "TrainingDivergedError":
+            raise
+        print(f"latentvi {arguments.command}: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("latentvi: interrupted", file=sys.stderr)
         return 130

@@ -53,7 +53,9 @@ def plot_vi_report(
     ``reference_log_likelihood`` is the closed-form maximum-likelihood value; ``variances`` maps an
     estimator name to the total variance of its gradient (trace of the covariance).
     """
-    figure, (curves, bars) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (curves, bars) = plt.subplots(
+        1, 2, figsize=(14, 5.5), layout="constrained", width_ratios=(1.3, 1)
+    )
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for colour, (name, history) in zip(colours, histories.items(), strict=False):
         steps = [record["step"] for record in history]
@@ -73,7 +75,7 @@ def plot_vi_report(
     curves.set_xlabel("optimization step")
     curves.set_ylabel("nats per example")
     curves.set_title("ELBO (solid) and exact log p(x) (dotted) during training")
-    curves.legend(fontsize=7, ncol=2)
+    curves.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.15))
 
     names = list(variances)
     bars.barh(names, [variances[n] for n in names], color=colours[: len(names)])

@@ -45,7 +45,7 @@ def test_vae_shapes(overrides, batch):
     assert p.batch_shape == (2, *batch) and p.event_shape == SHAPE
     assert model.elbo(x).shape == batch
     assert model.iwae(x, 3).shape == batch
-    estimate, stderr = model.log_likelihood(x, importance_samples=6, chunk_size=4)
+    estimate, stderr = model.log_likelihood(x, 6, chunk_size=4, return_stderr=True)
     assert estimate.shape == batch and stderr.shape == batch
     assert model.sample(3).shape == (3, *SHAPE)
     assert model.reconstruct(x).shape == (*batch, *SHAPE)
@@ -60,7 +60,7 @@ def test_elbo_below_iwae_below_importance_estimate(layers):
     torch.manual_seed(2)
     elbo = torch.stack([model.elbo(x) for _ in range(300)])
     iwae = torch.stack([model.iwae(x, 10) for _ in range(300)])
-    log_px, stderr = model.log_likelihood(x, importance_samples=20000, chunk_size=5000)
+    log_px, stderr = model.log_likelihood(x, 20000, chunk_size=5000, return_stderr=True)
     se = lambda d: d.std(0) / math.sqrt(d.shape[0])  # noqa: E731
     assert (elbo.mean(0) < iwae.mean(0) + 4.5 * (se(elbo) + se(iwae))).all()
     assert (iwae.mean(0) < log_px + 4.5 * (se(iwae) + stderr)).all()

@@ -257,10 +257,8 @@ def evaluate_run(
     ):
         x = images[start : start + batch_size]
         elbos.append(model.elbo(x))
-        estimate, _ = model.log_likelihood(
-            x, importance_samples, min(chunk_size, importance_samples)
-        )
-        log_likelihoods.append(estimate)
+        chunk = min(chunk_size, importance_samples)
+        log_likelihoods.append(model.log_likelihood(x, importance_samples, chunk))
     elbo, log_likelihood = torch.cat(elbos).double(), torch.cat(log_likelihoods).double()
     n = elbo.shape[0]
     return {

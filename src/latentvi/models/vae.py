@@ -246,13 +246,21 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def log_likelihood(
-        self, x: Tensor, importance_samples: int = 5000, chunk_size: int = 500
-    ) -> tuple[Tensor, Tensor]:
-        """Importance-sampled log p(x) with q(z|x) as proposal: ``([*B], [*B])`` estimate, stderr."""
+        self,
+        x: Tensor,
+        importance_samples: int = 5000,
+        chunk_size: int = 500,
+        return_stderr: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Importance-sampled log p(x) with q(z|x) as proposal (Burda et al. 2016): ``[*B]`` nats.
+
+        With ``return_stderr``, also each estimate's Monte Carlo standard error ``[*B]``.
+        """
         q = self.encode(x)
-        return importance_log_likelihood(
+        estimate, stderr = importance_log_likelihood(
             x, q, self.prior, self.decode, importance_samples, chunk_size
         )
+        return (estimate, stderr) if return_stderr else estimate
 
     # --- generation -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,0 +1,106 @@
+"""End-to-end runs of every sub-command on the smallest settings, and their error handling."""
+
+import json
+import math
+
+import pytest
+
+from latentvi.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_vi_json_is_consistent_with_the_exact_answers(tmp_path, capsys):
+    code, out, _ = run(
+        capsys,
+        "vi",
+        "--steps", "200",
+        "--num-points", "300",
+        "--probe-draws", "100",
+        "--refine-steps", "20",
+        "--iwae-samples", "20",
+        "--out", str(tmp_path),
+        "--json",
+    )  # fmt: skip
+    assert code == 0
+    results = json.loads(out)
+    assert (tmp_path / "vi.png").is_file() and (tmp_path / "results.json").is_file()
+    for fit in results["fits"].values():
+        # log p(x) − ELBO is the KL to the exact posterior (both computed exactly), and ≥ 0.
+        assert math.isclose(
+            fit["gap_log_marginal_minus_elbo"], fit["kl_q_to_posterior"], rel_tol=1e-4, abs_tol=1e-5
+        )
+        assert fit["gap_log_marginal_minus_elbo"] >= 0
+        # No fit beats the closed-form maximum likelihood.
+        assert fit["log_marginal"] <= results["mle_log_likelihood"] + 1e-4
+    variances = results["gradient_variance"]
+    assert variances["score function"] > 5 * variances["reparameterization"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["vi", "--steps", "0"],
+        ["vi", "--latent-dim", "12", "--data-dim", "10"],
+        ["vi", "--steps", "ten"],
+        ["train", "vae", "--dataset", "nope"],
+        ["train", "vae", "--dataset", "digits", "--batch-size", "-1"],
+        ["train", "vae", "--dataset", "digits", "--hidden", "a,b"],
+        ["eval", "/nonexistent/run"],
+        ["sample", "/nonexistent/run"],
+        ["plot", "/nonexistent/run"],
+        ["frobnicate"],
+    ],
+)
+def test_bad_options_exit_2_with_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "error:" in err
+
+
+def test_vae_train_eval_sample_plot_resume_on_digits(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    common = ["--dataset", "digits", "--latent-dim", "2", "--hidden", "32", "--no-progress"]
+    code, _, _ = run(
+        capsys, "train", "vae", *common, "--max-steps", "20", "--out", str(run_dir), "--json"
+    )
+    assert code == 0
+    # Resume to 40 steps.
+    code, out, _ = run(
+        capsys,
+        "train", "vae", *common, "--max-steps", "40", "--out", str(run_dir), "--resume", "--json",
+    )  # fmt: skip
+    assert code == 0 and json.loads(out)["steps"] == 40
+    # A fresh run into a used folder is refused, not overwritten.
+    code, _, err = run(capsys, "train", "vae", *common, "--max-steps", "5", "--out", str(run_dir))
+    assert code == 2 and "error" in err
+
+    code, out, _ = run(capsys, "eval", str(run_dir), "--importance-samples", "50", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert set(result) >= {
+        "elbo",
+        "log_likelihood",
+        "elbo_stderr",
+        "log_likelihood_stderr",
+        "n_examples",
+        "importance_samples",
+    }
+    assert result["n_examples"] == 300 and result["importance_samples"] == 50
+    # The importance-sampled estimate is a tighter bound than the ELBO on the same data.
+    assert result["log_likelihood"] >= result["elbo"]
+
+    samples = tmp_path / "samples.png"
+    assert run(capsys, "sample", str(run_dir), "--n", "9", "--out", str(samples))[0] == 0
+    assert samples.is_file()
+    code, out, _ = run(capsys, "plot", str(run_dir))
+    assert code == 0
+    names = {line.rsplit("/", 1)[-1] for line in out.split()}
+    assert {"reconstructions.png", "samples.png", "manifold.png", "latent.png"} <= names
