@@ -64,3 +64,16 @@ def test_command_line_options():
     config = from_arguments(TrainConfig, arguments)
     assert config.max_steps == 7 and config.betas == (0.8, 0.9)
     assert config.progress is False and config.grad_clip == 1.5 and config.out is None
+
+
+def test_burda_schedule_stages():
+    from latentvi.train.schedule import learning_rate
+
+    # Stage i lasts 3^i epochs at lr·10^(−i/7): stage boundaries at epochs 1, 4, 13, 40, ..., 3280.
+    boundaries = [0, 1, 4, 13, 40, 121, 364, 1093, 3280]
+    for stage, (start, end) in enumerate(zip(boundaries[:-1], boundaries[1:], strict=True)):
+        expected = 1e-3 * 10 ** (-stage / 7)
+        assert learning_rate("burda", 1e-3, start) == pytest.approx(expected)
+        assert learning_rate("burda", 1e-3, end - 1) == pytest.approx(expected)
+    assert learning_rate("burda", 1e-3, 10_000) == pytest.approx(1e-4)
+    assert learning_rate("constant", 3e-4, 10_000) == 3e-4

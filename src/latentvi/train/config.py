@@ -14,6 +14,7 @@ import math
 import torch
 
 from latentvi.config import option, require
+from latentvi.train.schedule import SCHEDULES
 
 __all__ = ["DEVICES", "TrainConfig"]
 
@@ -34,6 +35,11 @@ class TrainConfig:
         None, "stop after this many optimizer steps, overriding epochs (None: use epochs)"
     )
     lr: float = option(1e-3, "learning rate of the default AdamW optimizer")
+    lr_schedule: str = option(
+        "constant",
+        "learning-rate schedule: constant, or burda (3^i epochs at lr·10^(-i/7), i = 0..7)",
+        choices=SCHEDULES,
+    )
     weight_decay: float = option(0.0, "decoupled weight decay of the default AdamW optimizer")
     betas: tuple[float, float] = option((0.9, 0.999), "AdamW's (beta1, beta2) moment decay rates")
     eps: float = option(1e-8, "AdamW's denominator epsilon")
@@ -63,6 +69,12 @@ class TrainConfig:
             "lr",
             self.lr,
             "use a positive finite learning rate such as 1e-3",
+        )
+        require(
+            self.lr_schedule in SCHEDULES,
+            "lr_schedule",
+            self.lr_schedule,
+            f"choose one of {', '.join(SCHEDULES)}",
         )
         require(
             _is_number(self.weight_decay) and 0 <= self.weight_decay < math.inf,

@@ -72,6 +72,7 @@ from latentvi.train.optim import (
     hyperparameters,
 )
 from latentvi.train.rng import isolated_rng, mixed_seed, seed_everything
+from latentvi.train.schedule import learning_rate
 from latentvi.train.storage import replace_text
 
 __all__ = ["Callback", "TrainResult", "fit"]
@@ -281,6 +282,9 @@ def fit(
     try:
         while not finished():
             batches = epoch_batches(make_batches, epoch, config.seed, in_epoch, info)
+            if config.lr_schedule != "constant":
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(config.lr_schedule, config.lr, epoch)
             for batch in batches:
                 started = time.perf_counter()
                 batch = move_to(batch, device)
