@@ -88,14 +88,20 @@ def _run_train_vae(arguments: argparse.Namespace) -> None:
     from latentvi.experiments.vae import DataConfig, train_vae
     from latentvi.models.vae import VAEConfig
     from latentvi.train import TrainConfig
+    from latentvi.train.distributed import destroy_distributed, init_distributed
 
-    summary = train_vae(
+    configs = (
         from_arguments(VAEConfig, arguments),
         from_arguments(DataConfig, arguments),
         from_arguments(TrainConfig, arguments),
-        resume=arguments.resume,
     )
-    _print(summary, arguments.json)
+    info = init_distributed()  # a no-op unless launched by torchrun with WORLD_SIZE > 1
+    try:
+        summary = train_vae(*configs, resume=arguments.resume)
+    finally:
+        destroy_distributed()
+    if info.is_main:
+        _print(summary, arguments.json)
 
 
 def _print(result: dict, as_json: bool) -> None:

@@ -140,7 +140,12 @@ def train_vae(
     def make_valid_batches():
         return Batches(valid_images, batch_size=500, shuffle=False).iterate()
 
-    per_epoch = Batches(images, batch_size=data.batch_size).num_batches
+    from latentvi.train.distributed import current
+
+    info = current()
+    per_epoch = Batches(
+        images, batch_size=data.batch_size, rank=info.rank, world_size=info.world_size
+    ).num_batches
     model = VAE(train_set.shape, model_config)
     out = Path(train.out)
     spec = {
@@ -149,7 +154,7 @@ def train_vae(
         "model": to_dict(model_config),
         "data": to_dict(data),
     }
-    if not resume or not (out / MODEL_FILE).exists():
+    if info.is_main and (not resume or not (out / MODEL_FILE).exists()):
         _write_json(out / MODEL_FILE, spec)
     result = fit(
         model,
