@@ -218,14 +218,20 @@ def _read_spec(run_dir: str | os.PathLike) -> dict[str, Any]:
     return spec
 
 
-def load(run_dir: str | os.PathLike, map_location: str | torch.device = "cpu") -> VAE:
-    """The trained model of a run folder, in eval mode (weights of the latest checkpoint).
+def load(
+    run_dir: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    checkpoint: str | os.PathLike | None = None,
+) -> VAE:
+    """The trained model of a run folder, in eval mode: the weights of ``checkpoint`` (a folder
+    such as ``RUN/checkpoints/step-001000``), or of the latest checkpoint when None.
 
     Reads only JSON and safetensors: loading runs no code from the folder.
     """
     spec = _read_spec(run_dir)
     model = VAE(spec["data_shape"], VAEConfig(**spec["model"]))
-    load_checkpoint(run_dir, model, map_location=map_location, restore_rng=False)
+    source = run_dir if checkpoint is None else checkpoint
+    load_checkpoint(source, model, map_location=map_location, restore_rng=False)
     model.data_config = DataConfig(**spec["data"])
     return model.eval()
 
@@ -239,6 +245,7 @@ def evaluate_run(
     chunk_size: int = 500,
     split: str = "test",
     progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Held-out ELBO and importance-sampled log-likelihood, nats per example, with standard errors.
 
@@ -250,7 +257,7 @@ def evaluate_run(
 
     require(importance_samples >= 1, "importance_samples", importance_samples, "use K >= 1")
     require(n_examples is None or n_examples >= 1, "n_examples", n_examples, "use N >= 1")
-    model = load(run_dir)
+    model = load(run_dir, checkpoint=checkpoint)
     data = model.data_config
     images = _evaluation_images(data, load_data(data, split))
     if n_examples is not None:

@@ -1,0 +1,84 @@
+"""Test log-likelihood of a VAE/IWAE run against epochs (Burda et al. 2016, Table 1 protocol).
+
+Evaluates every checkpoint of a run folder on the first ``--curve-examples`` test images with
+``--importance-samples`` draws (the curve), then the newest checkpoint on the whole test set (the
+figure to compare with the paper). Test images are binarized once with a fixed seed.
+
+    python benchmarks/bench_vae_quality.py runs/mnist-vae --name "VAE 784-200-200-50"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from latentvi.experiments.vae import evaluate_run
+from latentvi.plots import plot_training_curves
+from latentvi.train.checkpoint import list_checkpoints
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run")
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--importance-samples", type=int, default=5000)
+    parser.add_argument("--curve-examples", type=int, default=1000)
+    parser.add_argument("--final-examples", type=int, default=None, help="default: all 10,000")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None, help="JSON path (default: results/quality-RUN)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    config = json.loads((run / "config.json").read_text())
+    per_epoch = None
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = {r["step"]: r["train/epoch"] for r in records if "train/epoch" in r}
+    curve = []
+    for checkpoint in list_checkpoints(run):
+        step = int(checkpoint.name.split("-")[1])
+        result = evaluate_run(
+            run,
+            importance_samples=args.importance_samples,
+            n_examples=args.curve_examples,
+            progress=False,
+            checkpoint=checkpoint,
+        )
+        epoch = epochs.get(step, per_epoch)
+        curve.append({"step": step, "epoch": epoch, **result})
+        print(f"step {step} epoch {epoch}: log p(x) {result['log_likelihood']:.2f}", flush=True)
+    final = evaluate_run(
+        run,
+        importance_samples=args.importance_samples,
+        n_examples=args.final_examples,
+        progress=False,
+    )
+    name = args.name or run.name
+    results = {
+        "command": "python " + " ".join(sys.argv),
+        "run": str(run),
+        "name": name,
+        "train_config": {k: config.get(k) for k in ("epochs", "lr", "lr_schedule", "seed")},
+        "model": config.get("model"),
+        "curve": curve,
+        "final": final,
+        "units": "nats per example, test set, importance-sampled log-likelihood",
+    }
+    out = Path(args.out or f"benchmarks/results/quality-{run.name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    plot_training_curves(
+        [{"step": c["epoch"] or c["step"], "test log p(x)": c["log_likelihood"]} for c in curve],
+        ["test log p(x)"],
+        out.with_suffix(".png"),
+        f"{name}: test log-likelihood (K={args.importance_samples}) against epochs",
+    )
+    print(json.dumps(final, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
