@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_io import save_results
+
 BIN = Path(sys.executable).parent
 
 
@@ -78,10 +80,7 @@ def main(argv=None) -> dict:
         / single["examples_per_sec_median"],
         "units": "ELBO in nats per example on 10,000 test images (binarized once, seed 0)",
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    return results
+    return save_results(args.out, results)
 
 
 if __name__ == "__main__":

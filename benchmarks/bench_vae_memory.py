@@ -6,12 +6,13 @@ python benchmarks/bench_vae_memory.py [--epochs 1]
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from results_io import save_results
 
 
 def main(argv=None) -> dict:
@@ -33,10 +34,7 @@ def main(argv=None) -> dict:
         "limit_mib": 2048,
         "within_limit": peak_kib / 1024 < 2048,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    return results
+    return save_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,11 @@ as a fraction of the machine's measured float32 matmul rate.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from latentvi.data import Batches, load_dataset
 from latentvi.models.vae import VAE, VAEConfig
 from latentvi.train import TrainConfig, fit
+from results_io import save_results
 
 HIDDEN, LATENT, PIXELS = 200, 50, 784
 
@@ -210,10 +209,7 @@ def main(argv=None) -> dict:
         "fraction_of_matmul_rate": achieved / rate,
         "full_epoch_seconds_estimate": {n: m * 60000 / args.examples for n, m in medians.items()},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    return results
+    return save_results(args.out, results)
 
 
 if __name__ == "__main__":
