@@ -28,6 +28,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--importance-samples", type=int, default=5000)
     parser.add_argument("--curve-examples", type=int, default=1000)
     parser.add_argument("--final-examples", type=int, default=None, help="default: all 10,000")
+    parser.add_argument("--every", type=int, default=1, help="evaluate every N-th checkpoint")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="JSON path (default: results/quality-RUN)")
     args = parser.parse_args(argv)
@@ -38,7 +39,8 @@ def main(argv=None) -> dict:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = {r["step"]: r["train/epoch"] for r in records if "train/epoch" in r}
     curve = []
-    for checkpoint in list_checkpoints(run):
+    checkpoints = list_checkpoints(run)
+    for checkpoint in checkpoints[::-1][:: args.every][::-1]:  # always includes the newest
         step = int(checkpoint.name.split("-")[1])
         result = evaluate_run(
             run,
