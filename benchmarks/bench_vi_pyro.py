@@ -6,7 +6,8 @@ data, the same guides, the same parametrization (softplus scales) and the same l
 * per-datapoint VI — q_i(z) = N(μ_i, diag σ_i²) from per-example tables. Pyro: ``pyro.param``
   tables indexed by a ``pyro.plate(subsample_size=B)``, ``Trace_ELBO`` and ``TraceMeanField_ELBO``
   (analytic KL), ``pyro.optim.Adam``. latentvi: ``VariationalProblem`` + ``LocalGaussians``
-  (reparameterization, analytic KL), SparseAdam on the table and Adam on θ.
+  (reparameterization, analytic KL) and ``make_optimizers``' one ``LazyAdam`` (SparseAdam's lazy
+  row update on the table, Adam on θ).
 * amortized VI — q_φ(z|x) from an MLP D-64-2k (tanh), registered in Pyro with ``pyro.module``;
   latentvi: ``DiagonalGaussianEncoder``; Adam on φ and θ in both.
 
@@ -14,7 +15,10 @@ For each: (a) ELBO agreement — both objectives evaluated at identical paramete
 data, averaged over many independent draws, converted to nats per example (Pyro's loss is the
 negative ELBO *summed* over the data); the exact ELBO (closed form for this model) is shown too.
 (b) steps per second — median of 5 repeats of 300 timed steps after a warm-up, the libraries
-interleaved in the same process, ``torch.set_num_threads(2)``.
+interleaved in the same process, on one thread (``--threads``). At these sizes no kernel is large
+enough for PyTorch's intra-op parallelism to help, and on a shared machine a second thread only
+adds scheduling stalls: with other jobs running on this project's 2-core machine, two threads made
+both libraries 10–70× slower per step, and their ratio a measure of the scheduler.
 
 Run: ``.venv/bin/python benchmarks/bench_vi_pyro.py`` (about a minute). Writes
 ``benchmarks/results/vi_pyro.json`` and prints a markdown table.
@@ -190,7 +194,10 @@ def steps_per_second(steppers: dict[str, Callable[[], None]], args) -> dict[str,
             for _ in range(args.timed_steps):
                 step()
             timings[name].append(args.timed_steps / (time.perf_counter() - started))
-    return {name: {"median": statistics.median(v), "all": v} for name, v in timings.items()}
+    return {
+        name: {"median": statistics.median(v), "us_per_step": 1e6 / statistics.median(v), "all": v}
+        for name, v in timings.items()
+    }
 
 
 def run_setting(name: str, args, x: torch.Tensor, init: dict) -> dict:
@@ -253,8 +260,8 @@ def load_average() -> list[float] | None:
 def markdown(results: dict) -> str:
     lines = [
         "| setting | library | ELBO (nats/example) ± s.e. | Δ vs latentvi ± s.e. | steps/s "
-        "(median of 5) | latentvi speed-up |",
-        "|---|---|---|---|---|---|",
+        "(median of 5) | µs/step | latentvi speed-up |",
+        "|---|---|---|---|---|---|---|",
     ]
     for setting, r in results["settings"].items():
         agreement, speed = r["elbo_agreement"], r["steps_per_second"]
@@ -267,8 +274,10 @@ def markdown(results: dict) -> str:
             else:
                 diff = agreement[f"latentvi - {library}"]
                 row += f"{diff['difference']:+.4f} ± {diff['stderr']:.4f} | "
-                ratio = f"{r['speed_ratio'][f'latentvi / {library}']:.1f}×"
-            row += f"{speed[library]['median']:.0f} | {ratio} |"
+                ratio = f"{r['speed_ratio'][f'latentvi / {library}']:.2f}×"
+            row += (
+                f"{speed[library]['median']:.0f} | {speed[library]['us_per_step']:.0f} | {ratio} |"
+            )
             lines.append(row)
     return "\n".join(lines)
 
@@ -286,7 +295,7 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--timed-steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "vi_pyro.json"))
     args = parser.parse_args()

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torch.distributions import MultivariateNormal
 
 from latentvi.distributions import diagonal_gaussian
 from latentvi.models import GaussianMixture, LinearGaussian
@@ -67,6 +68,33 @@ def test_linear_gaussian_expected_log_likelihood_matches_monte_carlo(linear):
     stderr = values.std(0) / math.sqrt(z.shape[0])
     error = (values.mean(0) - linear.expected_log_likelihood(x, q)).abs()
     assert (error < 4.5 * stderr).all(), (error, stderr)
+
+
+@pytest.mark.parametrize("batch", [(), (4,), (2, 3)])
+def test_linear_gaussian_likelihood_is_the_isotropic_gaussian(linear, batch):
+    """p(x|z) = N(Wz + b, σ² I) — one scalar σ, not expanded — against torch's MultivariateNormal."""
+    z = torch.randn(5, *batch, 3, dtype=torch.float64)
+    x = torch.randn(*batch, 6, dtype=torch.float64)
+    likelihood = linear.likelihood(z)
+    assert likelihood.batch_shape == (5, *batch) and likelihood.event_shape == (6,)
+    assert likelihood.scale.shape == ()
+    covariance = linear.noise_std**2 * torch.eye(6, dtype=torch.float64)
+    expected = MultivariateNormal(z @ linear.weight.T + linear.bias, covariance).log_prob(x)
+    torch.testing.assert_close(likelihood.log_prob(x), expected, rtol=TOL, atol=TOL)
+
+
+def test_linear_gaussian_prior_is_made_once_and_follows_the_dtype(linear):
+    prior = linear.prior
+    assert linear.prior is prior and prior.event_shape == (3,) and prior.is_standard
+    assert prior.mean.dtype == torch.float64
+    single = linear.to(torch.float32)
+    assert single.prior.mean.dtype == torch.float32 and single.prior is not prior
+    torch.testing.assert_close(single.prior.stddev, torch.ones(3))
+    fresh = LinearGaussian(torch.ones(4, 2), torch.zeros(4), 1.0)
+    with torch.inference_mode():
+        fresh.prior.log_prob(torch.zeros(2))
+    z = torch.zeros(2, requires_grad=True)
+    fresh.prior.log_prob(z).backward()  # no inference tensor was cached for later training
 
 
 def test_linear_gaussian_samples_follow_the_marginal(linear):

@@ -5,6 +5,7 @@
 * :data:`GaussianEncoder` / :class:`Encoder` — amortized q_φ(z|x) (Kingma & Welling 2014).
 * :class:`VariationalProblem`, :func:`fit_vi`, :func:`make_optimizers` — the ELBO as a
   ``loss(batch) -> (loss, metrics)`` and a lean fitting loop for small, exact models.
+* :class:`LazyAdam` — one optimizer for both: Adam on dense parameters, lazy row updates on tables.
 * :func:`refine`, :func:`amortization_gap` — per-example refinement of an encoder's q and the
   amortization / approximation gaps (Cremer, Li & Duvenaud 2018).
 """
@@ -12,12 +13,14 @@
 from latentvi.inference.amortized import Encoder, GaussianEncoder
 from latentvi.inference.fit import Estimator, VariationalProblem, fit_vi, make_optimizers
 from latentvi.inference.local import LocalGaussians
+from latentvi.inference.optim import LazyAdam
 from latentvi.inference.refine import amortization_gap, refine
 
 __all__ = [
     "Encoder",
     "Estimator",
     "GaussianEncoder",
+    "LazyAdam",
     "LocalGaussians",
     "VariationalProblem",
     "amortization_gap",

@@ -5,8 +5,8 @@ an approximate posterior — a :class:`~latentvi.inference.LocalGaussians` table
 Hoffman et al. 2013) or an encoder ``x -> q(z|x)`` (amortized VI, Kingma & Welling 2014) — and a
 gradient estimator from :mod:`latentvi.gradients`. Its ``loss(batch) -> (loss, metrics)`` is the
 project's training contract, so the one training loop can run it; :func:`fit_vi` is a smaller loop
-for in-memory data sets: ``randperm`` minibatches, SparseAdam on the local tables and Adam on the
-rest, an exact log p(x) curve when the model has one.
+for in-memory data sets: ``randperm`` minibatches, one :class:`~latentvi.inference.LazyAdam` (lazy
+row updates on the local tables, Adam on the rest), an exact log p(x) curve when the model has one.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from latentvi.bounds import check_num_samples, elbo_kl
 from latentvi.gradients import reparameterized_elbo, score_function_elbo
-from latentvi.inference.local import LocalGaussians, SparseRowAdam
+from latentvi.inference.local import LocalGaussians
+from latentvi.inference.optim import LazyAdam
 
 __all__ = ["Estimator", "VariationalProblem", "fit_vi", "make_optimizers"]
 
@@ -138,20 +139,21 @@ def _resolve_estimator(estimator, baseline) -> tuple[str, Estimator]:
 def make_optimizers(
     modules: nn.Module | Iterable[nn.Module],
     lr: float,
-    sparse_optimizer: type[torch.optim.Optimizer] = SparseRowAdam,
+    sparse_optimizer: type[torch.optim.Optimizer] | None = None,
 ) -> list[torch.optim.Optimizer]:
-    """A sparse Adam for sparse embedding tables (local q_i), Adam for every other parameter.
+    """The optimizers for ``modules``: by default one :class:`LazyAdam` for every parameter.
 
-    Only parameters with ``requires_grad`` are included; an optimizer with nothing to do is left
-    out. Step all of them after each backward pass.
+    :class:`LazyAdam` applies Adam to the dense parameters and the lazy (SparseAdam) row update to
+    the sparse embedding tables (local q_i) in a single ``step``. Only parameters with
+    ``requires_grad`` are included; an optimizer with nothing to do is left out. Step all of them
+    after each backward pass.
 
     Args:
         modules: the module(s) whose parameters are optimized.
-        lr: the learning rate of both optimizers.
-        sparse_optimizer: the class for the tables: :class:`SparseRowAdam` (default, a leaner
-            implementation of the same update) or ``torch.optim.SparseAdam``.
-
-    The dense Adam uses the fused kernel (one kernel per parameter) where PyTorch has one.
+        lr: the learning rate.
+        sparse_optimizer: a separate optimizer class for the sparse tables, e.g.
+            ``torch.optim.SparseAdam``; the other parameters then get ``torch.optim.Adam`` (fused
+            where PyTorch has the kernel). None (default): one :class:`LazyAdam` for everything.
     """
     if isinstance(modules, nn.Module):
         modules = [modules]
@@ -171,6 +173,8 @@ def make_optimizers(
             if parameter.requires_grad and id(parameter) not in seen:
                 seen.add(id(parameter))
                 dense.append(parameter)
+    if sparse_optimizer is None:
+        return [LazyAdam(sparse + dense, lr=lr)] if sparse or dense else []
     optimizers: list[torch.optim.Optimizer] = []
     if sparse:
         optimizers.append(sparse_optimizer(sparse, lr=lr))
@@ -225,8 +229,8 @@ def fit_vi(
 
     Each epoch draws one ``torch.randperm(N)`` and walks it in slices of ``batch_size`` (the last
     partial slice is dropped); per step: ``problem.loss``, backward, and the optimizers of
-    :func:`make_optimizers` — a sparse Adam on the local tables, Adam on θ, encoder and baseline —
-    at learning rate ``lr``. With ``fit_model=False`` θ is frozen
+    :func:`make_optimizers` — lazy row updates on the local tables, Adam on θ, encoder and
+    baseline — at learning rate ``lr``. With ``fit_model=False`` θ is frozen
     (its ``requires_grad`` is switched off for the fit and restored after). With ``anneal_lr`` the
     learning rate follows a cosine from ``lr`` down to 0 at the last step — decreasing step sizes,
     as stochastic VI's convergence needs (Robbins–Monro; Hoffman et al. 2013) — so the fit ends at

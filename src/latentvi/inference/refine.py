@@ -98,12 +98,13 @@ def refine(
     with torch.enable_grad():
         for step in range(steps):
             optimizer.param_groups[0]["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            q = diagonal_gaussian(loc, positive_scale(raw_scale, min_scale))
+            q = diagonal_gaussian(loc, positive_scale(raw_scale, min_scale), validate_args=False)
             loss = -objective(q).sum()
             # Only q's own parameters are differentiated: θ and φ get no gradient.
             loc.grad, raw_scale.grad = torch.autograd.grad(loss, [loc, raw_scale])
             optimizer.step()
-    return diagonal_gaussian(loc.detach(), positive_scale(raw_scale.detach(), min_scale))
+    scale = positive_scale(raw_scale.detach(), min_scale)
+    return diagonal_gaussian(loc.detach(), scale, validate_args=False)
 
 
 @torch.no_grad()

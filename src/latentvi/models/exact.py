@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, MultivariateNormal, OneHotCategorical
 
@@ -104,6 +105,7 @@ class LinearGaussian(_ExactModel):
         self.bias = nn.Parameter(bias.clone())
         self.raw_noise_std = nn.Parameter(inverse_softplus(noise_std.reshape(()), 0.0))
         self.data_dim, self.latent_dim = weight.shape
+        self._prior: tuple[tuple, Distribution] | None = None  # ((dtype, device), p(z))
 
     @property
     def noise_std(self) -> Tensor:
@@ -112,13 +114,25 @@ class LinearGaussian(_ExactModel):
 
     @property
     def prior(self) -> Distribution:
-        """p(z) = N(0, I_k): batch ``[]``, event ``[k]``."""
-        return standard_normal(self.latent_dim, dtype=self.weight.dtype, device=self.weight.device)
+        """p(z) = N(0, I_k): batch ``[]``, event ``[k]``.
+
+        Made once per dtype and device of the parameters (it is asked for at every step); never
+        under ``torch.inference_mode``, whose tensors could not be used for training later.
+        """
+        weight = self.weight
+        key = (weight.dtype, weight.device)
+        if self._prior is None or self._prior[0] != key:
+            prior = standard_normal(self.latent_dim, dtype=key[0], device=key[1])
+            if torch.is_inference_mode_enabled():
+                return prior
+            self._prior = key, prior
+        return self._prior[1]
 
     def likelihood(self, z: Tensor) -> Distribution:
         """p(x|z) = N(W z + b, σ² I): ``z [*S, *B, k]`` -> batch ``[*S, *B]``, event ``[D]``."""
-        loc = z @ self.weight.T + self.bias
-        return diagonal_gaussian(loc, self.noise_std.expand_as(loc))
+        loc = F.linear(z, self.weight, self.bias)  # (*S, *B, D)
+        # One scalar σ for every coordinate (not expanded); softplus keeps it positive.
+        return diagonal_gaussian(loc, self.noise_std, validate_args=False)
 
     def marginal(self) -> MultivariateNormal:
         """p(x) = N(b, W Wᵀ + σ² I_D): batch ``[]``, event ``[D]``."""
@@ -270,7 +284,7 @@ class GaussianMixture(_ExactModel):
     def _component_log_joint(self, x: Tensor) -> Tensor:
         """log π_k + log N(x; μ_k, σ_k²): ``[*B, D] -> [*B, K]``."""
         x = self._check_x(x)
-        components = diagonal_gaussian(self.means, self.scales)  # batch [K]
+        components = diagonal_gaussian(self.means, self.scales, validate_args=False)  # batch [K]
         log_likelihood = components.log_prob(x.unsqueeze(-2))  # (*B, K)
         return torch.log_softmax(self.logits, -1) + log_likelihood
 
