@@ -85,7 +85,8 @@ class GaussianHead(nn.Module):
                 f"(2 × the event size) in dimension {dim}"
             )
         loc, raw_scale = features.chunk(2, dim)
-        return diagonal_gaussian(loc, positive_scale(raw_scale, self.min_scale), self.event_dims)
+        scale = positive_scale(raw_scale, self.min_scale)  # valid by construction: skip checks
+        return diagonal_gaussian(loc, scale, self.event_dims, validate_args=False)
 
 
 class DiagonalGaussianEncoder(nn.Module):
@@ -191,9 +192,7 @@ class ConvDecoder(nn.Module):
         self.project = nn.Linear(latent_dim, channels[-1] * self.height * self.width)
         layers: list[nn.Module] = [activation()]
         reversed_channels = (*reversed(channels), data_shape[0])
-        for i, (fan_in, fan_out) in enumerate(
-            itertools.pairwise(reversed_channels)
-        ):
+        for i, (fan_in, fan_out) in enumerate(itertools.pairwise(reversed_channels)):
             layers.append(nn.ConvTranspose2d(fan_in, fan_out, 4, stride=2, padding=1))
             if i < len(channels) - 1:
                 layers.append(activation())

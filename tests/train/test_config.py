@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import pytest
 import torch
@@ -71,7 +72,7 @@ def test_burda_schedule_stages():
 
     # Stage i lasts 3^i epochs at lr·10^(−i/7): stage boundaries at epochs 1, 4, 13, 40, ..., 3280.
     boundaries = [0, 1, 4, 13, 40, 121, 364, 1093, 3280]
-    for stage, (start, end) in enumerate(zip(boundaries[:-1], boundaries[1:], strict=True)):
+    for stage, (start, end) in enumerate(itertools.pairwise(boundaries)):
         expected = 1e-3 * 10 ** (-stage / 7)
         assert learning_rate("burda", 1e-3, start) == pytest.approx(expected)
         assert learning_rate("burda", 1e-3, end - 1) == pytest.approx(expected)
