@@ -77,6 +77,7 @@ def main(argv=None) -> dict:
         ["test log p(x)"],
         out.with_suffix(".png"),
         f"{name}: test log-likelihood (K={args.importance_samples}) against epochs",
+        xlabel="epoch",
     )
     print(json.dumps(final, indent=2))
     return results

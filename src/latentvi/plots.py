@@ -132,6 +132,7 @@ def plot_training_curves(
     keys: Sequence[str],
     path: str | os.PathLike,
     title: str = "",
+    xlabel: str = "step",
 ) -> Path:
     """Plot ``keys`` of metric records (each with a ``step``) against the step, one panel."""
     figure, axis = plt.subplots(figsize=(7, 4))
@@ -140,7 +141,7 @@ def plot_training_curves(
         if points:
             steps, values = zip(*points, strict=True)
             axis.plot(steps, values, label=key, marker="." if len(points) < 30 else None)
-    axis.set_xlabel("step")
+    axis.set_xlabel(xlabel)
     axis.set_ylabel("nats per example")
     axis.set_title(title)
     axis.legend()
