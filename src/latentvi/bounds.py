@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from latentvi.config import check_positive_int
 from latentvi.distributions import entropy, kl, log_mean_exp, sample
 
 Likelihood = Callable[[Tensor], Distribution]
@@ -49,9 +50,7 @@ __all__ = [
 
 def check_num_samples(num_samples: int, name: str = "num_samples") -> int:
     """Validate a sample count: a positive integer, else ``ValueError`` naming ``name``."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"{name} must be a positive integer (>= 1), got {num_samples!r}")
-    return num_samples
+    return check_positive_int(name, num_samples)
 
 
 def check_data(x: Tensor, q: Distribution) -> None:

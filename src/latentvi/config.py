@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "add_arguments",
+    "check_positive_int",
     "from_arguments",
     "option",
     "require",
@@ -40,6 +41,14 @@ def require(condition: bool, field: str, value: Any, fix: str) -> None:
     """Raise ``ValueError("<field> = <value> is invalid: <fix>")`` unless ``condition`` holds."""
     if not condition:
         raise ValueError(f"{field} = {value!r} is invalid: {fix}")
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """Return ``value`` if it is an integer >= 1 (not a bool), else raise ``ValueError`` naming
+    ``name``: the one check behind every size, count and sample number in latentvi."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
 def _option_name(field: str) -> str:

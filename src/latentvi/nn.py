@@ -18,17 +18,12 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Independent
 
+from latentvi.config import check_positive_int
 from latentvi.distributions import diagonal_gaussian, positive_scale
 
 __all__ = ["MLP", "ConvDecoder", "ConvEncoder", "DiagonalGaussianEncoder", "GaussianHead"]
 
 Activation = Callable[[], nn.Module]
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class MLP(nn.Sequential):
@@ -48,11 +43,11 @@ class MLP(nn.Sequential):
         out_features: int,
         activation: Activation = nn.Tanh,
     ) -> None:
-        _check_positive_int("in_features", in_features)
-        _check_positive_int("out_features", out_features)
+        check_positive_int("in_features", in_features)
+        check_positive_int("out_features", out_features)
         hidden = tuple(hidden)
         for size in hidden:
-            _check_positive_int("hidden (each layer size)", size)
+            check_positive_int("hidden (each layer size)", size)
         sizes = (in_features, *hidden, out_features)
         layers: list[nn.Module] = []
         for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
@@ -74,7 +69,7 @@ class GaussianHead(nn.Module):
 
     def __init__(self, event_dims: int = 1, min_scale: float = 1e-5) -> None:
         super().__init__()
-        self.event_dims = _check_positive_int("event_dims", event_dims)
+        self.event_dims = check_positive_int("event_dims", event_dims)
         self.min_scale = min_scale
 
     def forward(self, features: Tensor) -> Independent:
@@ -112,7 +107,7 @@ class DiagonalGaussianEncoder(nn.Module):
         min_scale: float = 1e-5,
     ) -> None:
         super().__init__()
-        self.latent_dim = _check_positive_int("latent_dim", latent_dim)
+        self.latent_dim = check_positive_int("latent_dim", latent_dim)
         self.body = MLP(in_features, hidden, 2 * latent_dim, activation)
         self.head = GaussianHead(1, min_scale)
         self.in_features = in_features
@@ -156,7 +151,7 @@ class ConvEncoder(nn.Module):
         activation: Activation = nn.ReLU,
     ) -> None:
         super().__init__()
-        channels = tuple(_check_positive_int("channels (each)", c) for c in channels)
+        channels = tuple(check_positive_int("channels (each)", c) for c in channels)
         height, width = _conv_spatial(data_shape, len(channels))
         layers: list[nn.Module] = []
         previous = data_shape[0]
@@ -185,7 +180,7 @@ class ConvDecoder(nn.Module):
         activation: Activation = nn.ReLU,
     ) -> None:
         super().__init__()
-        channels = tuple(_check_positive_int("channels (each)", c) for c in channels)
+        channels = tuple(check_positive_int("channels (each)", c) for c in channels)
         self.height, self.width = _conv_spatial(data_shape, len(channels))
         self.top_channels = channels[-1]
         self.data_shape = tuple(data_shape)

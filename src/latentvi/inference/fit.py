@@ -24,6 +24,7 @@ from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
 from latentvi.bounds import check_num_samples, elbo_kl
+from latentvi.config import check_positive_int
 from latentvi.gradients import reparameterized_elbo, score_function_elbo
 from latentvi.inference.local import LocalGaussians
 from latentvi.inference.optim import LazyAdam
@@ -184,12 +185,6 @@ def make_optimizers(
     return optimizers
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 def _check_data(problem: VariationalProblem, x: Tensor) -> None:
     data_dim = getattr(problem.model, "data_dim", None)
     if not isinstance(x, Tensor) or x.dim() != 2 or (data_dim and x.shape[1] != data_dim):
@@ -249,10 +244,10 @@ def fit_vi(
         The list of records.
     """
     _check_data(problem, x)
-    _check_positive_int("steps", steps)
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("steps", steps)
+    check_positive_int("batch_size", batch_size)
     if eval_every is not None:
-        _check_positive_int("eval_every", eval_every)
+        check_positive_int("eval_every", eval_every)
     num_points = x.shape[0]
     if batch_size > num_points:
         raise ValueError(f"batch_size must be at most N = {num_points}, got {batch_size}")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, MultivariateNormal
 
+from latentvi.config import check_positive_int
 from latentvi.distributions import DiagonalGaussian, inverse_softplus, positive_scale
 
 __all__ = ["LocalGaussians"]
@@ -57,9 +58,8 @@ class LocalGaussians(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("num_points", num_points), ("latent_dim", latent_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int("num_points", num_points)
+        check_positive_int("latent_dim", latent_dim)
         if not init_scale > min_scale:
             raise ValueError(
                 f"init_scale must be greater than min_scale = {min_scale}, got {init_scale!r}"

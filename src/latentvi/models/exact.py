@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, MultivariateNormal, OneHotCategorical
 
+from latentvi.config import check_positive_int
 from latentvi.distributions import (
     check_finite,
     diagonal_gaussian,
@@ -178,8 +179,7 @@ class LinearGaussian(_ExactModel):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` data points from p(x): ``[n, D]``."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        check_positive_int("n", n)
         kwargs = {"dtype": self.weight.dtype, "device": self.weight.device, "generator": generator}
         z = torch.randn(n, self.latent_dim, **kwargs)
         noise = torch.randn(n, self.data_dim, **kwargs)
@@ -299,8 +299,7 @@ class GaussianMixture(_ExactModel):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` data points from p(x): ``[n, D]``."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        check_positive_int("n", n)
         probs = torch.softmax(self.logits, -1)
         component = torch.multinomial(probs, n, replacement=True, generator=generator)
         noise = torch.randn(

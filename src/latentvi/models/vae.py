@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from latentvi.bounds import elbo_terms, importance_log_likelihood, iwae_bound
-from latentvi.config import option, require
+from latentvi.config import check_positive_int, option, require
 from latentvi.distributions import (
     bernoulli,
     continuous_bernoulli,
@@ -266,8 +266,7 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, mean: bool = False) -> Tensor:
         """``n`` images from p(x) = ∫ p(x|z) p(z) dz: ``[n, C, H, W]`` (``mean``: E[x|z] instead)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        check_positive_int("n", n)
         likelihood = self.decode(self.prior.sample((n,)))
         return likelihood.mean if mean else likelihood.sample()
 
