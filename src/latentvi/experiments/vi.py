@@ -10,6 +10,7 @@ gradient estimators are compared at one q by their measured variance. All values
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -20,10 +21,11 @@ import torch
 
 from latentvi.bounds import iwae_bound
 from latentvi.config import option, require, save_config, to_dict
-from latentvi.distributions import kl
+from latentvi.distributions import diagonal_gaussian, inverse_softplus, kl, positive_scale
 from latentvi.gradients import (
     LeaveOneOut,
     MovingAverageBaseline,
+    exact_elbo_linear_gaussian,
     reparameterized_elbo,
     score_function_elbo,
     variance_probe,
@@ -57,10 +59,8 @@ class VIConfig:
     out: str = option("runs/vi", "output folder for results.json, report.txt and vi.png")
 
     def __post_init__(self) -> None:
-        for name in ("data_dim", "latent_dim", "num_points", "steps", "batch_size"):
-            value = getattr(self, name)
-            require(value >= 1, name, value, "use a positive integer")
-        for name in ("num_samples", "iwae_samples", "probe_draws", "eval_every"):
+        positive = ("data_dim", "latent_dim", "num_points", "steps", "batch_size")
+        for name in (*positive, "num_samples", "iwae_samples", "probe_draws", "eval_every"):
             value = getattr(self, name)
             require(value >= 1, name, value, "use a positive integer")
         require(self.refine_steps >= 0, "refine_steps", self.refine_steps, "use 0 or more")
@@ -91,11 +91,6 @@ def _initial_model(config: VIConfig, generator: torch.Generator) -> LinearGaussi
     return LinearGaussian(weight, torch.zeros(config.data_dim), 1.0)
 
 
-@torch.no_grad()
-def _exact_elbo(model: LinearGaussian, x: torch.Tensor, q) -> torch.Tensor:
-    return model.expected_log_likelihood(x, q) - kl(q, model.prior)
-
-
 def _posterior(problem: VariationalProblem, x: torch.Tensor):
     if isinstance(problem.posterior, LocalGaussians):
         return problem.posterior(torch.arange(x.shape[0]))
@@ -107,7 +102,7 @@ def _summarize(problem: VariationalProblem, x: torch.Tensor, config: VIConfig) -
     model = problem.model
     q = _posterior(problem, x)
     log_px = model.log_marginal(x)
-    elbo = _exact_elbo(model, x, q)
+    elbo = exact_elbo_linear_gaussian(model, x, q)
     iwae = iwae_bound(x, q, model.prior, model.likelihood, config.iwae_samples)
     posterior_kl = kl(q, model.posterior(x))
     return {
@@ -121,12 +116,10 @@ def _summarize(problem: VariationalProblem, x: torch.Tensor, config: VIConfig) -
 
 def _probe(model: LinearGaussian, x: torch.Tensor, q_loc, q_raw_scale, config: VIConfig):
     """Variance of each estimator's gradient w.r.t. q's parameters on one minibatch."""
-    from latentvi.distributions import diagonal_gaussian, positive_scale
 
     def q():
         return diagonal_gaussian(q_loc, positive_scale(q_raw_scale))
 
-    args = (x, model.prior, model.likelihood)
     moving_average = MovingAverageBaseline(decay=0.9)
     with torch.no_grad():  # warm the moving average up to the current mean reward
         for _ in range(50):
@@ -135,7 +128,7 @@ def _probe(model: LinearGaussian, x: torch.Tensor, q_loc, q_raw_scale, config: V
     m = 4
 
     def surrogate(function, **kwargs):
-        return lambda: function(args[0], q(), *args[1:], **kwargs).sum()
+        return lambda: function(x, q(), model.prior, model.likelihood, **kwargs).sum()
 
     estimators = {
         "reparameterization": surrogate(reparameterized_elbo),
@@ -147,12 +140,9 @@ def _probe(model: LinearGaussian, x: torch.Tensor, q_loc, q_raw_scale, config: V
             score_function_elbo, num_samples=m, baseline=LeaveOneOut()
         ),
     }
-    exact = torch.autograd.grad(_exact_elbo_with_grad(model, x, q()).sum(), [q_loc, q_raw_scale])
+    exact_objective = exact_elbo_linear_gaussian(model, x, q()).sum()
+    exact = torch.autograd.grad(exact_objective, [q_loc, q_raw_scale])
     return variance_probe(estimators, [q_loc, q_raw_scale], config.probe_draws, exact)
-
-
-def _exact_elbo_with_grad(model: LinearGaussian, x: torch.Tensor, q) -> torch.Tensor:
-    return model.expected_log_likelihood(x, q) - kl(q, model.prior)
 
 
 def run_vi(config: VIConfig, progress: bool = True) -> dict[str, Any]:
@@ -173,15 +163,14 @@ def run_vi(config: VIConfig, progress: bool = True) -> dict[str, Any]:
         mle = LinearGaussian.fit_mle(x, config.latent_dim)
         mle_log_lik = mle.log_marginal(x).mean().item()
         true_log_lik = truth.log_marginal(x).mean().item()
-    init_state = _initial_model(config, generator).state_dict()
+    initial = _initial_model(config, generator)
 
     fits, histories = {}, {}
     for inference in ("per-datapoint", "amortized"):
         for estimator in ESTIMATORS:
             name = f"{inference}, {estimator.replace('_', ' ')}"
             torch.manual_seed(config.seed + 1)
-            model = _initial_model(config, torch.Generator().manual_seed(0))
-            model.load_state_dict(init_state)
+            model = copy.deepcopy(initial)
             if inference == "per-datapoint":
                 posterior = LocalGaussians(config.num_points, config.latent_dim)
             else:
@@ -215,8 +204,6 @@ def run_vi(config: VIConfig, progress: bool = True) -> dict[str, Any]:
     index = torch.arange(32)
     q = probe_q(index)
     loc = q.base_dist.loc.detach().clone().requires_grad_(True)
-    from latentvi.distributions import inverse_softplus
-
     raw_scale = inverse_softplus(q.base_dist.scale.detach()).clone().requires_grad_(True)
     for parameter in probe_model.parameters():
         parameter.requires_grad_(False)
