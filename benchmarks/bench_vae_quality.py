@@ -35,7 +35,6 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     config = json.loads((run / "config.json").read_text())
-    per_epoch = None
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = {r["step"]: r["train/epoch"] for r in records if "train/epoch" in r}
     curve = []
@@ -49,7 +48,7 @@ def main(argv=None) -> dict:
             progress=False,
             checkpoint=checkpoint,
         )
-        epoch = epochs.get(step, per_epoch)
+        epoch = epochs.get(step)
         curve.append({"step": step, "epoch": epoch, **result})
         print(f"step {step} epoch {epoch}: log p(x) {result['log_likelihood']:.2f}", flush=True)
     final = evaluate_run(

@@ -221,7 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"latentvi {arguments.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except RuntimeError as error:
-        if type(error).__name__ != "TrainingDivergedError":
+        from latentvi.train.errors import TrainingDivergedError
+
+        if not isinstance(error, TrainingDivergedError):
             raise
         print(f"latentvi {arguments.command}: {error}", file=sys.stderr)
         return 1
