@@ -12,11 +12,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import tempfile
 import types
 import typing
-from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
@@ -25,7 +22,6 @@ __all__ = [
     "from_arguments",
     "option",
     "require",
-    "save_config",
     "to_dict",
 ]
 
@@ -132,16 +128,3 @@ def from_arguments(config_type: type[T], arguments: argparse.Namespace) -> T:
 def to_dict(config: Any) -> dict[str, Any]:
     """A JSON-ready dict of a (possibly nested) dataclass config."""
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
-
-
-def save_config(config: Any, path: str | os.PathLike) -> Path:
-    """Write ``config`` as JSON atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        json.dump(to_dict(config), handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
-    return path

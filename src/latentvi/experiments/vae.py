@@ -22,6 +22,7 @@ from latentvi.config import option, require, to_dict
 from latentvi.data import DATASETS, Batches, ImageDataset, binarize_static, load_dataset
 from latentvi.models.vae import VAE, VAEConfig
 from latentvi.train import TrainConfig, fit, load_checkpoint
+from latentvi.train.storage import replace_text
 
 __all__ = [
     "DataConfig",
@@ -155,7 +156,8 @@ def train_vae(
         "data": to_dict(data),
     }
     if info.is_main and (not resume or not (out / MODEL_FILE).exists()):
-        _write_json(out / MODEL_FILE, spec)
+        out.mkdir(parents=True, exist_ok=True)
+        replace_text(out / MODEL_FILE, json.dumps(spec, indent=2) + "\n")
     result = fit(
         model,
         make_batches,
@@ -188,13 +190,6 @@ def _adamw(train: TrainConfig):
             return torch.optim.AdamW(model.parameters(), weight_decay=train.weight_decay, **kwargs)
 
     return factory
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 def _read_spec(run_dir: str | os.PathLike) -> dict[str, Any]:

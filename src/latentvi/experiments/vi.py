@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from latentvi.bounds import iwae_bound
-from latentvi.config import option, require, save_config, to_dict
+from latentvi.config import option, require, to_dict
 from latentvi.distributions import diagonal_gaussian, inverse_softplus, kl, positive_scale
 from latentvi.gradients import (
     LeaveOneOut,
@@ -33,6 +33,7 @@ from latentvi.gradients import (
 from latentvi.inference import LocalGaussians, VariationalProblem, amortization_gap, fit_vi
 from latentvi.models import LinearGaussian
 from latentvi.nn import DiagonalGaussianEncoder
+from latentvi.train.storage import replace_text
 
 __all__ = ["VIConfig", "format_vi_report", "run_vi"]
 
@@ -154,7 +155,7 @@ def run_vi(config: VIConfig, progress: bool = True) -> dict[str, Any]:
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.json")
+    replace_text(out / "config.json", json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     truth = _true_model(config, generator)
@@ -223,8 +224,8 @@ def run_vi(config: VIConfig, progress: bool = True) -> dict[str, Any]:
         "figure": str(out / "vi.png"),
     }
     plot_vi_report(histories, mle_log_lik, variances, out / "vi.png")
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "report.txt").write_text(format_vi_report(results) + "\n")
+    replace_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    replace_text(out / "report.txt", format_vi_report(results) + "\n")
     return results
 
 
