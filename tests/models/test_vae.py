@@ -126,3 +126,16 @@ def test_bad_input_is_refused():
         VAEConfig(likelihood="poisson")
     with pytest.raises(ValueError, match="n must be"):
         model.sample(0)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_every_hidden_layer_has_its_activation(layers):
+    """784-200-200-50 means two tanh layers in the encoder and in the decoder (Burda et al.)."""
+    model = VAE((1, 28, 28), VAEConfig(stochastic_layers=layers))
+
+    def count(module):
+        return sum(isinstance(m, torch.nn.Tanh) for m in module.modules())
+
+    assert count(model.encoder) == 2 and count(model.decoder) == 2
+    if layers == 2:
+        assert count(model.encoder_2) == 2 and count(model.decoder_2) == 2

@@ -36,7 +36,7 @@ from latentvi.distributions import (
 )
 from latentvi.gradients import iwae_dreg
 from latentvi.models.chain import GaussianChain
-from latentvi.nn import MLP, ConvDecoder, ConvEncoder, GaussianHead
+from latentvi.nn import MLP, ConvDecoder, ConvEncoder, DiagonalGaussianEncoder, GaussianHead
 
 __all__ = ["VAE", "VAEConfig"]
 
@@ -125,12 +125,6 @@ class VAEConfig:
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 
 
-def _gaussian_layer(body: nn.Module, features: int, latent_dim: int) -> nn.Module:
-    """``body`` then a linear map to (μ, raw σ) and :class:`~latentvi.nn.GaussianHead`:
-    inputs → a diagonal Gaussian with event ``[Z]``."""
-    return nn.Sequential(body, nn.Linear(features, 2 * latent_dim), GaussianHead())
-
-
 class _ImageLikelihood(nn.Module):
     """Maps decoder outputs ``[*S, *B, C·H·W]`` (or images) to p(x|z) with event ``[C, H, W]``."""
 
@@ -175,32 +169,26 @@ class VAE(nn.Module):
         features = self.data_shape[0] * self.data_shape[1] * self.data_shape[2]
         activation = _ACTIVATIONS[config.activation]
         hidden = tuple(int(h) for h in config.hidden)
-        out_per_pixel = features
         self.likelihood_head = _ImageLikelihood(
             config.likelihood, self.data_shape, config.fixed_std
         )
         bottom = config.latent_dim_1 if config.stochastic_layers == 2 else config.latent_dim
         if config.body == "conv":
-            encoder_body = ConvEncoder(self.data_shape)
-            self.encoder = _gaussian_layer(encoder_body, encoder_body.out_features, bottom)
+            body = ConvEncoder(self.data_shape)
+            head = nn.Linear(body.out_features, 2 * bottom)
+            self.encoder = nn.Sequential(body, head, GaussianHead())
             self.decoder = ConvDecoder(bottom, self.data_shape)
         else:
-            self.encoder = _gaussian_layer(
-                nn.Sequential(nn.Flatten(-3), MLP(features, hidden[:-1], hidden[-1], activation)),
-                hidden[-1],
-                bottom,
-            )
-            self.decoder = MLP(bottom, tuple(reversed(hidden)), out_per_pixel, activation)
+            # Every hidden layer, the last included, is followed by the activation.
+            encoder = DiagonalGaussianEncoder(features, bottom, hidden, activation)
+            self.encoder = nn.Sequential(nn.Flatten(-3), encoder)
+            self.decoder = MLP(bottom, tuple(reversed(hidden)), features, activation)
         if config.stochastic_layers == 2:
             hidden_1 = tuple(int(h) for h in config.hidden_1)
             top = config.latent_dim
-            self.encoder_2 = _gaussian_layer(
-                MLP(bottom, hidden_1[:-1], hidden_1[-1], activation), hidden_1[-1], top
-            )
-            self.decoder_2 = _gaussian_layer(
-                MLP(top, tuple(reversed(hidden_1))[:-1], hidden_1[0], activation),
-                hidden_1[0],
-                bottom,
+            self.encoder_2 = DiagonalGaussianEncoder(bottom, top, hidden_1, activation)
+            self.decoder_2 = DiagonalGaussianEncoder(
+                top, bottom, tuple(reversed(hidden_1)), activation
             )
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
 
