@@ -22,6 +22,7 @@ from latentvi.config import option, require, to_dict
 from latentvi.data import DATASETS, Batches, ImageDataset, binarize_static, load_dataset
 from latentvi.models.vae import VAE, VAEConfig
 from latentvi.train import TrainConfig, fit, load_checkpoint
+from latentvi.train.distributed import current
 from latentvi.train.storage import replace_text
 
 __all__ = [
@@ -128,25 +129,22 @@ def train_vae(
     dynamic = "dynamic" if data.binarize == "dynamic" else None
     valid_images = _evaluation_images(data, held_out)[: data.valid_examples]
 
-    def make_batches(epoch, generator, *, start=0, rank=0, world_size=1):
-        batches = Batches(
-            images,
-            batch_size=data.batch_size,
-            binarize=dynamic,
-            rank=rank,
-            world_size=world_size,
-        )
+    info = current()  # this process's rank and the world size (1 without torchrun)
+    batches = Batches(
+        images,
+        batch_size=data.batch_size,
+        binarize=dynamic,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
+
+    def make_batches(epoch, generator, *, start=0, rank=info.rank, world_size=info.world_size):
+        # fit passes this process's own rank and world size: the shard built above.
         return batches.iterate(generator, start=start)
 
     def make_valid_batches():
         return Batches(valid_images, batch_size=500, shuffle=False).iterate()
 
-    from latentvi.train.distributed import current
-
-    info = current()
-    per_epoch = Batches(
-        images, batch_size=data.batch_size, rank=info.rank, world_size=info.world_size
-    ).num_batches
     model = VAE(train_set.shape, model_config)
     out = Path(train.out)
     spec = {
@@ -161,7 +159,7 @@ def train_vae(
     result = fit(
         model,
         make_batches,
-        per_epoch,
+        batches.num_batches,
         train,
         make_valid_batches=make_valid_batches,
         optimizer_factory=_adamw(train),
