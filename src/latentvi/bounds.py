@@ -37,6 +37,7 @@ __all__ = [
     "Likelihood",
     "check_data",
     "check_num_samples",
+    "draw_latents",
     "elbo_entropy",
     "elbo_enumerated",
     "elbo_kl",
@@ -67,6 +68,14 @@ def _broadcastable(a: torch.Size, b: torch.Size) -> bool:
     return all(i == j or i == 1 or j == 1 for i, j in zip(a, b, strict=True))
 
 
+def draw_latents(x: Tensor, q: Distribution, num_samples: int) -> Tensor:
+    """Check ``num_samples`` and that ``x`` matches ``q``'s batch, then draw ``z: [S, *B, Z]``
+    from q (reparameterized when q allows it): the first step of every Monte Carlo bound."""
+    check_num_samples(num_samples)
+    check_data(x, q)
+    return sample(q, num_samples)
+
+
 def elbo_entropy(
     x: Tensor,
     q: Distribution,
@@ -81,9 +90,7 @@ def elbo_entropy(
     analytic when ``analytic_entropy`` and ``q`` has a closed form, else ``-mean log q(z)`` on the
     same draws.
     """
-    check_num_samples(num_samples)
-    check_data(x, q)
-    z = sample(q, num_samples)  # (S, *B, Z)
+    z = draw_latents(x, q, num_samples)  # (S, *B, Z)
     log_joint = likelihood(z).log_prob(x) + prior.log_prob(z)  # (S, *B)
     h = entropy(q, z) if analytic_entropy else -q.log_prob(z).mean(0)
     return log_joint.mean(0) + h
@@ -104,9 +111,7 @@ def elbo_terms(
     closed form is registered for the pair, else a Monte Carlo estimate on the same draws of ``z``.
     Models that weight the terms (β-VAE) use this; :func:`elbo_kl` is their difference.
     """
-    check_num_samples(num_samples)
-    check_data(x, q)
-    z = sample(q, num_samples)  # (S, *B, Z)
+    z = draw_latents(x, q, num_samples)  # (S, *B, Z)
     expected_log_likelihood = likelihood(z).log_prob(x).mean(0)  # (*B)
     monte_carlo = not analytic_kl
     divergence = (q.log_prob(z) - prior.log_prob(z)).mean(0) if monte_carlo else kl(q, prior, z)
@@ -156,9 +161,7 @@ def log_weights(
     num_samples: int,
 ) -> Tensor:
     """Importance log-weights ``log p(x, z_k) - log q(z_k|x)`` for ``z_k ~ q``: ``[K, *B]``."""
-    check_num_samples(num_samples)
-    check_data(x, q)
-    z = sample(q, num_samples)  # (K, *B, Z)
+    z = draw_latents(x, q, num_samples)  # (K, *B, Z)
     return likelihood(z).log_prob(x) + prior.log_prob(z) - q.log_prob(z)
 
 

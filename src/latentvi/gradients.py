@@ -47,8 +47,8 @@ from torch.distributions import (
     kl_divergence,
 )
 
-from latentvi.bounds import Likelihood, check_data, check_num_samples, elbo_kl
-from latentvi.distributions import diagonal_gaussian, kl, log_mean_exp, sample
+from latentvi.bounds import Likelihood, check_data, check_num_samples, draw_latents, elbo_kl
+from latentvi.distributions import diagonal_gaussian, kl, log_mean_exp
 
 __all__ = [
     "Baseline",
@@ -309,9 +309,7 @@ def score_function_elbo(
             :class:`LearnedBaseline`, :class:`LeaveOneOut`), subtracted from the reward.
         analytic_kl: use the closed-form KL where one is registered.
     """
-    check_num_samples(num_samples)
-    check_data(x, q)
-    z = sample(q, num_samples).detach()  # (S, *B, Z): no path from z back to φ
+    z = draw_latents(x, q, num_samples).detach()  # (S, *B, Z): no path from z back to φ
     log_likelihood = likelihood(z).log_prob(x)  # (S, *B)
     divergence = _try_kl(q, prior) if analytic_kl else None
     log_q = q.log_prob(z)  # (S, *B), gradient w.r.t. φ only (z is detached)
