@@ -114,3 +114,32 @@ def test_a_retained_graph_gives_the_same_gradients_twice():
     second = torch.autograd.grad(loss, list(model.parameters()))
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("objective", ["elbo", "iwae"])
+def test_training_through_fit_resumes_bitwise_on_the_fused_path(tmp_path, objective):
+    """`fit` with the fused loss: 6 steps at once == 3 steps + resume 3, bitwise, on CPU."""
+    from latentvi.data import Batches
+    from latentvi.train import TrainConfig, fit
+
+    images = torch.rand(30, *SHAPE, generator=torch.Generator().manual_seed(5))
+    batches = Batches(images, batch_size=8, binarize="dynamic")
+
+    def train(out, stops):
+        model = None
+        for index, stop in enumerate(stops):
+            model, _ = model_and_data(torch.float32, objective=objective, num_samples=3)
+            assert fused.applies(model)
+            config = TrainConfig(
+                max_steps=stop, lr=0.01, seed=1, checkpoint_every=3, progress=False,
+                tensorboard=False, out=str(out),
+            )  # fmt: skip
+            make = lambda epoch, generator, start=0: batches.iterate(generator, start=start)  # noqa: E731
+            fit(model, make, batches.num_batches, config, resume=index > 0)
+        return model
+
+    whole, resumed = train(tmp_path / "a", [6]), train(tmp_path / "b", [3, 6])
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    first, _ = model_and_data(torch.float32)
+    assert not torch.equal(first.decoder[0].weight, whole.decoder[0].weight)  # it trained

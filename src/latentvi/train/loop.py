@@ -288,7 +288,8 @@ def fit(
             for batch in batches:
                 started = time.perf_counter()
                 batch = move_to(batch, device)
-                model.train()
+                if not model.training:  # e.g. a callback left it in eval mode
+                    model.train()
                 optimizer.zero_grad(set_to_none=True)
                 loss, metrics = compute_loss(batch)
                 values = loss_values(loss, metrics)  # also checks the shapes
