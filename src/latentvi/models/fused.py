@@ -115,9 +115,16 @@ def _encode(x: Tensor, encoder, relu: bool, latent: int, min_scale: float):
     return activations, loc, raw, scale
 
 
-def _bernoulli_terms(logits: Tensor, x: Tensor) -> Tensor:
-    """log p(x | logits) summed over pixels: ``logits [S, B, D]``, ``x [B, D]`` -> ``[S, B]``."""
-    return torch.linalg.vecdot(logits, x) - F.softplus(logits).sum(-1)
+def _bernoulli_terms(logits: Tensor, x: Tensor, hidden: Tensor, last) -> Tensor:
+    """log p(x|z) = Σ_pixels x ℓ − softplus(ℓ) for ``logits ℓ [S, B, D] = hidden V^T + c``,
+    ``x [B, D]``, ``hidden [S·B, H]``, ``last = (V, c)`` -> ``[S, B]``.
+
+    Σ x ℓ is computed as hidden · (V^T x) + c · x, on ``[S, B, H]`` instead of ``[S, B, D]``."""
+    weight, bias = last
+    samples, batch, _ = logits.shape
+    projected = torch.mm(x, weight)  # (B, H)
+    data_term = torch.linalg.vecdot(hidden.view(samples, batch, -1), projected)
+    return data_term.add_(torch.mv(x, bias)).sub_(F.softplus(logits).sum(-1))
 
 
 def _sigmoid_minus(logits: Tensor, x: Tensor) -> Tensor:
@@ -137,7 +144,7 @@ class _ELBO(torch.autograd.Function):
         z = torch.addcmul(loc, noise, scale)  # (S, B, Z)
         decoded = _mlp_forward(z.reshape(samples * batch, latent), decoder, relu)
         logits = decoded.pop().view(samples, batch, -1)  # (S, B, D)
-        log_likelihood = _bernoulli_terms(logits, x)  # (S, B)
+        log_likelihood = _bernoulli_terms(logits, x, decoded[-1], decoder[-1])  # (S, B)
         kl = torch.addcmul(scale.log().neg_(), scale, scale, value=0.5)
         kl = torch.addcmul(kl, loc, loc, value=0.5).sum(-1).sub_(0.5 * latent)  # (B,)
         ctx.save_for_backward(x, noise, loc, raw, scale, logits, *activations, *decoded, *params)
@@ -182,7 +189,8 @@ class _IWAE(torch.autograd.Function):
         logits = decoded.pop().view(samples, batch, -1)  # (K, B, D)
         # log w = log p(x|z) + log p(z) − log q(z|x); the 2π terms cancel.
         log_prior_ratio = torch.linalg.vecdot(noise, noise).sub_(torch.linalg.vecdot(z, z))
-        log_weights = _bernoulli_terms(logits, x).add_(log_prior_ratio, alpha=0.5)
+        log_weights = _bernoulli_terms(logits, x, decoded[-1], decoder[-1])
+        log_weights = log_weights.add_(log_prior_ratio, alpha=0.5)
         log_weights = log_weights.add_(scale.log().sum(-1))  # (K, B)
         bound = torch.logsumexp(log_weights, 0).sub_(math.log(samples))  # (B,)
         ctx.save_for_backward(
