@@ -143,3 +143,22 @@ def test_training_through_fit_resumes_bitwise_on_the_fused_path(tmp_path, object
         assert torch.equal(a, b)
     first, _ = model_and_data(torch.float32)
     assert not torch.equal(first.decoder[0].weight, whole.decoder[0].weight)  # it trained
+
+
+def test_the_subnormal_floors_change_the_gradient_only_below_float32_resolution():
+    """Large logits (|ℓ| up to ~100) and widely spread IWAE weights exercise the backward's
+    floors (sigmoid(ℓ < −30), w̃ < 1e-20); in float64 the gradients still match the generic
+    path to 1e-9 of their scale, far below float32's 6e-8 resolution."""
+    model, x = model_and_data(objective="iwae", num_samples=20)
+    with torch.no_grad():
+        model.decoder[-1].weight.mul_(40.0)
+        model.decoder[-1].bias.sub_(30.0)
+        logits = model.decoder(torch.randn(20, 6, 3, dtype=torch.float64))
+        assert (logits < fused._LOGIT_FLOOR).double().mean() > 0.1
+        log_w = torch.stack([model.iwae(x, 1) for _ in range(20)])
+        assert (torch.softmax(log_w, 0) < fused._WEIGHT_FLOOR).any()
+    fast, reference = (loss_and_gradients(model, x, f) for f in (True, False))
+    torch.testing.assert_close(fast[0], reference[0], rtol=1e-12, atol=1e-10)
+    scale = max(g.abs().max() for g in reference[2])
+    for got, want in zip(fast[2], reference[2], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-9 * scale)
