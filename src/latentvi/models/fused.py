@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentvi.distributions import softplus
+
 __all__ = ["applies", "fused_elbo", "fused_iwae"]
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
@@ -124,7 +126,7 @@ def _bernoulli_terms(logits: Tensor, x: Tensor, hidden: Tensor, last) -> Tensor:
     samples, batch, _ = logits.shape
     projected = torch.mm(x, weight)  # (B, H)
     data_term = torch.linalg.vecdot(hidden.view(samples, batch, -1), projected)
-    return data_term.add_(torch.mv(x, bias)).sub_(F.softplus(logits).sum(-1))
+    return data_term.add_(torch.mv(x, bias)).sub_(softplus(logits).sum(-1))
 
 
 # Subnormal floats make every later matmul of the backward many times slower on x86 CPUs. Two
