@@ -4,7 +4,9 @@ Same model (Burda et al.'s 784-200-200-50 tanh VAE, Bernoulli decoder, analytic 
 (MNIST, dynamically binarized), same batch size and optimizer (Adam, lr 1e-3). Each contender
 trains on the same slice of the training set per repeat; the repeats are interleaved so machine
 load affects all of them alike, and the medians are reported. Also reports the FLOP rate reached,
-as a fraction of the machine's measured float32 matmul rate.
+as a fraction of the machine's measured float32 matmul rate. Contenders: latentvi (fused loss and,
+for reference, its generic loss), an idiomatic PyTorch loop, Pyro SVI, pythae's trainer (if it
+imports); then the IWAE-k objective (k = 50), latentvi against an idiomatic PyTorch IWAE loop.
 
     python benchmarks/bench_vae_speed.py [--examples 20000] [--repeats 5] [--threads 2]
 """
@@ -12,6 +14,7 @@ as a fraction of the machine's measured float32 matmul rate.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -31,10 +34,16 @@ from results_io import save_results
 HIDDEN, LATENT, PIXELS = 200, 50, 784
 
 
-def latentvi_epoch(images: torch.Tensor, batch_size: int, seed: int):
-    """One epoch through the library's own loop (``latentvi.train.fit``), no run folder."""
+def latentvi_epoch(
+    images: torch.Tensor, batch_size: int, seed: int, fused: bool = True, **overrides
+):
+    """One epoch through the library's own loop (``latentvi.train.fit``), no run folder.
+
+    ``fused=False`` forces the generic, Distribution-based loss instead of the fused pass."""
     torch.manual_seed(seed)
-    model = VAE((1, 28, 28), VAEConfig(latent_dim=LATENT, hidden=(HIDDEN, HIDDEN)))
+    config = VAEConfig(latent_dim=LATENT, hidden=(HIDDEN, HIDDEN), **overrides)
+    model = VAE((1, 28, 28), config)
+    model.fused = fused
     batches = Batches(images, batch_size=batch_size, binarize="dynamic")
     config = TrainConfig(epochs=1, progress=False, tensorboard=False, log_every=10**9, seed=seed)
 
@@ -134,18 +143,108 @@ def pyro_epoch(images: torch.Tensor, batch_size: int, seed: int):
     return run
 
 
-def flops_per_step(batch_size: int) -> float:
+def idiomatic_iwae_epoch(images: torch.Tensor, batch_size: int, seed: int, k: int):
+    """IWAE-k (Burda et al. 2016) as one would write it in plain PyTorch, same networks."""
+    torch.manual_seed(seed)
+    model = IdiomaticVAE()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(images.flatten(1)), batch_size=batch_size, shuffle=True)
+    log_2pi = math.log(2 * math.pi)
+
+    def loss_of(x: torch.Tensor) -> torch.Tensor:
+        h = model.encoder(x)
+        mu, logvar = model.mu(h), model.logvar(h)
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn(k, *mu.shape)
+        z = mu + std * eps  # (k, B, Z)
+        logits = model.decoder(z)  # (k, B, D)
+        log_px = -F.binary_cross_entropy_with_logits(
+            logits, x.expand_as(logits), reduction="none"
+        ).sum(-1)
+        log_pz = -0.5 * (z.pow(2) + log_2pi).sum(-1)
+        log_qz = -0.5 * (eps.pow(2) + logvar + log_2pi).sum(-1)
+        bound = torch.logsumexp(log_px + log_pz - log_qz, 0) - math.log(k)
+        return -bound.mean()
+
+    def run() -> float:
+        started = time.perf_counter()
+        for (x,) in loader:
+            loss = loss_of(torch.bernoulli(x))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return time.perf_counter() - started
+
+    return run
+
+
+def pythae_epoch(images: torch.Tensor, batch_size: int, seed: int):
+    """One epoch of pythae's own trainer loop (``BaseTrainer.train_step``), same networks.
+
+    pythae has no dynamic binarization: it gets one static binarization of the same images, which
+    spares it the per-epoch draws the other contenders pay for."""
+    import logging
+    import tempfile
+
+    from pythae import models as pythae_models
+    from pythae.data.datasets import BaseDataset
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDecoder, BaseEncoder
+    from pythae.trainers import BaseTrainer, BaseTrainerConfig
+
+    torch.manual_seed(seed)
+    reference = IdiomaticVAE()
+
+    class Encoder(BaseEncoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.mu, self.logvar = reference.encoder, reference.mu, reference.logvar
+
+        def forward(self, x):
+            h = self.body(x.flatten(1))
+            return ModelOutput(embedding=self.mu(h), log_covariance=self.logvar(h))
+
+    class Decoder(BaseDecoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = reference.decoder
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=torch.sigmoid(self.body(z)))
+
+    config = pythae_models.VAEConfig(
+        input_dim=(1, 28, 28), latent_dim=LATENT, reconstruction_loss="bce"
+    )
+    model = pythae_models.VAE(config, encoder=Encoder(), decoder=Decoder())
+    data = torch.bernoulli(images, generator=torch.Generator().manual_seed(seed))
+    training = BaseTrainerConfig(
+        output_dir=tempfile.mkdtemp(prefix="pythae-bench-"),
+        num_epochs=1,
+        per_device_train_batch_size=batch_size,
+        learning_rate=1e-3,
+        no_cuda=True,
+    )
+    logging.getLogger("pythae").setLevel(logging.WARNING)
+    dataset = BaseDataset(data, torch.zeros(len(data)))
+    trainer = BaseTrainer(model, train_dataset=dataset, training_config=training)
+    trainer.prepare_training()  # its optimizer and callbacks (progress bar)
+
+    def run() -> float:
+        started = time.perf_counter()
+        trainer.train_step(epoch=1)
+        return time.perf_counter() - started
+
+    return run
+
+
+def flops_per_step(batch_size: int, samples: int = 1) -> float:
     """Matmul FLOPs of one training step: forward 2·MACs, backward twice that, except the input
-    gradient of the first layer, which is not needed."""
-    layers = [
-        (PIXELS, HIDDEN),
-        (HIDDEN, HIDDEN),
-        (HIDDEN, 2 * LATENT),
-        (LATENT, HIDDEN),
-        (HIDDEN, HIDDEN),
-        (HIDDEN, PIXELS),
-    ]
-    macs = sum(a * b for a, b in layers) * batch_size
+    gradient of the first encoder layer, which is not needed. The decoder runs on
+    ``samples · batch_size`` rows (IWAE-k: k samples of z per image)."""
+    encoder = [(PIXELS, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, 2 * LATENT)]
+    decoder = [(LATENT, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, PIXELS)]
+    macs = sum(a * b for a, b in encoder) * batch_size
+    macs += sum(a * b for a, b in decoder) * batch_size * samples
     return 2 * macs * 3 - 2 * PIXELS * HIDDEN * batch_size
 
 
@@ -160,34 +259,66 @@ def matmul_rate(seconds: float = 2.0) -> float:
     return 2 * 2048**3 * count / (time.perf_counter() - started)
 
 
+def race(contenders: dict, repeats: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Run each contender once to warm up, then `repeats` interleaved rounds: the medians."""
+    for run in contenders.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            times[name].append(run())
+    return {name: statistics.median(values) for name, values in times.items()}, times
+
+
+def summary(medians, times, examples, batch_size, samples, rate) -> dict:
+    ours = medians[LATENTVI]
+    steps = -(-examples // batch_size)
+    achieved = flops_per_step(batch_size, samples) * steps / ours
+    return {
+        "examples_per_epoch": examples,
+        "seconds_per_epoch_median": medians,
+        "seconds_all": times,
+        "speedup_of_latentvi": {name: medians[name] / ours for name in medians if name != LATENTVI},
+        "latentvi_gflops": achieved / 1e9,
+        "fraction_of_matmul_rate": achieved / rate,
+        "full_epoch_seconds_estimate": {n: m * 60000 / examples for n, m in medians.items()},
+    }
+
+
+LATENTVI = "latentvi"
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=20000, help="training examples per epoch")
+    parser.add_argument("--iwae-examples", type=int, default=2000, help="examples, IWAE rows")
+    parser.add_argument("--iwae-samples", type=int, default=50, help="k of the IWAE rows")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-pyro", action="store_true")
+    parser.add_argument("--no-pythae", action="store_true")
+    parser.add_argument("--no-iwae", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/vae_speed.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    images = load_dataset("mnist", "train").images[: args.examples]
+    load_at_start = list(os.getloadavg())
+    data = load_dataset("mnist", "train").images
+    images, batch = data[: args.examples], args.batch_size
     contenders = {
-        "latentvi": latentvi_epoch(images, args.batch_size, 0),
-        "idiomatic PyTorch (DataLoader)": idiomatic_epoch(images, args.batch_size, 0),
+        LATENTVI: latentvi_epoch(images, batch, 0),
+        "latentvi, generic loss (fused pass off)": latentvi_epoch(images, batch, 0, fused=False),
+        "idiomatic PyTorch (DataLoader)": idiomatic_epoch(images, batch, 0),
     }
     if not args.no_pyro:
-        contenders["Pyro SVI (TraceMeanField_ELBO)"] = pyro_epoch(images, args.batch_size, 0)
-    for run in contenders.values():  # warm-up
-        run()
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(args.repeats):
-        for name, run in contenders.items():
-            times[name].append(run())
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    ours = medians["latentvi"]
-    steps = -(-args.examples // args.batch_size)
+        contenders["Pyro SVI (TraceMeanField_ELBO)"] = pyro_epoch(images, batch, 0)
+    if not args.no_pythae:
+        try:
+            contenders["pythae (BaseTrainer.train_step)"] = pythae_epoch(images, batch, 0)
+        except ImportError as error:
+            print(f"pythae skipped: {error}", file=sys.stderr)
     rate = matmul_rate()
-    achieved = flops_per_step(args.batch_size) * steps / ours
+    elbo = summary(*race(contenders, args.repeats), args.examples, batch, 1, rate)
     results = {
         "command": "python " + " ".join(sys.argv),
         "machine": {
@@ -195,20 +326,26 @@ def main(argv=None) -> dict:
             "cores": os.cpu_count(),
             "threads": args.threads,
             "torch": torch.__version__,
-            "load_average": list(os.getloadavg()),
+            "load_average_at_start": load_at_start,
         },
-        "examples_per_epoch": args.examples,
-        "batch_size": args.batch_size,
-        "seconds_per_epoch_median": medians,
-        "seconds_all": times,
-        "speedup_of_latentvi": {
-            name: medians[name] / ours for name in medians if name != "latentvi"
-        },
+        "batch_size": batch,
         "matmul_gflops": rate / 1e9,
-        "latentvi_gflops": achieved / 1e9,
-        "fraction_of_matmul_rate": achieved / rate,
-        "full_epoch_seconds_estimate": {n: m * 60000 / args.examples for n, m in medians.items()},
+        "elbo": elbo,
     }
+    if not args.no_iwae:
+        k, few = args.iwae_samples, data[: args.iwae_examples]
+        iwae = {"objective": "iwae", "num_samples": k}
+        contenders = {
+            LATENTVI: latentvi_epoch(few, batch, 0, **iwae),
+            "latentvi, generic loss (fused pass off)": latentvi_epoch(
+                few, batch, 0, fused=False, **iwae
+            ),
+            "idiomatic PyTorch IWAE (DataLoader)": idiomatic_iwae_epoch(few, batch, 0, k),
+        }
+        results[f"iwae_k{k}"] = summary(
+            *race(contenders, args.repeats), args.iwae_examples, batch, k, rate
+        )
+    results["machine"]["load_average_at_end"] = list(os.getloadavg())
     return save_results(args.out, results)
 
 

@@ -247,3 +247,30 @@ def test_diagonal_gaussian_validation():
         q.log_prob(torch.zeros(4))
     # Valid by construction: no checks (and no host synchronizations) when told so.
     diagonal_gaussian(torch.zeros(3), -torch.ones(3), validate_args=False)
+
+
+@pytest.mark.parametrize("event_dims", [1, 3])
+def test_bernoulli_log_prob_and_gradients_equal_torch(event_dims):
+    """The one-node Bernoulli log-density against torch's Independent(Bernoulli), float64, with
+    logits [S, B, *E] broadcast against values [B, *E] (binary and grey-level values)."""
+    from torch.distributions import Bernoulli, Independent
+
+    from latentvi.distributions import IndependentBernoulli, bernoulli
+
+    g = torch.Generator().manual_seed(0)
+    event = (3, 4) if event_dims == 1 else (1, 3, 4)
+    shape = (2, 5, *event) if event_dims == 3 else (2, 5, 12)
+    logits = (8 * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_()
+    for value in ((torch.rand(shape[1:], generator=g) > 0.5).double(), torch.rand(shape[1:])):
+        value = value.double().requires_grad_()
+        ours = bernoulli(logits, event_dims)
+        assert isinstance(ours, IndependentBernoulli)
+        theirs = Independent(Bernoulli(logits=logits, validate_args=False), event_dims)
+        got, want = ours.log_prob(value), theirs.log_prob(value)
+        assert got.shape == want.shape == shape[: len(shape) - event_dims]
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        weights = torch.randn(got.shape, generator=g, dtype=torch.float64)
+        ours_grads = torch.autograd.grad((got * weights).sum(), (logits, value))
+        their_grads = torch.autograd.grad((want * weights).sum(), (logits, value))
+        for a, b in zip(ours_grads, their_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -35,6 +35,7 @@ from torch.distributions import (
 
 __all__ = [
     "DiagonalGaussian",
+    "IndependentBernoulli",
     "bernoulli",
     "check_finite",
     "continuous_bernoulli",
@@ -46,6 +47,7 @@ __all__ = [
     "log_mean_exp",
     "positive_scale",
     "sample",
+    "softplus",
     "standard_normal",
 ]
 
@@ -331,9 +333,61 @@ def diagonal_gaussian(
     return DiagonalGaussian(loc, scale, event_dims, validate_args)
 
 
+def softplus(x: Tensor) -> Tensor:
+    """``log(1 + e^x)``: ``F.softplus`` with its linear cut-off (x > threshold gives x) placed where
+    the neglected ``log1p(e^-x)`` is below the dtype's resolution — 20 for float32 (as torch's
+    default), 40 for float64 (torch's 20 would be off by up to 2e-9 there)."""
+    return F.softplus(x, threshold=40.0 if x.dtype == torch.float64 else 20.0)
+
+
+class _BernoulliLogDensity(torch.autograd.Function):
+    """``Σ_event x ℓ − softplus(ℓ)``, the Bernoulli log-density in logits, as one autograd node;
+    ``logits`` and ``value`` broadcast together (e.g. ``[S, *B, *E]`` against ``[*B, *E]``).
+
+    ∂/∂ℓ = g (x − sigmoid(ℓ)), ∂/∂x = g ℓ. softplus is several times cheaper on the CPU than the
+    ``log_sigmoid`` inside ``binary_cross_entropy_with_logits`` that ``Bernoulli.log_prob`` uses.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, value: Tensor, event_dims: int) -> Tensor:
+        terms = torch.mul(logits, value).sub_(softplus(logits))  # (*S, *B, *E)
+        ctx.save_for_backward(logits, value)
+        ctx.event_dims = event_dims
+        return _sum_event(terms, event_dims)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gradient: Tensor):
+        logits, value = ctx.saved_tensors
+        gradient = _event_gradient(gradient, ctx.event_dims)
+        logits_gradient = value_gradient = None
+        if ctx.needs_input_grad[0]:
+            residual = torch.sigmoid(logits).sub_(value).neg_()  # x − sigmoid(ℓ)
+            logits_gradient = _unbroadcast(residual.mul_(gradient), logits.shape)
+        if ctx.needs_input_grad[1]:
+            value_gradient = _unbroadcast(logits * gradient, value.shape)
+        return logits_gradient, value_gradient, None
+
+
+class IndependentBernoulli(Independent):
+    """``Independent(Bernoulli(logits=ℓ), event_dims)`` whose ``log_prob`` is one autograd node
+    (:class:`_BernoulliLogDensity`); everything else is torch's."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """``Σ_event log Bernoulli(value; logits)``: ``[*S, *B, *E] -> [*S, *B]`` (validated as
+        the base distribution says, as ``Independent`` does: :func:`bernoulli` validates nothing,
+        so grey-level values give the cross-entropy)."""
+        if self.base_dist._validate_args:
+            self.base_dist._validate_sample(value)
+        logits = self.base_dist.logits
+        if value.dtype != logits.dtype:
+            value = value.to(logits.dtype)
+        return _BernoulliLogDensity.apply(logits, value, self.reinterpreted_batch_ndims)
+
+
 def bernoulli(logits: Tensor, event_dims: int = 1) -> Independent:
     """Independent Bernoulli pixels/bits over the last ``event_dims`` dimensions (binary data)."""
-    return Independent(Bernoulli(logits=logits, validate_args=False), event_dims)
+    return IndependentBernoulli(Bernoulli(logits=logits, validate_args=False), event_dims)
 
 
 def continuous_bernoulli(logits: Tensor, event_dims: int = 1) -> Independent:

@@ -272,3 +272,27 @@ def test_gradient_norm_clips_and_names_the_bad_parameter():
     norm, bad = gradient_norm(model, clip=1.0)
     assert bad == "gradient of 1.bias" and not math.isfinite(norm)
     assert torch.isfinite(model[0].weight.grad).all()  # left untouched
+
+
+class _SubnormalProbe(nn.Module):
+    """Records whether a subnormal float32 survives a multiplication during each step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1))
+        self.survived: list[bool] = []
+
+    def loss(self, batch):
+        tiny = torch.full((1,), 1e-39) * 1.0  # below float32's smallest normal, 1.18e-38
+        self.survived.append(bool(tiny.item() != 0))
+        loss = (self.weight * batch[0]).pow(2).mean()
+        return loss, {}
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_subnormals_are_flushed_only_while_training_and_only_when_asked(flush):
+    model = _SubnormalProbe()
+    data = lambda epoch, generator: [(torch.ones(2),)] * 3  # noqa: E731
+    fit(model, data, 3, _config(max_steps=3, flush_denormal=flush))
+    assert model.survived == [not flush] * 3
+    assert (torch.full((1,), 1e-39) * 1.0).item() != 0  # back to PyTorch's default afterwards

@@ -199,7 +199,7 @@ class Batches:
         size = self.batch_size
         for index in range(start, self.num_batches):
             rows = share[index * size : (index + 1) * size]  # (B,)
-            batch = [tensor[rows] for tensor in self.tensors]
+            batch = [tensor.index_select(0, rows) for tensor in self.tensors]  # fast gather
             if noise_seed is not None:
                 noise = torch.Generator(device=self.device)
                 noise.manual_seed(_batch_noise_seed(noise_seed, self.rank, index))

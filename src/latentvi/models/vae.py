@@ -35,6 +35,7 @@ from latentvi.distributions import (
     standard_normal,
 )
 from latentvi.gradients import iwae_dreg
+from latentvi.models import fused
 from latentvi.models.chain import GaussianChain
 from latentvi.nn import MLP, ConvDecoder, ConvEncoder, DiagonalGaussianEncoder, GaussianHead
 
@@ -191,6 +192,9 @@ class VAE(nn.Module):
                 top, bottom, tuple(reversed(hidden_1)), activation
             )
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
+        self.fused = True
+        """Let :meth:`loss` take the fused fast path (:mod:`latentvi.models.fused`) where the
+        config allows; False forces the generic, Distribution-based reference path."""
 
     # --- the model as distributions -------------------------------------------------------
     @property
@@ -281,6 +285,8 @@ class VAE(nn.Module):
         """
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         c = self.config
+        if fused.applies(self) and x.dim() == 4 and tuple(x.shape[1:]) == self.data_shape:
+            return self._fused_loss(x)
         q = self.encode(x)
         if c.objective == "iwae":
             if c.dreg:
@@ -294,6 +300,19 @@ class VAE(nn.Module):
         total = losses["recon"] + c.beta * losses["kl"]
         metrics = {f"loss/{k}": v.detach() for k, v in losses.items()}
         metrics["elbo"] = -(losses["recon"] + losses["kl"]).detach()
+        return total, metrics
+
+    def _fused_loss(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`loss` through the fused pass: the same values, gradients and random draws."""
+        c = self.config
+        if c.objective == "iwae":
+            loss, _ = fused.fused_iwae(self, x, c.num_samples)
+            value = -loss.detach()
+            return loss, {"iwae": value, "loss/neg_iwae": -value}
+        recon, divergence = fused.fused_elbo(self, x, c.num_samples)
+        total = recon + c.beta * divergence
+        metrics = {"loss/recon": recon.detach(), "loss/kl": divergence.detach()}
+        metrics["elbo"] = -(recon + divergence).detach()
         return total, metrics
 
     def _check_images(self, x: Tensor) -> None:

@@ -56,6 +56,11 @@ class TrainConfig:
     keep_checkpoints: int = option(3, "how many of the newest checkpoints to keep on disk")
     progress: bool = option(True, "show a tqdm progress bar")
     tensorboard: bool = option(True, "also write TensorBoard scalars when tensorboard is installed")
+    flush_denormal: bool = option(
+        True,
+        "treat subnormal floats as zero on the CPU while training (torch.set_flush_denormal): "
+        "steps stay fast when gradients underflow, e.g. IWAE weights of hopeless samples",
+    )
     out: str | None = option(
         None, "run folder for config.json, metrics and checkpoints (None: write nothing)"
     )

@@ -20,6 +20,9 @@ update), clip, ``optimizer.step()``. Then, in this order: log training means (ev
 partial window), validates and checkpoints; callbacks run only every ``log_every`` steps, so
 that a run stopped early and resumed calls them at the same steps as one that never stopped.
 
+With ``flush_denormal`` (the default) subnormal floats count as zero during training (the calling
+thread's CPU flag, set back to PyTorch's default, off, when ``fit`` returns).
+
 Randomness: python/numpy/torch are seeded from ``config.seed`` (rank r > 0: a seed mixed from
 (seed, r)); resume restores them from the checkpoint, so a run stopped at step s and resumed is
 bitwise identical, on CPU, to one that never stopped. Validation and callbacks run under their
@@ -279,6 +282,9 @@ def fit(
 
     train_metrics: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
+    # Subnormal operands make CPU matmuls many times slower; they arise as training goes on
+    # (e.g. exp of very negative log-weights) and carry nothing at float32 resolution.
+    flush = config.flush_denormal and torch.set_flush_denormal(True)
     try:
         while not finished():
             batches = epoch_batches(make_batches, epoch, config.seed, in_epoch, info)
@@ -288,7 +294,8 @@ def fit(
             for batch in batches:
                 started = time.perf_counter()
                 batch = move_to(batch, device)
-                model.train()
+                if not model.training:  # e.g. a callback left it in eval mode
+                    model.train()
                 optimizer.zero_grad(set_to_none=True)
                 loss, metrics = compute_loss(batch)
                 values = loss_values(loss, metrics)  # also checks the shapes
@@ -364,6 +371,8 @@ def fit(
                     f"= {per_epoch}; pass the number of batches one epoch yields"
                 )
     finally:
+        if flush:
+            torch.set_flush_denormal(False)  # PyTorch's default (it offers no way to read it)
         bar.close()
         if metrics_logger is not None:
             metrics_logger.close()

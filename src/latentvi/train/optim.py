@@ -37,8 +37,12 @@ def gradient_norm(model: torch.nn.Module, clip: float | None) -> tuple[float, st
     if not grads:
         return 0.0, None
     device = grads[0][1].device
-    norms = [torch.linalg.vector_norm(g.detach()).double().to(device) for _, g in grads]
-    norm = float(torch.linalg.vector_norm(torch.stack(norms)))
+    tensors = [g.detach() for _, g in grads]
+    if len({(t.device, t.dtype) for t in tensors}) == 1:  # one fused kernel over all of them
+        norms = torch.stack(torch._foreach_norm(tensors)).double()
+    else:
+        norms = torch.stack([torch.linalg.vector_norm(t).double().to(device) for t in tensors])
+    norm = float(torch.linalg.vector_norm(norms))
     if not math.isfinite(norm):
         for name, grad in grads:
             if not bool(torch.isfinite(grad).all()):
@@ -47,8 +51,7 @@ def gradient_norm(model: torch.nn.Module, clip: float | None) -> tuple[float, st
     if clip is not None:
         scale = clip / (norm + 1e-6)
         if scale < 1.0:
-            for _, grad in grads:
-                grad.detach().mul_(scale)
+            torch._foreach_mul_(tensors, scale)
     return norm, None
 
 

@@ -1,0 +1,261 @@
+"""A fused forward and backward pass for the MLP VAE's training objectives (a fast path).
+
+The generic :meth:`VAE.loss <latentvi.models.vae.VAE.loss>` builds q(z|x) and p(x|z) as
+Distribution objects and lets autograd differentiate a graph of ~40 small nodes. For the model of
+Kingma & Welling (2014) and Burda et al. (2016) — an MLP Gaussian encoder with a softplus scale,
+an MLP Bernoulli decoder, tanh or ReLU hidden layers, one stochastic layer — the whole objective
+and its gradient fit in one :class:`torch.autograd.Function` written as a few large matmuls
+(``addmm``) with in-place elementwise ops, for
+
+* the ELBO with analytic KL (``E_q log p(x|z)`` over S samples, ``KL(q ‖ N(0, I))``), and
+* the IWAE-K bound (its standard reparameterized gradient, not DReG).
+
+The gradients are derived by hand. With logits ℓ = decoder(z), z = μ + σ ε, σ = softplus(r) + σ₀:
+
+* Bernoulli: ∂ log p(x|z)/∂ℓ = x − sigmoid(ℓ);
+* analytic KL, per coordinate ½(σ² + μ² − 1) − log σ: ∂/∂μ = μ, ∂/∂σ = σ − 1/σ;
+* IWAE: ∂ log mean_k w_k / ∂ log w_k = w̃_k (the normalized weights); log w = log p(x|z) + log p(z)
+  − log q(z|x), where log p(z) adds −z to ∂/∂z and log q(z|x), differentiated along the
+  reparameterization z = μ + σ ε, contributes 0 to ∂/∂μ and −1/σ to ∂/∂σ;
+* a hidden layer a = act(W h + b): ∂/∂pre = ∂/∂a · act'(pre), ∂W = ∂preᵀ h, ∂h = ∂pre W.
+
+It draws the noise ε exactly as the generic path does (one ``torch.randn([S, B, Z])`` from the
+global generator, after the encoder), so the two give the same value and gradients from the same
+seed, up to float rounding; ``tests/models/test_fused.py`` checks this in float64.
+:func:`applies` says when a model can use it; :class:`VAE` does so automatically.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from latentvi.distributions import softplus
+
+__all__ = ["applies", "fused_elbo", "fused_iwae"]
+
+_HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
+_ACTIVATIONS = ("tanh", "relu")
+
+
+def applies(model: nn.Module) -> bool:
+    """Whether ``model`` (a :class:`~latentvi.models.vae.VAE`) matches what the fast path computes:
+    MLP body, Bernoulli likelihood, one stochastic layer, tanh or ReLU, ELBO or IWAE without DReG,
+    and ``model.fused`` not switched off."""
+    c = getattr(model, "config", None)
+    return (
+        c is not None
+        and getattr(model, "fused", False)
+        and c.body == "mlp"
+        and c.likelihood == "bernoulli"
+        and c.stochastic_layers == 1
+        and c.activation in _ACTIVATIONS
+        and not c.dreg
+    )
+
+
+def _parameters(model: nn.Module) -> tuple[list[nn.Linear], list[nn.Linear], float]:
+    encoder = model.encoder[1]  # (Flatten, DiagonalGaussianEncoder)
+    linear = lambda body: [m for m in body if isinstance(m, nn.Linear)]  # noqa: E731
+    return linear(encoder.body), linear(model.decoder), encoder.head.min_scale
+
+
+def _flat_args(encoder: list[nn.Linear], decoder: list[nn.Linear]) -> list[Tensor]:
+    return [t for layer in (*encoder, *decoder) for t in (layer.weight, layer.bias)]
+
+
+def _split(params: tuple[Tensor, ...], layers: int) -> tuple[list, list]:
+    pairs = [(params[i], params[i + 1]) for i in range(0, len(params), 2)]
+    return pairs[:layers], pairs[layers:]
+
+
+def _mlp_forward(h: Tensor, layers: list[tuple[Tensor, Tensor]], relu: bool) -> list[Tensor]:
+    """Activations ``[input, a₁, …, a_{L-1}, output]`` of an MLP (no activation on the output)."""
+    outputs = [h]
+    for i, (weight, bias) in enumerate(layers):
+        h = torch.addmm(bias, h, weight.t())
+        if i < len(layers) - 1:
+            h = h.relu_() if relu else h.tanh_()
+        outputs.append(h)
+    return outputs
+
+
+def _mlp_backward(
+    gradient: Tensor,
+    activations: list[Tensor],
+    layers: list[tuple[Tensor, Tensor]],
+    relu: bool,
+    input_gradient: bool,
+) -> tuple[list[Tensor], Tensor | None]:
+    """Given ∂/∂output ``[N, out]`` (overwritten): the parameter gradients ``[∂W₁, ∂b₁, …]`` and
+    ∂/∂input (None unless ``input_gradient``)."""
+    pairs: list[tuple[Tensor, Tensor]] = []
+    for i in range(len(layers) - 1, -1, -1):
+        below = activations[i]
+        pairs.append((torch.mm(gradient.t(), below), gradient.sum(0)))
+        if i == 0 and not input_gradient:
+            gradient = None
+            break
+        gradient = torch.mm(gradient, layers[i][0])
+        if i > 0:  # through the activation that produced `below`
+            gradient = gradient.mul_(below > 0) if relu else _tanh_backward(gradient, below)
+    return [g for pair in reversed(pairs) for g in pair], gradient
+
+
+_tanh_backward = torch.ops.aten.tanh_backward  # ∂/∂pre = ∂/∂a · (1 − a²), one kernel
+
+
+def _encode(x: Tensor, encoder, relu: bool, latent: int, min_scale: float):
+    activations = _mlp_forward(x, encoder, relu)
+    features = activations.pop()
+    loc = features[:, :latent]
+    raw = features[:, latent:].contiguous()
+    scale = F.softplus(raw).add_(min_scale)
+    return activations, loc, raw, scale
+
+
+def _bernoulli_terms(logits: Tensor, x: Tensor, hidden: Tensor, last) -> Tensor:
+    """log p(x|z) = Σ_pixels x ℓ − softplus(ℓ) for ``logits ℓ [S, B, D] = hidden V^T + c``,
+    ``x [B, D]``, ``hidden [S·B, H]``, ``last = (V, c)`` -> ``[S, B]``.
+
+    Σ x ℓ is computed as hidden · (V^T x) + c · x, on ``[S, B, H]`` instead of ``[S, B, D]``."""
+    weight, bias = last
+    samples, batch, _ = logits.shape
+    projected = torch.mm(x, weight)  # (B, H)
+    data_term = torch.linalg.vecdot(hidden.view(samples, batch, -1), projected)
+    return data_term.add_(torch.mv(x, bias)).sub_(softplus(logits).sum(-1))
+
+
+# Subnormal floats make every later matmul of the backward many times slower on x86 CPUs. Two
+# sources of them are cut here, at changes far below float32 resolution of the gradient:
+# sigmoid(ℓ) for ℓ < −30 (< 1e-13, taken as sigmoid(−30)), and IWAE weights w̃ < 1e-20 (taken as 0).
+_LOGIT_FLOOR = -30.0
+_WEIGHT_FLOOR = 1e-20
+
+
+def _sigmoid_minus(logits: Tensor, x: Tensor) -> Tensor:
+    """sigmoid(logits) − x = −∂ log p(x|z)/∂logits (a new tensor: the saved ones stay intact,
+    so that a retained graph can be differentiated again)."""
+    return logits.clamp_min(_LOGIT_FLOOR).sigmoid_().sub_(x)
+
+
+class _ELBO(torch.autograd.Function):
+    """(−mean_B E_q log p(x|z), mean_B KL(q ‖ N(0, I))) for ``x [B, D]``, ``noise [S, B, Z]``."""
+
+    @staticmethod
+    def forward(ctx, x, noise, relu, min_scale, encoder_layers, *params):
+        encoder, decoder = _split(params, encoder_layers)
+        samples, batch, latent = noise.shape
+        activations, loc, raw, scale = _encode(x, encoder, relu, latent, min_scale)
+        z = torch.addcmul(loc, noise, scale)  # (S, B, Z)
+        decoded = _mlp_forward(z.reshape(samples * batch, latent), decoder, relu)
+        logits = decoded.pop().view(samples, batch, -1)  # (S, B, D)
+        log_likelihood = _bernoulli_terms(logits, x, decoded[-1], decoder[-1])  # (S, B)
+        kl = torch.addcmul(scale.log().neg_(), scale, scale, value=0.5)
+        kl = torch.addcmul(kl, loc, loc, value=0.5).sum(-1).sub_(0.5 * latent)  # (B,)
+        ctx.save_for_backward(x, noise, loc, raw, scale, logits, *activations, *decoded, *params)
+        ctx.layers = relu, len(activations), len(decoded)
+        return -log_likelihood.mean(), kl.mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_recon, grad_kl):
+        x, noise, loc, raw, scale, logits, *saved = ctx.saved_tensors
+        relu, count, decoded = ctx.layers
+        encoder_acts, decoder_acts = saved[:count], saved[count : count + decoded]
+        encoder, decoder = _split(tuple(saved[count + decoded :]), count)
+        samples, batch, latent = noise.shape
+        # ∂(−mean log p)/∂logits = (sigmoid − x) / (S B)
+        dlogits = _sigmoid_minus(logits, x).mul_(grad_recon / (samples * batch))
+        decoder_grads, dz = _mlp_backward(
+            dlogits.view(samples * batch, -1), decoder_acts, decoder, relu, True
+        )
+        dz = dz.view(samples, batch, latent)
+        kl_weight = grad_kl / batch
+        dloc = dz.sum(0).add_(loc, alpha=kl_weight)
+        dscale = torch.linalg.vecdot(dz.movedim(0, -1), noise.movedim(0, -1))
+        dscale = dscale.add_(scale - scale.reciprocal(), alpha=kl_weight)
+        draw = dscale.mul_(torch.sigmoid(raw))
+        encoder_grads, _ = _mlp_backward(
+            torch.cat([dloc, draw], 1), encoder_acts, encoder, relu, False
+        )
+        return None, None, None, None, None, *encoder_grads, *decoder_grads
+
+
+class _IWAE(torch.autograd.Function):
+    """−mean_B log mean_k w_k for ``x [B, D]``, ``noise [K, B, Z]``; also the bound ``[B]``."""
+
+    @staticmethod
+    def forward(ctx, x, noise, relu, min_scale, encoder_layers, *params):
+        encoder, decoder = _split(params, encoder_layers)
+        samples, batch, latent = noise.shape
+        activations, loc, raw, scale = _encode(x, encoder, relu, latent, min_scale)
+        z = torch.addcmul(loc, noise, scale)  # (K, B, Z)
+        decoded = _mlp_forward(z.reshape(samples * batch, latent), decoder, relu)
+        logits = decoded.pop().view(samples, batch, -1)  # (K, B, D)
+        # log w = log p(x|z) + log p(z) − log q(z|x); the 2π terms cancel.
+        log_prior_ratio = torch.linalg.vecdot(noise, noise).sub_(torch.linalg.vecdot(z, z))
+        log_weights = _bernoulli_terms(logits, x, decoded[-1], decoder[-1])
+        log_weights = log_weights.add_(log_prior_ratio, alpha=0.5)
+        log_weights = log_weights.add_(scale.log().sum(-1))  # (K, B)
+        bound = torch.logsumexp(log_weights, 0).sub_(math.log(samples))  # (B,)
+        ctx.save_for_backward(
+            x, noise, raw, scale, z, logits, log_weights, *activations, *decoded, *params
+        )
+        ctx.layers = relu, len(activations), len(decoded)
+        ctx.mark_non_differentiable(bound)
+        return -bound.mean(), bound
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, _grad_bound):
+        x, noise, raw, scale, z, logits, log_weights, *saved = ctx.saved_tensors
+        relu, count, decoded = ctx.layers
+        encoder_acts, decoder_acts = saved[:count], saved[count : count + decoded]
+        encoder, decoder = _split(tuple(saved[count + decoded :]), count)
+        samples, batch, latent = noise.shape
+        # weights = −∂loss/∂log w_k = w̃_k / B (times the upstream gradient)
+        weights = torch.softmax(log_weights, 0)  # (K, B)
+        weights = weights.masked_fill_(weights < _WEIGHT_FLOOR, 0).mul_(grad_loss / batch)
+        dlogits = _sigmoid_minus(logits, x).mul_(weights.unsqueeze(-1))
+        decoder_grads, dz = _mlp_backward(
+            dlogits.view(samples * batch, -1), decoder_acts, decoder, relu, True
+        )
+        dz = dz.view(samples, batch, latent).addcmul_(z, weights.unsqueeze(-1))  # log p(z)
+        dloc = dz.sum(0)
+        dscale = torch.linalg.vecdot(dz.movedim(0, -1), noise.movedim(0, -1))
+        dscale = dscale.sub_(weights.sum(0).unsqueeze(-1) / scale)  # log q(z|x)
+        draw = dscale.mul_(torch.sigmoid(raw))
+        encoder_grads, _ = _mlp_backward(
+            torch.cat([dloc, draw], 1), encoder_acts, encoder, relu, False
+        )
+        return None, None, None, None, None, *encoder_grads, *decoder_grads
+
+
+def _run(function, model: nn.Module, x: Tensor, num_samples: int):
+    encoder, decoder, min_scale = _parameters(model)
+    params = _flat_args(encoder, decoder)
+    flat = x.reshape(x.shape[0], -1)
+    encoded = encoder[-1].weight
+    # The same draw as DiagonalGaussian.rsample([S]) in the generic path.
+    latent = encoded.shape[0] // 2
+    noise = torch.randn(
+        (num_samples, flat.shape[0], latent), dtype=encoded.dtype, device=encoded.device
+    )
+    relu = model.config.activation == "relu"
+    return function.apply(flat, noise, relu, min_scale, len(encoder), *params)
+
+
+def fused_elbo(model: nn.Module, x: Tensor, num_samples: int) -> tuple[Tensor, Tensor]:
+    """``(−mean E_q log p(x|z), mean KL(q ‖ p(z)))`` over the batch of images ``x [B, C, H, W]``:
+    two scalars in nats, the same values and gradients as the generic ``elbo_terms``."""
+    return _run(_ELBO, model, x, num_samples)
+
+
+def fused_iwae(model: nn.Module, x: Tensor, num_samples: int) -> tuple[Tensor, Tensor]:
+    """``(−mean IWAE_K, IWAE_K [B])`` for images ``x [B, C, H, W]`` (the second not
+    differentiable): the same values and gradients as the generic ``iwae_bound``."""
+    return _run(_IWAE, model, x, num_samples)
