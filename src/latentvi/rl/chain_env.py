@@ -2,13 +2,14 @@
 
 ``latentvi/PixelChain-v0`` (registered by :func:`latentvi.rl.pixels.make_env`): ``n`` cells in a
 row, the agent starts in cell 0 and the episode ends when it reaches cell ``n − 1``. Each step
-costs −0.1; reaching the goal pays +1. Actions: ``Discrete(2)`` (0 left, 1 right) or, with
-``continuous=True``, ``Box(−1, 1, (1,))`` (right when a > 0). Episodes are truncated after
-``max_steps`` steps. The observation is an image ``uint8 [size, size, 1]`` (Gymnasium's
+costs −0.1; reaching the goal pays +1. Actions: ``Discrete(2)`` or, with ``continuous=True``,
+``Box(−1, 1, (1,))`` (a > 0 counts as action 1). Action 1 moves right in even cells and left in
+odd ones, action 0 the opposite — so no constant action reaches the goal, and the agent has to
+read its cell off the pixels. Episodes are truncated after ``max_steps`` steps. The observation is an image ``uint8 [size, size, 1]`` (Gymnasium's
 height-width-channel layout): the cells are columns, the agent's is bright, the goal's dim.
 
-The optimal undiscounted return is ``1 − 0.1·(n − 2)`` (``n − 1`` steps right); a uniformly random
-policy rarely reaches the goal within ``max_steps`` for n ≥ 5 and scores about −1.
+The optimal undiscounted return is ``1 − 0.1·(n − 2)`` (``n − 1`` steps right); a constant
+policy oscillates between cells 0 and 1 and scores ``−0.1 · max_steps``.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class PixelChainEnv(gym.Env):
         return self._image(), {}
 
     def step(self, action):
-        right = float(np.asarray(action).reshape(-1)[0]) > 0 if self.continuous else action == 1
+        one = float(np.asarray(action).reshape(-1)[0]) > 0 if self.continuous else action == 1
+        right = one == (self.position % 2 == 0)
         self.position = min(self.n - 1, self.position + 1) if right else max(0, self.position - 1)
         self.steps += 1
         terminated = self.position == self.n - 1
