@@ -95,9 +95,7 @@ class RunConfig:
             "keep_checkpoints",
         ):
             value = getattr(self, name)
-            require(
-                isinstance(value, int) and value >= 1, name, value, "use a positive integer"
-            )
+            require(isinstance(value, int) and value >= 1, name, value, "use a positive integer")
         require(self.learning_starts >= 0, "learning_starts", self.learning_starts, "use >= 0")
         require(self.pretrain_updates >= 0, "pretrain_updates", self.pretrain_updates, "use >= 0")
         require(
@@ -139,7 +137,11 @@ def _check(agent_config: LatentQConfig, run: RunConfig) -> bool:
         "pixels",
         run.pixels,
         f"variant {agent_config.variant!r} "
-        + ("observes pixels: drop --no-pixels" if pixel_variant else "uses the state: drop --pixels"),
+        + (
+            "observes pixels: drop --no-pixels"
+            if pixel_variant
+            else "uses the state: drop --pixels"
+        ),
     )
     require(run.out is not None, "out", run.out, "give a run folder, e.g. --out runs/latent-q")
     return pixels
@@ -326,7 +328,9 @@ def _pretrain(agent: LatentQAgent, run: RunConfig, out: Path, stack: int) -> Non
     else:
         prior = collect_prior_data(run, path, run.prior_steps, mixed_seed(run.seed, 3))
     metrics = agent.pretrain(prior.sample_observations, run.pretrain_updates)
-    write_json(out / "pretrain.json", {"prior_data": str(path), "transitions": len(prior), **metrics})
+    write_json(
+        out / "pretrain.json", {"prior_data": str(path), "transitions": len(prior), **metrics}
+    )
 
 
 def _train(agent, agent_config, run, env, eval_env, buffer, generator, state, out, log, spec):

@@ -5,8 +5,9 @@ row, the agent starts in cell 0 and the episode ends when it reaches cell ``n �
 costs −0.1; reaching the goal pays +1. Actions: ``Discrete(2)`` or, with ``continuous=True``,
 ``Box(−1, 1, (1,))`` (a > 0 counts as action 1). Action 1 moves right in even cells and left in
 odd ones, action 0 the opposite — so no constant action reaches the goal, and the agent has to
-read its cell off the pixels. Episodes are truncated after ``max_steps`` steps. The observation is an image ``uint8 [size, size, 1]`` (Gymnasium's
-height-width-channel layout): the cells are columns, the agent's is bright, the goal's dim.
+read its cell off the pixels. Episodes are truncated after ``max_steps`` steps. The observation
+is an image ``uint8 [size, size, 1]`` (Gymnasium's height-width-channel layout): the cells are
+columns, the agent's is bright, the goal's dim.
 
 The optimal undiscounted return is ``1 − 0.1·(n − 2)`` (``n − 1`` steps right); a constant
 policy oscillates between cells 0 and 1 and scores ``−0.1 · max_steps``.

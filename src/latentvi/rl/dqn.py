@@ -30,7 +30,11 @@ __all__ = ["DQN", "double_q_target", "epsilon_at"]
 
 
 def double_q_target(
-    next_q_online: Tensor, next_q_target: Tensor, reward: Tensor, terminated: Tensor, discount: float
+    next_q_online: Tensor,
+    next_q_target: Tensor,
+    reward: Tensor,
+    terminated: Tensor,
+    discount: float,
 ) -> Tensor:
     """Double-DQN target ``[B]`` from next-state values ``[B, A]`` of both networks."""
     best = next_q_online.argmax(-1, keepdim=True)  # [B, 1]: chosen by the online network
@@ -126,4 +130,3 @@ class DQN(nn.Module):
         if int(self.updates) % self.target_update_every == 0:
             self.q_target.load_state_dict(self.q.state_dict())
         return metrics
-

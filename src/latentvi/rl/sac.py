@@ -55,7 +55,10 @@ class TanhGaussianPolicy(nn.Module):
         self, feature_dim: int, low: Tensor, high: Tensor, hidden: Sequence[int] = (256, 256)
     ) -> None:
         super().__init__()
-        low, high = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
+        low, high = (
+            torch.as_tensor(low, dtype=torch.float32),
+            torch.as_tensor(high, dtype=torch.float32),
+        )
         if low.dim() != 1 or low.shape != high.shape or not bool((high > low).all()):
             raise ValueError(
                 f"action bounds low = {low.tolist()}, high = {high.tolist()} are invalid: SAC "
