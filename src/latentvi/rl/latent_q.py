@@ -287,10 +287,11 @@ class LatentQAgent(nn.Module):
 
     # --- learning -------------------------------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """``representation`` (the VAE or conv encoder) and ``head`` (Q-network, actor, α)."""
+        """Trainable parameters: ``representation`` (the VAE or conv encoder) and ``head``
+        (Q-network or critics, actor, α; target copies excluded)."""
         return {
-            "representation": list(self.representation.parameters()),
-            "head": list(self.head.parameters()),
+            "representation": [p for p in self.representation.parameters() if p.requires_grad],
+            "head": [p for p in self.head.parameters() if p.requires_grad],
         }
 
     def representation_loss(self, observation: Tensor) -> tuple[Tensor, dict[str, Tensor]] | None:

@@ -186,6 +186,16 @@ def _register_toy_envs() -> None:
         gym.register(id="latentvi/PixelChain-v0", entry_point="latentvi.rl.chain_env:PixelChainEnv")
 
 
+def _render_modes(spec: gym.envs.registration.EnvSpec) -> list[str]:
+    """The render modes an environment class declares (its ``metadata``), without building it."""
+    try:
+        entry = spec.entry_point
+        cls = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
+    except (ImportError, AttributeError, ModuleNotFoundError):
+        return []
+    return list(getattr(cls, "metadata", {}).get("render_modes", []))
+
+
 def make_env(
     env_id: str,
     *,
@@ -214,7 +224,8 @@ def make_env(
             f"env = {env_id!r} is not a registered Gymnasium environment ({error}); use an id "
             "such as Pendulum-v1, CartPole-v1 or latentvi/PixelChain-v0"
         ) from None
-    if pixels and "render_mode" not in kwargs:
+    renders = "rgb_array" in _render_modes(probe)
+    if pixels and "render_mode" not in kwargs and renders:
         kwargs["render_mode"] = "rgb_array"
     try:
         env = gym.make(probe.id, **kwargs)
