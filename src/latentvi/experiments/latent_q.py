@@ -37,7 +37,16 @@ from latentvi.train.metrics import MetricsLogger
 from latentvi.train.rng import isolated_rng, mixed_seed, seed_everything
 from latentvi.train.storage import read_json, read_tensors, replace_text, write_json, write_tensors
 
-__all__ = ["PRESETS", "RunConfig", "collect_prior_data", "run_latent_q"]
+__all__ = [
+    "PRESETS",
+    "RunConfig",
+    "collect_prior_data",
+    "evaluate_policy",
+    "make_run_env",
+    "new_replay_buffer",
+    "plot_learning_curves",
+    "run_latent_q",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +69,7 @@ class RunConfig:
     steps: int = option(30_000, "environment steps of training (action repeat included)")
     buffer_size: int = option(100_000, "replay buffer capacity (frames / transitions)")
     learning_starts: int = option(1000, "environment steps of uniform random actions first")
-    update_every: int = option(1, "agent steps between updates (one batch each)")
+    update_every: int = option(2, "agent steps between updates (one batch each)")
     eval_every: int = option(2500, "environment steps between evaluations")
     eval_episodes: int = option(10, "episodes per evaluation (deterministic policy)")
     prior_data: str | None = option(
@@ -115,6 +124,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "prior_steps": 200,
         "pretrain_updates": 10,
         "log_every": 100,
+        "update_every": 1,
         "checkpoint_every": 200,
         "image_size": 32,
         "latent_dim": 8,
@@ -147,7 +157,7 @@ def _check(agent_config: LatentQConfig, run: RunConfig) -> bool:
     return pixels
 
 
-def _make_env(run: RunConfig, pixels: bool):
+def make_run_env(run: RunConfig, pixels: bool):
     return make_env(
         run.env,
         pixels=pixels,
@@ -164,7 +174,7 @@ def _random_action(space, generator: np.random.Generator):
     return generator.uniform(space.low, space.high).astype(np.float32)
 
 
-def _new_buffer(env, capacity: int, stack: int, seed: int) -> ReplayBuffer:
+def new_replay_buffer(env, capacity: int, stack: int, seed: int) -> ReplayBuffer:
     space = env.observation_space
     frame_channels = space.shape[0] // stack
     discrete = hasattr(env.action_space, "n")
@@ -182,9 +192,9 @@ def _new_buffer(env, capacity: int, stack: int, seed: int) -> ReplayBuffer:
 def collect_prior_data(run: RunConfig, path: str | Path, steps: int, seed: int) -> ReplayBuffer:
     """Observations of a uniform random policy, ``steps`` environment steps, saved to ``path``
     (safetensors + a JSON sidecar, each replaced atomically) and returned as a replay buffer."""
-    env = _make_env(run, pixels=True)
+    env = make_run_env(run, pixels=True)
     stack = run.frame_stack
-    buffer = _new_buffer(env, steps + steps // 2 + stack + 1, stack, seed)
+    buffer = new_replay_buffer(env, steps + steps // 2 + stack + 1, stack, seed)
     generator = np.random.default_rng(seed)
     frame_channels = buffer.frame_shape[0]
     taken, episode = 0, 0
@@ -273,10 +283,10 @@ def run_latent_q(
         ("cpu" if run.device == "auto" else run.device)
     )  # fmt: skip
     seed_everything(run.seed)
-    env, eval_env = _make_env(run, pixels), _make_env(run, pixels)
+    env, eval_env = make_run_env(run, pixels), make_run_env(run, pixels)
     stack = run.frame_stack if pixels else 1
     agent = LatentQAgent(agent_config, env.observation_space, env.action_space).to(device)
-    buffer = _new_buffer(env, run.buffer_size, stack, mixed_seed(run.seed, 1))
+    buffer = new_replay_buffer(env, run.buffer_size, stack, mixed_seed(run.seed, 1))
     generator = np.random.default_rng(mixed_seed(run.seed, 2))
     spec = {"agent": to_dict(agent_config), "run": to_dict(run)}
     state = {"env_steps": 0, "agent_steps": 0, "episodes": 0, "curve": [], "wall": 0.0}

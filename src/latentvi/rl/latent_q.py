@@ -65,7 +65,7 @@ class LatentQConfig:
         False, "let the critic's loss train the VAE encoder too (default: the VAE loss only)"
     )
     channels: tuple[int, ...] = option(
-        (32, 32, 64, 64), "channels of the stride-2 conv layers (pixel variants)"
+        (16, 32, 32, 32), "channels of the stride-2 conv layers (pixel variants)"
     )
     feature_dim: int = option(50, "size of the conv encoder's features (pixels variant)")
     vae_likelihood: str = option(
@@ -84,7 +84,7 @@ class LatentQConfig:
     epsilon_start: float = option(1.0, "DQN: ε of ε-greedy at the first update")
     epsilon_end: float = option(0.05, "DQN: final ε")
     epsilon_decay_steps: int = option(5000, "DQN: agent steps over which ε decays linearly")
-    batch_size: int = option(128, "transitions per update (one batch for the VAE and for Q)")
+    batch_size: int = option(64, "transitions per update (one batch for the VAE and for Q)")
 
     def __post_init__(self) -> None:
         require(self.variant in VARIANTS, "variant", self.variant, f"choose one of {VARIANTS}")
