@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -152,11 +153,11 @@ def full(args) -> dict:
     return save_results(RESULTS / "latent_q_full.json", results)
 
 
-def _steps(env, agent, buffer, generator, n: int, learn: bool, batch_size: int) -> int:
-    """``n`` agent steps (random actions unless ``learn``; then one update each)."""
+def _steps(env, agent, buffer, generator, n: int, learn: bool, batch_size: int, every: int) -> int:
+    """``n`` agent steps (random actions unless ``learn``; then an update every ``every``)."""
     channels = buffer.frame_shape[0]
     taken, done, obs = 0, True, None
-    for _ in range(n):
+    for step in range(1, n + 1):
         if done:
             obs, _ = env.reset(seed=int(generator.integers(2**31)))
             buffer.start(newest_frame(obs, channels))
@@ -171,14 +172,16 @@ def _steps(env, agent, buffer, generator, n: int, learn: bool, batch_size: int) 
         buffer.add(action, reward, newest_frame(obs, channels), terminated, truncated)
         done = terminated or truncated
         taken += info.get("env_steps", 1)
-        if learn:
+        if learn and step % every == 0:
             agent.update(buffer.sample(batch_size))
     return taken
 
 
 def throughput(args) -> dict:
-    """Environment steps per second in the training phase (one update per agent step)."""
+    """Environment steps per second in the training phase, with the run's default update rate
+    (one update every ``update_every`` agent steps)."""
     results: dict = {"machine": machine(), "agent_steps": args.agent_steps, "rates": {}}
+    results["load_average_before"] = os.getloadavg()
     for env_id in args.envs:
         for variant in args.variants:
             config = LatentQConfig(variant=variant)
@@ -189,10 +192,13 @@ def throughput(args) -> dict:
             agent = LatentQAgent(config, env.observation_space, env.action_space)
             buffer = new_replay_buffer(env, 10_000, run.frame_stack if pixels else 1, 0)
             generator = np.random.default_rng(0)
-            _steps(env, agent, buffer, generator, 300, False, config.batch_size)
-            _steps(env, agent, buffer, generator, 10, True, config.batch_size)  # warm-up
+            every = run.update_every
+            _steps(env, agent, buffer, generator, 300, False, config.batch_size, every)
+            _steps(env, agent, buffer, generator, 10, True, config.batch_size, every)  # warm-up
             started = time.perf_counter()
-            taken = _steps(env, agent, buffer, generator, args.agent_steps, True, config.batch_size)
+            taken = _steps(
+                env, agent, buffer, generator, args.agent_steps, True, config.batch_size, every
+            )
             seconds = time.perf_counter() - started
             rate = taken / seconds
             results["rates"][f"{env_id} {variant}"] = {
@@ -202,6 +208,7 @@ def throughput(args) -> dict:
             }
             print(f"{env_id:12s} {variant:15s} {rate:8.1f} env steps/s", flush=True)
             env.close()
+    results["load_average_after"] = os.getloadavg()
     return save_results(RESULTS / f"latent_q_throughput_{torch.get_num_threads()}t.json", results)
 
 
