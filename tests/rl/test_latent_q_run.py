@@ -50,6 +50,15 @@ def test_latent_q_agent_reaches_the_optimal_return_on_the_pixel_chain(tmp_path, 
         )
 
 
+@pytest.mark.slow  # ~10 s on an idle core
+def test_sac_on_the_latent_reaches_the_optimal_return_on_the_continuous_chain(tmp_path):
+    # Seeds 0, 1 and 2 all solve it within 800 steps (checked when the test was written).
+    summary = _run(tmp_path, "sac", env="latentvi/PixelChainContinuous-v0", steps=800, seed=1)
+    curve = _curve(summary)
+    assert float(curve[0][1]) < optimal_return(5) - 1.0
+    assert summary["final_return_mean"] == pytest.approx(optimal_return(5), abs=1e-9)
+
+
 def test_resume_from_a_periodic_checkpoint_continues_exactly(tmp_path):
     straight = _run(tmp_path, "straight", seed=1)
     _run(tmp_path, "interrupted", seed=1)

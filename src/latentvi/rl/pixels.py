@@ -182,8 +182,13 @@ def _name(env: gym.Env) -> str:
 
 def _register_toy_envs() -> None:
     """Register latentvi's own test environments (idempotent; called by :func:`make_env`)."""
+    entry = "latentvi.rl.chain_env:PixelChainEnv"
     if "latentvi/PixelChain-v0" not in gym.registry:
-        gym.register(id="latentvi/PixelChain-v0", entry_point="latentvi.rl.chain_env:PixelChainEnv")
+        gym.register(id="latentvi/PixelChain-v0", entry_point=entry)
+    if "latentvi/PixelChainContinuous-v0" not in gym.registry:
+        gym.register(
+            id="latentvi/PixelChainContinuous-v0", entry_point=entry, kwargs={"continuous": True}
+        )
 
 
 def _render_modes(spec: gym.envs.registration.EnvSpec) -> list[str]:
