@@ -53,6 +53,9 @@ class VAEConfig:
     latent_dim: int = option(50, "size of the (top) latent z")
     hidden: tuple[int, ...] = option((200, 200), "hidden layer sizes of the MLP bodies")
     body: str = option("mlp", "network body: mlp or conv", choices=BODIES)
+    channels: tuple[int, ...] = option(
+        (32, 64), "channels of the conv bodies' stride-2 layers (body=conv)"
+    )
     likelihood: str = option("bernoulli", "decoder distribution p(x|z)", choices=LIKELIHOODS)
     fixed_std: float = option(0.1, "σ of the gaussian-fixed likelihood")
     stochastic_layers: int = option(1, "1, or 2 for Burda et al.'s two-layer model")
@@ -67,7 +70,7 @@ class VAEConfig:
     def __post_init__(self) -> None:
         require(self.latent_dim >= 1, "latent_dim", self.latent_dim, "use a positive integer")
         require(self.latent_dim_1 >= 1, "latent_dim_1", self.latent_dim_1, "use a positive integer")
-        for name in ("hidden", "hidden_1"):
+        for name in ("hidden", "hidden_1", "channels"):
             sizes = getattr(self, name)
             require(
                 len(sizes) >= 1 and all(int(h) >= 1 for h in sizes),
@@ -175,10 +178,11 @@ class VAE(nn.Module):
         )
         bottom = config.latent_dim_1 if config.stochastic_layers == 2 else config.latent_dim
         if config.body == "conv":
-            body = ConvEncoder(self.data_shape)
+            channels = tuple(int(c) for c in config.channels)
+            body = ConvEncoder(self.data_shape, channels)
             head = nn.Linear(body.out_features, 2 * bottom)
             self.encoder = nn.Sequential(body, head, GaussianHead())
-            self.decoder = ConvDecoder(bottom, self.data_shape)
+            self.decoder = ConvDecoder(bottom, self.data_shape, channels)
         else:
             # Every hidden layer, the last included, is followed by the activation.
             encoder = DiagonalGaussianEncoder(features, bottom, hidden, activation)

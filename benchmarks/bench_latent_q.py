@@ -1,0 +1,248 @@
+"""RL representations (issue 5): state vs raw pixels vs VAE latent (online / pretrained).
+
+Protocol (``full``): for each environment — pixel Pendulum-v1 with SAC, pixel CartPole-v1 with
+double DQN — and each variant (state, pixels, vae, vae-pretrained), train ``--seeds`` seeds for
+``--steps`` environment steps with the default configuration of ``latentvi rl latent-q`` (equal
+steps and equal seeds across variants), evaluate 10 episodes every ``--eval-every`` steps, and
+report the final evaluation return as mean ± std over seeds. Pendulum's must-reach checks are
+computed from the same numbers: the vae agent's mean ≥ −400, at least 80% of the way from the
+random policy's return to the state agent's at the same step count, and above the pixels agent.
+
+    python benchmarks/bench_latent_q.py full [--steps 30000] [--seeds 3] [--envs Pendulum-v1]
+    python benchmarks/bench_latent_q.py throughput [--agent-steps 300]
+    python benchmarks/bench_latent_q.py curve --env Pendulum-v1 --variant vae --steps 6000
+
+``throughput`` times the training phase (act, store, one update per agent step) of every
+variant on both pixel environments; ``curve`` runs one seed of one variant. Runs go to
+``--runs`` (default runs/bench-latent-q); results to benchmarks/results/latent_q_*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentvi.experiments.latent_q import (
+    RunConfig,
+    make_run_env,
+    new_replay_buffer,
+    plot_learning_curves,
+    run_latent_q,
+)
+from latentvi.rl.latent_q import VARIANTS, LatentQAgent, LatentQConfig
+from latentvi.rl.pixels import newest_frame
+from results_io import save_results
+
+RESULTS = Path(__file__).parent / "results"
+ENVS = ("Pendulum-v1", "CartPole-v1")
+# Action repeat per environment: Pendulum's 200-step episodes at repeat 2 (common in pixel
+# control); CartPole at 1, where a repeated push loses the pole quickly.
+ACTION_REPEAT = {"Pendulum-v1": 2, "CartPole-v1": 1}
+
+
+def machine() -> dict:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_config(env: str, variant: str, seed: int, steps: int, runs: Path, **extra) -> RunConfig:
+    return RunConfig(
+        env=env,
+        action_repeat=ACTION_REPEAT.get(env, 2),
+        steps=steps,
+        seed=seed,
+        out=str(runs / f"{env}-{variant}-seed{seed}"),
+        progress=False,
+        **extra,
+    )
+
+
+def one_run(env: str, variant: str, seed: int, steps: int, runs: Path, resume: bool, **extra):
+    config = run_config(env, variant, seed, steps, runs, **extra)
+    resume = resume and (Path(config.out) / "checkpoints").is_dir()
+    started = time.perf_counter()
+    summary = run_latent_q(LatentQConfig(variant=variant), config, resume=resume)
+    summary["seconds"] = time.perf_counter() - started
+    with open(Path(config.out) / "curve.csv") as handle:
+        rows = [line.split(",") for line in handle.read().splitlines()[1:]]
+    summary["curve"] = [
+        {"env_step": int(r[0]), "return_mean": float(r[1]), "return_std": float(r[2])} for r in rows
+    ]
+    return summary
+
+
+def random_policy_return(env_id: str, episodes: int) -> float:
+    """Mean return of uniformly random actions over ``episodes`` seeded episodes."""
+    env = make_run_env(run_config(env_id, "state", 0, 1, Path("unused")), pixels=False)
+    generator = np.random.default_rng(0)
+    returns = []
+    for episode in range(episodes):
+        env.reset(seed=episode)
+        total, done = 0.0, False
+        while not done:
+            space = env.action_space
+            if hasattr(space, "n"):
+                action = int(generator.integers(space.n))
+            else:
+                action = generator.uniform(space.low, space.high).astype(np.float32)
+            _, reward, terminated, truncated, _ = env.step(action)
+            total, done = total + float(reward), terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns))
+
+
+def full(args) -> dict:
+    runs = Path(args.runs)
+    results: dict = {"machine": machine(), "steps": args.steps, "seeds": args.seeds, "envs": {}}
+    for env in args.envs:
+        per_variant = {}
+        for variant in args.variants:
+            summaries = [
+                one_run(
+                    env, variant, seed, args.steps, runs, args.resume, eval_every=args.eval_every
+                )
+                for seed in range(args.seeds)
+            ]
+            finals = [s["final_return_mean"] for s in summaries]
+            per_variant[variant] = {
+                "final_returns": finals,
+                "mean": statistics.fmean(finals),
+                "std": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
+                "seconds_per_seed": [s["seconds"] for s in summaries],
+                "curves": [s["curve"] for s in summaries],
+            }
+        random_return = random_policy_return(env, args.episodes)
+        entry = {"variants": per_variant, "random_policy_return": random_return}
+        if {"state", "vae", "pixels"} <= set(per_variant):
+            vae, state = per_variant["vae"]["mean"], per_variant["state"]["mean"]
+            fraction = (vae - random_return) / (state - random_return)
+            entry["checks"] = {
+                "vae_mean_at_least_-400": vae >= -400 if env == "Pendulum-v1" else None,
+                "vae_fraction_of_random_to_state": fraction,
+                "vae_at_least_80_percent": fraction >= 0.8,
+                "vae_above_pixels": vae > per_variant["pixels"]["mean"],
+            }
+        results["envs"][env] = entry
+        curves = {
+            variant: [
+                {
+                    "env_step": row["env_step"],
+                    "return_mean": float(np.mean([c[i]["return_mean"] for c in v["curves"]])),
+                    "return_std": float(np.std([c[i]["return_mean"] for c in v["curves"]])),
+                }
+                for i, row in enumerate(v["curves"][0])
+            ]
+            for variant, v in per_variant.items()
+        }
+        plot_learning_curves(
+            curves,
+            RESULTS / f"latent_q_{env}.png",
+            f"{env} from pixels (state: true state); mean ± std over {args.seeds} seeds",
+        )
+    return save_results(RESULTS / "latent_q_full.json", results)
+
+
+def _steps(env, agent, buffer, generator, n: int, learn: bool, batch_size: int, every: int) -> int:
+    """``n`` agent steps (random actions unless ``learn``; then an update every ``every``)."""
+    channels = buffer.frame_shape[0]
+    taken, done, obs = 0, True, None
+    for step in range(1, n + 1):
+        if done:
+            obs, _ = env.reset(seed=int(generator.integers(2**31)))
+            buffer.start(newest_frame(obs, channels))
+        space = env.action_space
+        if learn:
+            action = agent.act(obs, explore=True, epsilon=0.1)
+        elif hasattr(space, "n"):
+            action = int(generator.integers(space.n))
+        else:
+            action = generator.uniform(space.low, space.high).astype(np.float32)
+        obs, reward, terminated, truncated, info = env.step(action)
+        buffer.add(action, reward, newest_frame(obs, channels), terminated, truncated)
+        done = terminated or truncated
+        taken += info.get("env_steps", 1)
+        if learn and step % every == 0:
+            agent.update(buffer.sample(batch_size))
+    return taken
+
+
+def throughput(args) -> dict:
+    """Environment steps per second in the training phase, with the run's default update rate
+    (one update every ``update_every`` agent steps)."""
+    results: dict = {"machine": machine(), "agent_steps": args.agent_steps, "rates": {}}
+    results["load_average_before"] = os.getloadavg()
+    for env_id in args.envs:
+        for variant in args.variants:
+            config = LatentQConfig(variant=variant)
+            run = run_config(env_id, variant, 0, 10**6, Path(args.runs))
+            pixels = variant != "state"
+            env = make_run_env(run, pixels)
+            torch.manual_seed(0)
+            agent = LatentQAgent(config, env.observation_space, env.action_space)
+            buffer = new_replay_buffer(env, 10_000, run.frame_stack if pixels else 1, 0)
+            generator = np.random.default_rng(0)
+            every = run.update_every
+            _steps(env, agent, buffer, generator, 300, False, config.batch_size, every)
+            _steps(env, agent, buffer, generator, 10, True, config.batch_size, every)  # warm-up
+            started = time.perf_counter()
+            taken = _steps(
+                env, agent, buffer, generator, args.agent_steps, True, config.batch_size, every
+            )
+            seconds = time.perf_counter() - started
+            rate = taken / seconds
+            results["rates"][f"{env_id} {variant}"] = {
+                "env_steps_per_second": rate,
+                "agent_steps_per_second": args.agent_steps / seconds,
+                "minutes_for_30k_env_steps": 30_000 / rate / 60,
+            }
+            print(f"{env_id:12s} {variant:15s} {rate:8.1f} env steps/s", flush=True)
+            env.close()
+    results["load_average_after"] = os.getloadavg()
+    return save_results(RESULTS / f"latent_q_throughput_{torch.get_num_threads()}t.json", results)
+
+
+def curve(args) -> dict:
+    summary = one_run(
+        args.env, args.variant, args.seed, args.steps, Path(args.runs), args.resume,
+        eval_every=args.eval_every,
+    )  # fmt: skip
+    summary["machine"] = machine()
+    name = f"latent_q_curve_{args.env}_{args.variant}_seed{args.seed}.json"
+    return save_results(RESULTS / name, summary)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=("full", "throughput", "curve"))
+    parser.add_argument("--envs", nargs="+", default=list(ENVS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--env", default="Pendulum-v1", help="curve: the environment")
+    parser.add_argument("--variant", default="vae", choices=VARIANTS, help="curve: the variant")
+    parser.add_argument("--seed", type=int, default=0, help="curve: the seed")
+    parser.add_argument("--steps", type=int, default=30_000)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--eval-every", type=int, default=2500)
+    parser.add_argument("--episodes", type=int, default=100, help="random-policy episodes")
+    parser.add_argument("--agent-steps", type=int, default=300, help="throughput: timed steps")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", default="runs/bench-latent-q")
+    parser.add_argument("--resume", action="store_true", help="continue runs found in --runs")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    {"full": full, "throughput": throughput, "curve": curve}[args.mode](args)
+    print(json.dumps({"done": args.mode}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Reinforcement learning: environments seen through pixels, replay, and one file per agent."""

@@ -1,0 +1,132 @@
+"""Agents: closed-form targets, the squashed policy's density, which loss trains which weights."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from latentvi.rl.dqn import double_q_target, epsilon_at
+from latentvi.rl.latent_q import LatentQAgent, LatentQConfig
+from latentvi.rl.replay import ReplayBatch
+from latentvi.rl.sac import TanhGaussianPolicy, polyak_update
+
+SMALL = {"latent_dim": 4, "channels": (8, 8), "hidden": (32,), "feature_dim": 8, "batch_size": 16}
+PIXELS = gym.spaces.Box(0, 255, (2, 16, 16), np.uint8)  # two stacked 16×16 grayscale frames
+DISCRETE = gym.spaces.Discrete(3)
+CONTINUOUS = gym.spaces.Box(-2.0, 2.0, (2,), np.float32)
+
+
+def _batch(action_space, n=16, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    obs = torch.randint(0, 256, (n, *PIXELS.shape), generator=generator, dtype=torch.uint8)
+    next_obs = torch.randint(0, 256, (n, *PIXELS.shape), generator=generator, dtype=torch.uint8)
+    if isinstance(action_space, gym.spaces.Discrete):
+        action = torch.randint(0, action_space.n, (n,), generator=generator)
+    else:
+        action = torch.rand(n, action_space.shape[0], generator=generator) * 4 - 2
+    reward = torch.randn(n, generator=generator)
+    terminated = (torch.rand(n, generator=generator) < 0.3).float()
+    return ReplayBatch(obs, action, reward, next_obs, terminated)
+
+
+def test_double_q_target_picks_the_action_online_and_values_it_with_the_target():
+    online = torch.tensor([[1.0, 3.0], [2.0, 0.0]])
+    target = torch.tensor([[10.0, 20.0], [30.0, 40.0]])
+    reward, terminated = torch.tensor([1.0, -1.0]), torch.tensor([0.0, 1.0])
+    y = double_q_target(online, target, reward, terminated, discount=0.5)
+    # Row 0: argmax online = 1, target value 20 → 1 + 0.5·20; row 1 is terminal → its reward.
+    assert torch.allclose(y, torch.tensor([11.0, -1.0]))
+
+
+def test_epsilon_decays_linearly_then_stays():
+    assert epsilon_at(0, 1.0, 0.1, 100) == 1.0
+    assert epsilon_at(50, 1.0, 0.1, 100) == pytest.approx(0.55)
+    assert epsilon_at(1000, 1.0, 0.1, 100) == pytest.approx(0.1)
+
+
+def test_squashed_gaussian_log_density_is_the_change_of_variables():
+    torch.manual_seed(0)
+    low, high = torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 1.0])
+    policy = TanhGaussianPolicy(5, low, high, hidden=(16,)).double()
+    features = torch.randn(64, 5, dtype=torch.float64)
+    pi = policy(features)
+    action = pi.rsample()
+    assert bool(((action > low) & (action < high)).all())
+    # a = c + h·tanh(u): log π(a) = log N(u) − Σ log(h·(1 − tanh² u)).
+    base = pi.base_dist
+    u = torch.atanh(((action - policy.centre) / policy.half_range).clamp(-1 + 1e-12, 1 - 1e-12))
+    expected = base.log_prob(u) - torch.log(policy.half_range * (1 - torch.tanh(u) ** 2)).sum(-1)
+    assert torch.allclose(pi.log_prob(action), expected, atol=1e-6)
+    assert torch.allclose(
+        policy.mode(features), policy.centre + policy.half_range * torch.tanh(base.mean)
+    )
+
+
+def test_polyak_update_moves_the_target_a_fraction_tau():
+    source, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = target.weight.detach().clone()
+    polyak_update(target, source, 0.25)
+    assert torch.allclose(target.weight, 0.75 * before + 0.25 * source.weight)
+
+
+def _grads(loss, parameters):
+    return torch.autograd.grad(loss, parameters, allow_unused=True, retain_graph=True)
+
+
+@pytest.mark.parametrize("action_space", [DISCRETE, CONTINUOUS], ids=["dqn", "sac"])
+def test_vae_loss_and_q_loss_train_disjoint_parameters_by_default(action_space):
+    torch.manual_seed(0)
+    agent = LatentQAgent(LatentQConfig(variant="vae", **SMALL), PIXELS, action_space)
+    groups = agent.parameter_groups()
+    batch = _batch(action_space)
+    vae_loss, _ = agent.representation_loss(batch.obs)
+    q_loss = agent.q_loss(batch)
+    # The VAE loss reaches every VAE parameter and no Q parameter; the Q loss the reverse.
+    assert all(g is not None for g in _grads(vae_loss, groups["representation"]))
+    assert all(g is None for g in _grads(vae_loss, groups["head"]))
+    assert all(g is None for g in _grads(q_loss, groups["representation"]))
+    assert any(g is not None and g.abs().sum() > 0 for g in _grads(q_loss, groups["head"]))
+    # A whole update (VAE, critic, actor, temperature) with the VAE's learning rate at 0 leaves
+    # the representation exactly as it was, while the head moves.
+    for group in agent.optimizers["vae"].param_groups:
+        group["lr"] = 0.0
+    representation = [p.detach().clone() for p in groups["representation"]]
+    head = [p.detach().clone() for p in groups["head"]]
+    agent.update(batch)
+    assert all(
+        torch.equal(a, b) for a, b in zip(representation, groups["representation"], strict=True)
+    )
+    assert not all(torch.equal(a, b) for a, b in zip(head, groups["head"], strict=True))
+
+
+def test_finetuning_lets_the_q_loss_reach_the_encoder_but_not_the_decoder():
+    torch.manual_seed(0)
+    config = LatentQConfig(variant="vae", finetune_encoder=True, **SMALL)
+    agent = LatentQAgent(config, PIXELS, DISCRETE)
+    vae = agent.representation.vae
+    q_loss = agent.q_loss(_batch(DISCRETE))
+    assert all(g is not None for g in _grads(q_loss, list(vae.encoder.parameters())))
+    assert all(g is None for g in _grads(q_loss, list(vae.decoder.parameters())))
+
+
+def test_the_pixels_variant_trains_its_conv_encoder_with_the_critic():
+    torch.manual_seed(0)
+    agent = LatentQAgent(LatentQConfig(variant="pixels", **SMALL), PIXELS, CONTINUOUS)
+    assert agent.representation_loss(_batch(CONTINUOUS).obs) is None
+    q_loss = agent.q_loss(_batch(CONTINUOUS))
+    assert all(g is not None for g in _grads(q_loss, agent.parameter_groups()["representation"]))
+
+
+def test_bad_combinations_raise_clear_errors():
+    with pytest.raises(ValueError, match="variant = 'state' but observations are images"):
+        LatentQAgent(LatentQConfig(variant="state"), PIXELS, DISCRETE)
+    with pytest.raises(ValueError, match="needs image observations"):
+        LatentQAgent(LatentQConfig(variant="vae"), gym.spaces.Box(-1, 1, (3,)), DISCRETE)
+    with pytest.raises(ValueError, match="action space"):
+        LatentQAgent(
+            LatentQConfig(variant="vae", **SMALL), PIXELS, gym.spaces.MultiDiscrete([2, 2])
+        )
+    with pytest.raises(ValueError, match="finetune_encoder"):
+        LatentQConfig(variant="pixels", finetune_encoder=True)
+    with pytest.raises(ValueError, match="vae_likelihood"):
+        LatentQConfig(vae_likelihood="bernoulli")
