@@ -79,28 +79,31 @@ class CVAEConfig:
 
 
 class VectorLikelihood(nn.Module):
-    """Decoder outputs ``[*S, *B, Y]`` -> p(y|·) with event ``[Y]``.
+    """Decoder outputs ``[*S, *B, Y]`` -> p(y|·) with event ``[Y]`` (or the last ``event_dims``).
 
     ``gaussian``: N(output, σ²) with one learned σ per output dimension (maximizing it is MSE
     regression with the noise level fitted too); ``gaussian-fixed``: σ fixed; ``bernoulli``: the
     outputs are logits.
     """
 
-    def __init__(self, kind: str, features: int, fixed_std: float = 0.1) -> None:
+    def __init__(
+        self, kind: str, features: int, fixed_std: float = 0.1, event_dims: int = 1
+    ) -> None:
         super().__init__()
         require(kind in LIKELIHOODS, "likelihood", kind, f"choose one of {', '.join(LIKELIHOODS)}")
         self.kind, self.fixed_std = kind, fixed_std
+        self.event_dims = check_positive_int("event_dims", event_dims)
         if kind == "gaussian":
             self.raw_std = nn.Parameter(torch.full((features,), -1.0))  # softplus(-1) ≈ 0.31
 
     def forward(self, output: Tensor) -> Distribution:
         if self.kind == "bernoulli":
-            return bernoulli(output, 1)
+            return bernoulli(output, self.event_dims)
         if self.kind == "gaussian":
             scale = positive_scale(self.raw_std)
         else:
             scale = torch.full((), self.fixed_std, dtype=output.dtype, device=output.device)
-        return diagonal_gaussian(output, scale, 1, validate_args=False)
+        return diagonal_gaussian(output, scale, self.event_dims, validate_args=False)
 
 
 def _check_vector(name: str, value: Tensor, size: int) -> None:
