@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from latentvi.bounds import elbo_terms
-from latentvi.config import option, require
+from latentvi.config import option, require, to_dict
 from latentvi.data import Batches
 from latentvi.models.cvae import CVAE, CVAEConfig, Regressor, VectorLikelihood
 from latentvi.nn import MLP, DiagonalGaussianEncoder
@@ -61,6 +61,7 @@ __all__ = [
     "PolicyConfig",
     "evaluate_policy",
     "make_controller",
+    "summarize",
     "train_policy",
 ]
 
@@ -316,9 +317,12 @@ def make_controller(model: nn.Module, config: PolicyConfig, task: str):
 # Training and evaluation
 
 
-def train_policy(demos: Demonstrations, config: PolicyConfig) -> tuple[nn.Module, float]:
+def train_policy(
+    demos: Demonstrations, config: PolicyConfig, out: str | None = None
+) -> tuple[nn.Module, float]:
     """Train ``config.policy`` on ``demos`` with :func:`latentvi.train.fit`; returns the model (in
-    eval mode) and the training time in seconds."""
+    eval mode) and the training time in seconds. With ``out``, the loop writes its run folder
+    there (config, metrics, a final safetensors checkpoint)."""
     torch.manual_seed(config.seed)
     model, tensors = build_policy_model(demos, config)
     batches = Batches(*tensors, batch_size=min(config.batch_size, tensors[0].shape[0]))
@@ -329,9 +333,16 @@ def train_policy(demos: Demonstrations, config: PolicyConfig) -> tuple[nn.Module
         progress=False,
         tensorboard=False,
         log_every=max(1, config.steps // 10),
+        out=out,
     )
     start = time.perf_counter()
-    fit(model, lambda epoch, g, start=0: batches.iterate(g, start=start), batches, train)
+    fit(
+        model,
+        lambda epoch, g, start=0: batches.iterate(g, start=start),
+        batches,
+        train,
+        extra_config={"policy": to_dict(config)},
+    )
     return model.eval(), time.perf_counter() - start
 
 
