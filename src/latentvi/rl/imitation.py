@@ -363,7 +363,7 @@ def evaluate_policy(
     metrics = {
         "success": success,
         "collision": collision,
-        "timeout": 1.0 - success - collision,
+        "timeout": float(np.mean([not (e.success or e.collision) for e in runs])),
         "modes": dict(zip(names, shares, strict=True)),
         "episodes": episodes,
     }
