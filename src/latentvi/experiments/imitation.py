@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from latentvi.config import option, require, to_dict
-from latentvi.rl.demos import DemoConfig, collect_demonstrations
-from latentvi.rl.envs import TASKS, task_spec
+from latentvi.rl.demos import DemoConfig, Demonstrations, collect_demonstrations
+from latentvi.rl.envs import TASKS, Episode, task_spec
 from latentvi.rl.imitation import (
     EVAL_SEED,
     PolicyConfig,
@@ -29,7 +29,13 @@ from latentvi.rl.imitation import (
 )
 from latentvi.train.storage import replace_text
 
-__all__ = ["ImitationConfig", "format_imitation_table", "run_imitation"]
+__all__ = [
+    "ImitationConfig",
+    "describe_demonstrations",
+    "format_imitation_table",
+    "run_imitation",
+    "run_seeds",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +52,36 @@ class ImitationConfig:
         require(self.episodes >= 1, "episodes", self.episodes, "use 1 or more episodes")
 
 
+def run_seeds(
+    task: str,
+    demonstrations: Demonstrations,
+    policy: PolicyConfig,
+    seeds: int,
+    episodes: int,
+    out: str | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[Episode]]:
+    """Train ``policy`` with seeds ``policy.seed .. policy.seed + seeds − 1`` and evaluate each on
+    the same ``episodes`` fresh episodes: ``(summary: mean ± std, per-seed metrics, the first
+    seed's episodes)``."""
+    names = task_spec(task).mode_names
+    per_seed, first_runs = [], None
+    for offset in range(seeds):
+        config = dataclasses.replace(policy, seed=policy.seed + offset)
+        run_dir = None if out is None else str(Path(out) / f"seed-{config.seed}")
+        model, seconds = train_policy(demonstrations, config, out=run_dir)
+        metrics, runs = evaluate_policy(
+            task, make_controller(model, config, task), episodes, EVAL_SEED
+        )
+        per_seed.append({"seed": config.seed, "train_seconds": seconds, **metrics})
+        first_runs = first_runs if first_runs is not None else runs
+    summary = {
+        key: summarize([r[key] for r in per_seed])
+        for key in ("success", "collision", "timeout", "train_seconds")
+    }
+    summary["modes"] = {m: summarize([r["modes"][m] for r in per_seed]) for m in names}
+    return summary, per_seed, first_runs
+
+
 def run_imitation(
     job: ImitationConfig,
     policy: PolicyConfig,
@@ -56,32 +92,15 @@ def run_imitation(
     demos = demos or DemoConfig()
     demonstrations = collect_demonstrations(job.task, demos)
     names = task_spec(job.task).mode_names
-    per_seed, first_runs = [], None
-    for seed in range(job.seeds):
-        config = dataclasses.replace(policy, seed=policy.seed + seed)
-        run_dir = None if out is None else str(Path(out) / f"seed-{config.seed}")
-        model, seconds = train_policy(demonstrations, config, out=run_dir)
-        metrics, runs = evaluate_policy(
-            job.task, make_controller(model, config, job.task), job.episodes, EVAL_SEED
-        )
-        per_seed.append({"seed": config.seed, "train_seconds": seconds, **metrics})
-        first_runs = first_runs if first_runs is not None else runs
-    summary = {
-        key: summarize([r[key] for r in per_seed])
-        for key in ("success", "collision", "timeout", "train_seconds")
-    }
-    summary["modes"] = {m: summarize([r["modes"][m] for r in per_seed]) for m in names}
-    demo_modes = demonstrations.modes.bincount(minlength=len(names)).tolist()
+    summary, per_seed, first_runs = run_seeds(
+        job.task, demonstrations, policy, job.seeds, job.episodes, out
+    )
     result = {
         "task": job.task,
         "policy": policy.policy,
         "episodes_per_seed": job.episodes,
         "seeds": [r["seed"] for r in per_seed],
-        "demonstrations": {
-            "episodes": demonstrations.num_episodes,
-            "transitions": int(demonstrations.lengths.sum()),
-            "modes": dict(zip(names, demo_modes, strict=True)),
-        },
+        "demonstrations": describe_demonstrations(demonstrations, names),
         "summary": summary,
         "per_seed": per_seed,
         "config": {"job": to_dict(job), "policy": to_dict(policy), "demos": to_dict(demos)},
@@ -90,6 +109,16 @@ def run_imitation(
         result["figures"] = [str(_plot(job.task, policy, demos, first_runs, Path(out)))]
         replace_text(Path(out) / "results.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def describe_demonstrations(demonstrations: Demonstrations, names) -> dict[str, Any]:
+    """Episode and transition counts of a demonstration set, and how many took each mode."""
+    counts = demonstrations.modes.bincount(minlength=len(names)).tolist()
+    return {
+        "episodes": demonstrations.num_episodes,
+        "transitions": int(demonstrations.lengths.sum()),
+        "modes": dict(zip(names, counts, strict=True)),
+    }
 
 
 def _plot(task, policy: PolicyConfig, demos: DemoConfig, runs, out: Path) -> Path:

@@ -30,11 +30,19 @@ from latentvi.config import check_positive_int, option, require
 from latentvi.distributions import bernoulli, diagonal_gaussian, positive_scale, standard_normal
 from latentvi.nn import MLP, DiagonalGaussianEncoder
 
-__all__ = ["CVAE", "LIKELIHOODS", "PRIORS", "CVAEConfig", "Regressor", "VectorLikelihood"]
+__all__ = [
+    "ACTIVATIONS",
+    "CVAE",
+    "LIKELIHOODS",
+    "PRIORS",
+    "CVAEConfig",
+    "Regressor",
+    "VectorLikelihood",
+]
 
 LIKELIHOODS = ("gaussian", "gaussian-fixed", "bernoulli")
 PRIORS = ("learned", "standard")
-_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +79,10 @@ class CVAEConfig:
         require(self.num_samples >= 1, "num_samples", self.num_samples, "use 1 or more samples")
         require(self.beta >= 0, "beta", self.beta, "use a non-negative KL weight")
         require(
-            self.activation in _ACTIVATIONS,
+            self.activation in ACTIVATIONS,
             "activation",
             self.activation,
-            f"choose one of {', '.join(_ACTIVATIONS)}",
+            f"choose one of {', '.join(ACTIVATIONS)}",
         )
 
 
@@ -133,7 +141,7 @@ class CVAE(nn.Module):
         self.x_dim = check_positive_int("x_dim", x_dim)
         self.y_dim = check_positive_int("y_dim", y_dim)
         hidden = tuple(int(h) for h in config.hidden)
-        activation = _ACTIVATIONS[config.activation]
+        activation = ACTIVATIONS[config.activation]
         z_dim = config.latent_dim
         self.encoder = DiagonalGaussianEncoder(x_dim + y_dim, z_dim, hidden, activation)
         self.decoder = MLP(x_dim + z_dim, hidden, y_dim, activation)
@@ -247,7 +255,7 @@ class Regressor(nn.Module):
         self.x_dim = check_positive_int("x_dim", x_dim)
         self.y_dim = check_positive_int("y_dim", y_dim)
         hidden = tuple(int(h) for h in config.hidden)
-        self.body = MLP(x_dim, hidden, y_dim, _ACTIVATIONS[config.activation])
+        self.body = MLP(x_dim, hidden, y_dim, ACTIVATIONS[config.activation])
         self.likelihood_head = VectorLikelihood(config.likelihood, y_dim, config.fixed_std)
 
     def predict(self, x: Tensor) -> Distribution:

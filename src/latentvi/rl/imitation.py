@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from latentvi.bounds import elbo_terms
 from latentvi.config import option, require, to_dict
 from latentvi.data import Batches
-from latentvi.models.cvae import CVAE, CVAEConfig, Regressor, VectorLikelihood
+from latentvi.models.cvae import ACTIVATIONS, CVAE, CVAEConfig, Regressor, VectorLikelihood
 from latentvi.nn import MLP, DiagonalGaussianEncoder
 from latentvi.rl.demos import Demonstrations
 from latentvi.rl.envs import POSITION_DIMS, Episode, make_env, mode_shares, rollout, task_spec
@@ -76,10 +76,13 @@ class PolicyConfig:
     policy: str = option("cvae", "bc, cvae, chunk-cvae or lmp", choices=POLICIES)
     latent_dim: int = option(1, "size of the latent z (plan) of the latent policies")
     hidden: tuple[int, ...] = option((64, 64), "hidden layer sizes of every network")
+    activation: str = option(
+        "relu", "hidden activation: relu, tanh or elu (relu switches between modes more sharply)"
+    )
     beta: float = option(
         2.0, "weight of the KL term (β > 1 keeps z from encoding the action noise)"
     )
-    steps: int = option(3000, "optimizer steps")
+    steps: int = option(6000, "optimizer steps")
     batch_size: int = option(256, "transitions per step")
     lr: float = option(3e-3, "Adam learning rate")
     seed: int = option(0, "seed of the weights, the batches and the evaluation's latent draws")
@@ -103,6 +106,12 @@ class PolicyConfig:
             "give one or more positive layer sizes, e.g. 64,64",
         )
         require(self.beta >= 0, "beta", self.beta, "use a non-negative KL weight")
+        require(
+            self.activation in ACTIVATIONS,
+            "activation",
+            self.activation,
+            f"choose one of {', '.join(ACTIVATIONS)}",
+        )
         for name in ("steps", "batch_size", "chunk", "window"):
             value = getattr(self, name)
             require(value >= 1, name, value, "use a positive integer")
@@ -145,11 +154,12 @@ class LatentPlanModel(nn.Module):
         hidden = tuple(int(h) for h in config.hidden)
         z, self.window, self.beta = config.latent_dim, window, config.beta
         self.state_dim, self.action_dim, self.goal_dim = state_dim, action_dim, goal_dim
+        activation = ACTIVATIONS[config.activation]
         self.encoder = DiagonalGaussianEncoder(
-            window * (state_dim + action_dim) + goal_dim, z, hidden
+            window * (state_dim + action_dim) + goal_dim, z, hidden, activation
         )
-        self.prior_net = DiagonalGaussianEncoder(state_dim + goal_dim, z, hidden)
-        self.policy_net = MLP(state_dim + goal_dim + z, hidden, action_dim)
+        self.prior_net = DiagonalGaussianEncoder(state_dim + goal_dim, z, hidden, activation)
+        self.policy_net = MLP(state_dim + goal_dim + z, hidden, action_dim, activation)
         self.likelihood_head = VectorLikelihood("gaussian", action_dim, event_dims=2)
 
     def encode(self, states: Tensor, actions: Tensor, goals: Tensor):
@@ -193,7 +203,11 @@ class LatentPlanModel(nn.Module):
 
 def _cvae_config(config: PolicyConfig) -> CVAEConfig:
     return CVAEConfig(
-        latent_dim=config.latent_dim, hidden=config.hidden, prior="learned", beta=config.beta
+        latent_dim=config.latent_dim,
+        hidden=config.hidden,
+        prior="learned",
+        beta=config.beta,
+        activation=config.activation,
     )
 
 
