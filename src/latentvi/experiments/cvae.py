@@ -229,7 +229,7 @@ def _figures(model: CVAE, regressor, data: CVAEDataConfig, shape, out: Path) -> 
     path = plot_image_grid(
         grid,
         figures / "halves.png",
-        f"top half given | truth | regressor | {draws} CVAE samples (decoder means)",
+        f"truth | regressor's mean | {draws} CVAE samples (decoder means); top half given",
         columns=2 + draws,
     )
     return [path]
