@@ -5,8 +5,10 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from latentvi.cli import main
+from latentvi.experiments.cvae import conditional_data, load_cvae
 
 
 def run(capsys, *argv):
@@ -145,8 +147,16 @@ def test_train_cvae_on_digits(task, tmp_path, capsys):
     for figure in result["figures"]:
         assert Path(figure).is_file()
     assert (out / "model.json").is_file() and (out / "results.json").is_file()
+    # The run folder reloads (JSON + safetensors) into the model that gave these numbers.
+    model = load_cvae(out)
+    x, y, _ = conditional_data(model.data_config, "test", 0)
+    torch.manual_seed(0)
+    estimate = model.log_likelihood(x[:50], y[:50], 20).mean().item()
+    assert abs(estimate - result["cvae_log_likelihood"]) < 3 * result["cvae_log_likelihood_stderr"]
     if task == "halves":
-        assert (out / "regressor" / "model.json").is_file()
+        regressor = load_cvae(out / "regressor")
+        exact = regressor.log_likelihood(x[:50], y[:50]).mean().item()
+        assert exact == pytest.approx(result["regressor_log_likelihood"], rel=1e-5)
         assert math.isclose(
             result["gain"],
             result["cvae_log_likelihood"] - result["regressor_log_likelihood"],

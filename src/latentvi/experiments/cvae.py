@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,10 @@ import torch.nn.functional as F
 from latentvi.config import option, require, to_dict
 from latentvi.data import DATASETS, Batches, binarize_static, load_dataset
 from latentvi.models.cvae import CVAE, CVAEConfig, Regressor
-from latentvi.train import TrainConfig, fit
+from latentvi.train import TrainConfig, fit, load_checkpoint
 from latentvi.train.storage import replace_text
 
-__all__ = ["CVAE_TASKS", "CVAEDataConfig", "conditional_data", "train_cvae"]
+__all__ = ["CVAE_TASKS", "CVAEDataConfig", "conditional_data", "load_cvae", "train_cvae"]
 
 CVAE_TASKS = ("label", "halves")
 MODEL_FILE = "model.json"
@@ -233,3 +234,25 @@ def _figures(model: CVAE, regressor, data: CVAEDataConfig, shape, out: Path) -> 
         columns=2 + draws,
     )
     return [path]
+
+
+def load_cvae(run_dir: str | os.PathLike, map_location: str = "cpu") -> CVAE | Regressor:
+    """The trained model of a ``train cvae`` run folder (or of its ``regressor/`` subfolder), in
+    eval mode, with its data config as ``model.data_config``. Reads JSON and safetensors only."""
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: {str(run_dir)!r} is not a train cvae run folder")
+    try:
+        spec = json.loads(path.read_text())
+        kind, x_dim, y_dim = spec["kind"], spec["x_dim"], spec["y_dim"]
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["model"].items()}
+        data = CVAEDataConfig(**spec["data"])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is corrupt ({error}); retrain or restore it") from None
+    builders = {"cvae": CVAE, "regressor": Regressor}
+    if kind not in builders:
+        raise ValueError(f"{path}: model kind {kind!r} is not a cvae or regressor")
+    model = builders[kind](x_dim, y_dim, CVAEConfig(**fields))
+    load_checkpoint(run_dir, model, map_location=map_location, restore_rng=False)
+    model.data_config = data
+    return model.eval()
