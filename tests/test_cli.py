@@ -123,7 +123,8 @@ def test_imitate_prints_a_table_and_writes_results(tmp_path, capsys):
     assert (out / "trajectories-cvae.png").is_file() and (out / "results.json").is_file()
     assert (out / "seed-0" / "config.json").is_file() and (out / "seed-1").is_dir()
     argv = ["imitate", "--task", "passages", "--policy", "lmp", "--steps", "20", "--seeds", "1"]
-    code, printed, _ = run(capsys, *argv, "--episodes", "3", "--demos", "10", "--json")
+    argv += ["--episodes", "3", "--demos", "10", "--out", str(tmp_path / "lmp")]
+    code, printed, _ = run(capsys, *argv, "--json")
     result = json.loads(printed)
     assert code == 0 and result["task"] == "passages" and result["policy"] == "lmp"
     assert set(result["summary"]["modes"]) == {"left", "middle", "right"}
