@@ -15,6 +15,7 @@ over ``--seeds`` seeds; figures from the first seed.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
 import statistics
@@ -96,6 +97,7 @@ def main() -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     results["total_seconds"] = time.perf_counter() - started
+    results["load_average_at_end"] = os.getloadavg()
     save_results(RESULTS / "cvae_mnist.json", results)
 
 

@@ -14,6 +14,7 @@ figure per task (a panel per policy, first seed).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from pathlib import Path
@@ -95,6 +96,7 @@ def main() -> None:
         entry["figure"] = str(figure.relative_to(Path(__file__).parent))
         results["tasks"][task] = entry
     results["total_seconds"] = time.perf_counter() - started
+    results["load_average_at_end"] = os.getloadavg()
     save_results(RESULTS / "imitation.json", results)
 
 
