@@ -9,6 +9,8 @@ time per policy (wall clock, one thread). Writes ``results/imitation.json`` and 
 figure per task (a panel per policy, first seed).
 
     python benchmarks/bench_imitation.py [--seeds 3] [--episodes 200] [--threads 1]
+    python benchmarks/bench_imitation.py --tasks obstacle --policies "chunk-cvae k=8, 128-128" \
+        --name imitation-wide
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ POLICIES = {
         policy="chunk-cvae", temporal_ensemble=True, ensemble_decay=0.01
     ),
     "lmp W=8": PolicyConfig(policy="lmp"),
+    # An ablation, run separately (--name imitation-wide): wider networks for the chunk CVAE.
+    "chunk-cvae k=8, 128-128": PolicyConfig(policy="chunk-cvae", hidden=(128, 128)),
 }
+DEFAULT_POLICIES = list(POLICIES)[:6]
 
 
 def main() -> None:
@@ -47,7 +52,10 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tasks", default="obstacle,passages")
-    parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated names")
+    parser.add_argument(
+        "--policies", default=",".join(DEFAULT_POLICIES), help="comma-separated names"
+    )
+    parser.add_argument("--name", default="imitation", help="stem of the JSON and figure names")
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
     demos = DemoConfig()
@@ -89,7 +97,7 @@ def main() -> None:
         figure = plot_trajectories(
             panels,
             task_spec(task),
-            RESULTS / f"imitation-{task}.png",
+            RESULTS / f"{arguments.name}-{task}.png",
             title=f"{task}: 100 episodes per panel (seed 0); colour = mode, red = collision, "
             "grey = timeout",
         )
@@ -97,7 +105,7 @@ def main() -> None:
         results["tasks"][task] = entry
     results["total_seconds"] = time.perf_counter() - started
     results["load_average_at_end"] = os.getloadavg()
-    save_results(RESULTS / "imitation.json", results)
+    save_results(RESULTS / f"{arguments.name}.json", results)
 
 
 if __name__ == "__main__":
