@@ -9,8 +9,8 @@ time per policy (wall clock, one thread). Writes ``results/imitation.json`` and 
 figure per task (a panel per policy, first seed).
 
     python benchmarks/bench_imitation.py [--seeds 3] [--episodes 200] [--threads 1]
-    python benchmarks/bench_imitation.py --tasks obstacle --policies "chunk-cvae k=8 wide (128x128)" \
-        --name imitation-wide
+    python benchmarks/bench_imitation.py --name imitation-wide \
+        --policies "chunk-cvae k=8 wide (128x128),chunk-cvae k=8 wide + ensembling"
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ POLICIES = {
     "lmp W=8": PolicyConfig(policy="lmp"),
     # An ablation, run separately (--name imitation-wide): wider networks for the chunk CVAE.
     "chunk-cvae k=8 wide (128x128)": PolicyConfig(policy="chunk-cvae", hidden=(128, 128)),
+    "chunk-cvae k=8 wide + ensembling": PolicyConfig(
+        policy="chunk-cvae", hidden=(128, 128), temporal_ensemble=True, ensemble_decay=0.01
+    ),
 }
 DEFAULT_POLICIES = list(POLICIES)[:6]
 
