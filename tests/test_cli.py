@@ -2,10 +2,13 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
+import torch
 
 from latentvi.cli import main
+from latentvi.experiments.cvae import conditional_data, load_cvae
 
 
 def run(capsys, *argv):
@@ -54,6 +57,11 @@ def test_vi_json_is_consistent_with_the_exact_answers(tmp_path, capsys):
         ["sample", "/nonexistent/run"],
         ["plot", "/nonexistent/run"],
         ["frobnicate"],
+        ["imitate", "--task", "maze"],
+        ["imitate", "--policy", "gail"],
+        ["imitate", "--demos", "1"],
+        ["train", "cvae", "--task", "colour"],
+        ["train", "cvae", "--dataset", "digits", "--likelihood", "gaussian"],
     ],
 )
 def test_bad_options_exit_2_with_one_line(argv, capsys):
@@ -104,3 +112,55 @@ def test_vae_train_eval_sample_plot_resume_on_digits(tmp_path, capsys):
     assert code == 0
     names = {line.rsplit("/", 1)[-1] for line in out.split()}
     assert {"reconstructions.png", "samples.png", "manifold.png", "latent.png"} <= names
+
+
+def test_imitate_prints_a_table_and_writes_results(tmp_path, capsys):
+    out = tmp_path / "imitate"
+    argv = ["imitate", "--policy", "cvae", "--steps", "30", "--seeds", "2", "--episodes", "4"]
+    code, printed, _ = run(capsys, *argv, "--demos", "20", "--out", str(out))
+    assert code == 0
+    assert "success" in printed and "left" in printed and "right" in printed
+    assert (out / "trajectories-cvae.png").is_file() and (out / "results.json").is_file()
+    assert (out / "seed-0" / "config.json").is_file() and (out / "seed-1").is_dir()
+    argv = ["imitate", "--task", "passages", "--policy", "lmp", "--steps", "20", "--seeds", "1"]
+    argv += ["--episodes", "3", "--demos", "10", "--out", str(tmp_path / "lmp")]
+    code, printed, _ = run(capsys, *argv, "--json")
+    result = json.loads(printed)
+    assert code == 0 and result["task"] == "passages" and result["policy"] == "lmp"
+    assert set(result["summary"]["modes"]) == {"left", "middle", "right"}
+    shares = sum(result["per_seed"][0]["modes"].values())
+    assert shares <= 1 + 1e-9 and result["per_seed"][0]["episodes"] == 3
+
+
+@pytest.mark.parametrize("task", ["label", "halves"])
+def test_train_cvae_on_digits(task, tmp_path, capsys):
+    out = tmp_path / task
+    code, printed, _ = run(
+        capsys,
+        "train", "cvae", "--dataset", "digits", "--task", task, "--max-steps", "30",
+        "--hidden", "32", "--latent-dim", "2", "--eval-examples", "50",
+        "--importance-samples", "20", "--no-progress", "--no-tensorboard", "--out", str(out),
+        "--json",
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(printed)
+    assert result["test_examples"] == 50 and result["task"] == task
+    for figure in result["figures"]:
+        assert Path(figure).is_file()
+    assert (out / "model.json").is_file() and (out / "results.json").is_file()
+    # The run folder reloads (JSON + safetensors) into the model that gave these numbers.
+    model = load_cvae(out)
+    x, y, _ = conditional_data(model.data_config, "test", 0)
+    torch.manual_seed(0)
+    estimate = model.log_likelihood(x[:50], y[:50], 20).mean().item()
+    assert abs(estimate - result["cvae_log_likelihood"]) < 3 * result["cvae_log_likelihood_stderr"]
+    if task == "halves":
+        regressor = load_cvae(out / "regressor")
+        exact = regressor.log_likelihood(x[:50], y[:50]).mean().item()
+        assert exact == pytest.approx(result["regressor_log_likelihood"], rel=1e-5)
+        assert math.isclose(
+            result["gain"],
+            result["cvae_log_likelihood"] - result["regressor_log_likelihood"],
+            rel_tol=1e-6,
+            abs_tol=1e-6,
+        )

@@ -20,6 +20,7 @@ __all__ = [
     "plot_image_grid",
     "plot_latent_scatter",
     "plot_training_curves",
+    "plot_trajectories",
     "plot_vi_report",
     "save_figure",
 ]
@@ -145,4 +146,48 @@ def plot_training_curves(
     axis.set_ylabel("nats per example")
     axis.set_title(title)
     axis.legend()
+    return save_figure(figure, path)
+
+
+def plot_trajectories(
+    panels: Mapping[str, Sequence],
+    layout,
+    path: str | os.PathLike,
+    title: str = "",
+    max_paths: int = 100,
+) -> Path:
+    """One panel per policy of 2-D paths over a task's obstacles.
+
+    ``panels`` maps a title to episodes (each with ``positions [T+1, 2]``, ``success``,
+    ``collision`` and ``mode``); ``layout`` has ``discs`` ``(cx, cy, r)``, ``boxes``
+    ``(x0, y0, x1, y1)``, ``start``, ``goal``, ``goal_radius``, ``arena`` and ``mode_names``.
+    Successful paths are coloured by mode, collisions red, timeouts grey.
+    """
+    colours = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
+    count = len(panels)
+    figure, axes = plt.subplots(1, count, figsize=(3.2 * count, 3.4), squeeze=False)
+    for axis, (name, episodes) in zip(axes[0], panels.items(), strict=True):
+        for cx, cy, r in layout.discs:
+            axis.add_patch(plt.Circle((cx, cy), r, color="0.3"))
+        for x0, y0, x1, y1 in layout.boxes:
+            axis.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, color="0.3"))
+        axis.add_patch(plt.Circle(layout.goal, layout.goal_radius, color="gold", alpha=0.6))
+        for episode in list(episodes)[:max_paths]:
+            if episode.collision:
+                colour = "tab:red"
+            elif episode.success and episode.mode >= 0:
+                colour = colours[episode.mode % len(colours)]
+            else:
+                colour = "0.6"
+            path_xy = np.asarray(episode.positions)
+            axis.plot(path_xy[:, 0], path_xy[:, 1], color=colour, lw=0.7, alpha=0.6)
+        extent = layout.arena
+        axis.set_xlim(-extent, extent)
+        axis.set_ylim(-extent, extent)
+        axis.set_aspect("equal")
+        axis.set_xticks([])
+        axis.set_yticks([])
+        axis.set_title(name, fontsize=9)
+    if title:
+        figure.suptitle(title, fontsize=10)
     return save_figure(figure, path)

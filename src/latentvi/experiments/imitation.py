@@ -1,0 +1,167 @@
+"""The imitation job behind ``latentvi imitate``: demonstrations → a policy per seed → fresh
+episodes → a table, a trajectory figure and ``results.json``.
+
+One call trains ``policy`` once per seed on the same demonstrations (the seed sets the weights, the
+batch order and the evaluation's latent draws; the episodes' start states are the same for every
+seed), evaluates each on ``episodes`` fresh episodes, and reports every metric as mean ± std over
+the seeds. With ``out`` the run folder holds ``results.json``, ``trajectories-<policy>.png`` (the
+demonstrations beside the first seed's episodes) and, per seed, the training loop's run folder
+(config, metrics, a safetensors checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from latentvi.config import option, require, to_dict
+from latentvi.rl.demos import DemoConfig, Demonstrations, collect_demonstrations
+from latentvi.rl.envs import TASKS, Episode, task_spec
+from latentvi.rl.imitation import (
+    EVAL_SEED,
+    PolicyConfig,
+    evaluate_policy,
+    make_controller,
+    summarize,
+    train_policy,
+)
+from latentvi.train.storage import replace_text
+
+__all__ = [
+    "ImitationConfig",
+    "describe_demonstrations",
+    "format_imitation_table",
+    "run_imitation",
+    "run_seeds",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ImitationConfig:
+    """The task, how many seeds, and how many fresh episodes per seed."""
+
+    task: str = option("obstacle", "obstacle (2 modes) or passages (3 modes)", choices=tuple(TASKS))
+    seeds: int = option(3, "independent training runs (seeds 0..n-1); metrics are mean ± std")
+    episodes: int = option(200, "fresh evaluation episodes per seed")
+
+    def __post_init__(self) -> None:
+        require(self.task in TASKS, "task", self.task, f"choose one of {', '.join(TASKS)}")
+        require(self.seeds >= 1, "seeds", self.seeds, "use 1 or more seeds")
+        require(self.episodes >= 1, "episodes", self.episodes, "use 1 or more episodes")
+
+
+def run_seeds(
+    task: str,
+    demonstrations: Demonstrations,
+    policy: PolicyConfig,
+    seeds: int,
+    episodes: int,
+    out: str | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[Episode]]:
+    """Train ``policy`` with seeds ``policy.seed .. policy.seed + seeds − 1`` and evaluate each on
+    the same ``episodes`` fresh episodes: ``(summary: mean ± std, per-seed metrics, the first
+    seed's episodes)``."""
+    names = task_spec(task).mode_names
+    per_seed, first_runs = [], None
+    for offset in range(seeds):
+        config = dataclasses.replace(policy, seed=policy.seed + offset)
+        run_dir = None if out is None else str(Path(out) / f"seed-{config.seed}")
+        model, seconds = train_policy(demonstrations, config, out=run_dir)
+        metrics, runs = evaluate_policy(
+            task, make_controller(model, config, task), episodes, EVAL_SEED
+        )
+        per_seed.append({"seed": config.seed, "train_seconds": seconds, **metrics})
+        first_runs = first_runs if first_runs is not None else runs
+    summary = {
+        key: summarize([r[key] for r in per_seed])
+        for key in ("success", "collision", "timeout", "train_seconds")
+    }
+    summary["modes"] = {m: summarize([r["modes"][m] for r in per_seed]) for m in names}
+    return summary, per_seed, first_runs
+
+
+def run_imitation(
+    job: ImitationConfig,
+    policy: PolicyConfig,
+    demos: DemoConfig | None = None,
+    out: str | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate ``policy`` on ``job.task`` (see the module docstring); JSON-ready."""
+    demos = demos or DemoConfig()
+    demonstrations = collect_demonstrations(job.task, demos)
+    names = task_spec(job.task).mode_names
+    summary, per_seed, first_runs = run_seeds(
+        job.task, demonstrations, policy, job.seeds, job.episodes, out
+    )
+    result = {
+        "task": job.task,
+        "policy": policy.policy,
+        "episodes_per_seed": job.episodes,
+        "seeds": [r["seed"] for r in per_seed],
+        "demonstrations": describe_demonstrations(demonstrations, names),
+        "summary": summary,
+        "per_seed": per_seed,
+        "config": {"job": to_dict(job), "policy": to_dict(policy), "demos": to_dict(demos)},
+    }
+    if out is not None:
+        result["figures"] = [str(_plot(job.task, policy, demos, first_runs, Path(out)))]
+        replace_text(Path(out) / "results.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def describe_demonstrations(demonstrations: Demonstrations, names) -> dict[str, Any]:
+    """Episode and transition counts of a demonstration set, and how many took each mode."""
+    counts = demonstrations.modes.bincount(minlength=len(names)).tolist()
+    return {
+        "episodes": demonstrations.num_episodes,
+        "transitions": int(demonstrations.lengths.sum()),
+        "modes": dict(zip(names, counts, strict=True)),
+    }
+
+
+def _plot(task, policy: PolicyConfig, demos: DemoConfig, runs, out: Path) -> Path:
+    from latentvi.plots import plot_trajectories
+    from latentvi.rl.demos import WaypointDemonstrator
+    from latentvi.rl.envs import make_task, rollout
+
+    env = make_task(task)
+    demonstrator = WaypointDemonstrator(task, demos.demo_noise, demos.demo_seed)
+    shown = [rollout(env, demonstrator, demos.demo_seed + i) for i in range(len(runs))]
+    panels = {"demonstrations": shown, f"{policy.policy} (seed {policy.seed})": runs}
+    return plot_trajectories(
+        panels,
+        task_spec(task),
+        out / f"trajectories-{policy.policy}.png",
+        title=f"{task}: paths coloured by mode; red: collision, grey: timeout",
+    )
+
+
+def format_imitation_table(results: list[dict[str, Any]]) -> str:
+    """A plain-text table of :func:`run_imitation` results: mean ± std over seeds."""
+    if not results:
+        return ""
+    names = list(results[0]["summary"]["modes"])
+    header = ["policy", "success", "collision", *names, "train s"]
+    rows = []
+    for result in results:
+        s = result["summary"]
+        cells = [s["success"], s["collision"], *(s["modes"][m] for m in names)]
+        rows.append(
+            [
+                result["policy"],
+                *(f"{c['mean']:.3f} ± {c['std']:.3f}" for c in cells),
+                f"{s['train_seconds']['mean']:.1f} ± {s['train_seconds']['std']:.1f}",
+            ]
+        )
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    first = results[0]
+    title = (
+        f"task {first['task']}: {first['episodes_per_seed']} fresh episodes per seed, seeds "
+        f"{','.join(map(str, first['seeds']))} (mean ± std over seeds; mode columns are shares "
+        "of all episodes)"
+    )
+    head = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    return "\n".join([title, head, *lines])
