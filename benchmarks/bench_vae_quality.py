@@ -31,16 +31,34 @@ def main(argv=None) -> dict:
     parser.add_argument("--every", type=int, default=1, help="evaluate every N-th checkpoint")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="JSON path (default: results/quality-RUN)")
+    parser.add_argument(
+        "--no-final", action="store_true", help="only the curve (e.g. while the run goes on)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     config = json.loads((run / "config.json").read_text())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = {r["step"]: r["train/epoch"] for r in records if "train/epoch" in r}
+    out = Path(args.out or f"benchmarks/results/quality-{run.name}.json")
+    # Points of an earlier call with the same settings are kept, so the curve of a run that is
+    # still training can be extended without evaluating its old checkpoints again.
+    settings = {"importance_samples": args.importance_samples, "n_examples": args.curve_examples}
+    earlier = json.loads(out.read_text()) if out.exists() else {}
+    previous = earlier.get("curve", []) if earlier.get("model") == config.get("model") else []
+    done = {
+        c["step"]: c for c in previous if all(c.get(k) == v for k, v in settings.items())
+    }
     curve = []
     checkpoints = list_checkpoints(run)
-    for checkpoint in checkpoints[::-1][:: args.every][::-1]:  # always includes the newest
+    chosen = [  # every N-th checkpoint, counted from the first (stable as the run grows), + newest
+        c for i, c in enumerate(checkpoints, 1) if i % args.every == 0 or c == checkpoints[-1]
+    ]
+    for checkpoint in chosen:
         step = int(checkpoint.name.split("-")[1])
+        if step in done:
+            curve.append(done[step])
+            continue
         result = evaluate_run(
             run,
             importance_samples=args.importance_samples,
@@ -51,12 +69,14 @@ def main(argv=None) -> dict:
         epoch = epochs.get(step)
         curve.append({"step": step, "epoch": epoch, **result})
         print(f"step {step} epoch {epoch}: log p(x) {result['log_likelihood']:.2f}", flush=True)
-    final = evaluate_run(
-        run,
-        importance_samples=args.importance_samples,
-        n_examples=args.final_examples,
-        progress=False,
-    )
+    final = None
+    if not args.no_final:
+        final = evaluate_run(
+            run,
+            importance_samples=args.importance_samples,
+            n_examples=args.final_examples,
+            progress=False,
+        )
     name = args.name or run.name
     results = {
         "command": "python " + " ".join(sys.argv),
@@ -68,7 +88,6 @@ def main(argv=None) -> dict:
         "final": final,
         "units": "nats per example, test set, importance-sampled log-likelihood",
     }
-    out = Path(args.out or f"benchmarks/results/quality-{run.name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     plot_training_curves(
