@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from latentvi.config import option, require, to_dict
 from latentvi.data import DATASETS, Batches, binarize_static, load_dataset
+from latentvi.experiments.vae import MODEL_FILE, TEST_BINARIZATION_SEED
 from latentvi.models.cvae import CVAE, CVAEConfig, Regressor
 from latentvi.train import TrainConfig, fit, load_checkpoint
 from latentvi.train.storage import replace_text
@@ -39,8 +40,6 @@ from latentvi.train.storage import replace_text
 __all__ = ["CVAE_TASKS", "CVAEDataConfig", "conditional_data", "load_cvae", "train_cvae"]
 
 CVAE_TASKS = ("label", "halves")
-MODEL_FILE = "model.json"
-TEST_BINARIZATION_SEED = 0
 NUM_CLASSES = 10
 
 
