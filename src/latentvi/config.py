@@ -39,6 +39,16 @@ def require(condition: bool, field: str, value: Any, fix: str) -> None:
         raise ValueError(f"{field} = {value!r} is invalid: {fix}")
 
 
+def require_layer_sizes(field: str, sizes: Any, example: str) -> None:
+    """:func:`require` that ``sizes`` is one or more positive layer sizes (e.g. ``"200,200"``)."""
+    require(
+        len(sizes) >= 1 and all(int(h) >= 1 for h in sizes),
+        field,
+        sizes,
+        f"give one or more positive layer sizes, e.g. {example}",
+    )
+
+
 def check_positive_int(name: str, value: Any) -> int:
     """Return ``value`` if it is an integer >= 1 (not a bool), else raise ``ValueError`` naming
     ``name``: the one check behind every size, count and sample number in latentvi."""

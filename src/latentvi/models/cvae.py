@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from latentvi.bounds import elbo_terms, importance_log_likelihood
-from latentvi.config import check_positive_int, option, require
+from latentvi.config import check_positive_int, option, require, require_layer_sizes
 from latentvi.distributions import bernoulli, diagonal_gaussian, positive_scale, standard_normal
 from latentvi.nn import MLP, DiagonalGaussianEncoder
 
@@ -62,12 +62,7 @@ class CVAEConfig:
 
     def __post_init__(self) -> None:
         require(self.latent_dim >= 1, "latent_dim", self.latent_dim, "use a positive integer")
-        require(
-            len(self.hidden) >= 1 and all(int(h) >= 1 for h in self.hidden),
-            "hidden",
-            self.hidden,
-            "give one or more positive layer sizes, e.g. 64,64",
-        )
+        require_layer_sizes("hidden", self.hidden, "64,64")
         require(self.prior in PRIORS, "prior", self.prior, f"choose one of {', '.join(PRIORS)}")
         require(
             self.likelihood in LIKELIHOODS,

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from latentvi.bounds import elbo_terms, importance_log_likelihood, iwae_bound
-from latentvi.config import check_positive_int, option, require
+from latentvi.config import check_positive_int, option, require, require_layer_sizes
 from latentvi.distributions import (
     bernoulli,
     continuous_bernoulli,
@@ -71,13 +71,7 @@ class VAEConfig:
         require(self.latent_dim >= 1, "latent_dim", self.latent_dim, "use a positive integer")
         require(self.latent_dim_1 >= 1, "latent_dim_1", self.latent_dim_1, "use a positive integer")
         for name in ("hidden", "hidden_1", "channels"):
-            sizes = getattr(self, name)
-            require(
-                len(sizes) >= 1 and all(int(h) >= 1 for h in sizes),
-                name,
-                sizes,
-                "give one or more positive layer sizes, e.g. 200,200",
-            )
+            require_layer_sizes(name, getattr(self, name), "200,200")
         require(self.body in BODIES, "body", self.body, f"choose one of {', '.join(BODIES)}")
         require(
             self.likelihood in LIKELIHOODS,

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from latentvi.bounds import elbo_terms
-from latentvi.config import option, require, to_dict
+from latentvi.config import option, require, require_layer_sizes, to_dict
 from latentvi.data import Batches
 from latentvi.models.cvae import ACTIVATIONS, CVAE, CVAEConfig, Regressor, VectorLikelihood
 from latentvi.nn import MLP, DiagonalGaussianEncoder
@@ -99,12 +99,7 @@ class PolicyConfig:
             self.policy in POLICIES, "policy", self.policy, f"choose one of {', '.join(POLICIES)}"
         )
         require(self.latent_dim >= 1, "latent_dim", self.latent_dim, "use a positive integer")
-        require(
-            len(self.hidden) >= 1 and all(int(h) >= 1 for h in self.hidden),
-            "hidden",
-            self.hidden,
-            "give one or more positive layer sizes, e.g. 64,64",
-        )
+        require_layer_sizes("hidden", self.hidden, "64,64")
         require(self.beta >= 0, "beta", self.beta, "use a non-negative KL weight")
         require(
             self.activation in ACTIVATIONS,
