@@ -46,9 +46,7 @@ def main(argv=None) -> dict:
     settings = {"importance_samples": args.importance_samples, "n_examples": args.curve_examples}
     earlier = json.loads(out.read_text()) if out.exists() else {}
     previous = earlier.get("curve", []) if earlier.get("model") == config.get("model") else []
-    done = {
-        c["step"]: c for c in previous if all(c.get(k) == v for k, v in settings.items())
-    }
+    done = {c["step"]: c for c in previous if all(c.get(k) == v for k, v in settings.items())}
     curve = []
     checkpoints = list_checkpoints(run)
     chosen = [  # every N-th checkpoint, counted from the first (stable as the run grows), + newest
