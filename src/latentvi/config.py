@@ -95,7 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
                 name,
                 action=argparse.BooleanOptionalAction,
                 default=field.default,
-                help=f"{help_text} (default: {field.default})",
+                help=help_text
+                if field.default is None
+                else f"{help_text} (default: {field.default})",
             )
             continue
         parser.add_argument(
@@ -104,7 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
             default=field.default,
             choices=choices,
             metavar=kind.__name__.upper() if choices is None else None,
-            help=f"{help_text} (default: {field.default})",
+            # An option without a default says what leaving it out means in its own help text.
+            help=help_text if field.default is None else f"{help_text} (default: {field.default})",
         )
 
 

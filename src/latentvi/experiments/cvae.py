@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from latentvi.config import option, require, to_dict
-from latentvi.data import DATASETS, Batches, binarize_static, load_dataset
-from latentvi.experiments.vae import MODEL_FILE, TEST_BINARIZATION_SEED
+from latentvi.data import Batches, binarize_static, load_dataset
+from latentvi.experiments.vae import MODEL_FILE, TEST_BINARIZATION_SEED, DataSource
 from latentvi.models.cvae import CVAE, CVAEConfig, Regressor
 from latentvi.train import TrainConfig, fit, load_checkpoint
 from latentvi.train.storage import replace_text
@@ -44,39 +44,23 @@ NUM_CLASSES = 10
 
 
 @dataclasses.dataclass(frozen=True)
-class CVAEDataConfig:
+class CVAEDataConfig(DataSource):
     """Which data set, which conditional task, and how much of it to evaluate."""
 
-    dataset: str = option(
-        "mnist", "data set: mnist, fashion-mnist, digits or idx", choices=DATASETS
-    )
-    root: str | None = option(None, "folder of idx files (for idx, or to override a data set)")
     task: str = option(
         "label", "label: p(image | digit); halves: p(bottom half | top half)", choices=CVAE_TASKS
     )
-    batch_size: int = option(100, "examples per optimizer step")
     eval_examples: int = option(1000, "test examples for the conditional log-likelihoods")
     importance_samples: int = option(200, "K of the importance-sampled log p(y|x)")
 
     def __post_init__(self) -> None:
-        require(
-            self.dataset in DATASETS,
-            "dataset",
-            self.dataset,
-            f"choose one of {', '.join(DATASETS)}",
-        )
+        super().__post_init__()
         require(
             self.task in CVAE_TASKS, "task", self.task, f"choose one of {', '.join(CVAE_TASKS)}"
         )
-        for name in ("batch_size", "eval_examples", "importance_samples"):
+        for name in ("eval_examples", "importance_samples"):
             value = getattr(self, name)
             require(value >= 1, name, value, "use a positive integer")
-        require(
-            self.dataset != "idx" or self.root is not None,
-            "root",
-            self.root,
-            "the idx data set needs --root pointing at a folder of idx files",
-        )
 
 
 def conditional_data(

@@ -27,6 +27,7 @@ from latentvi.train.storage import replace_text
 
 __all__ = [
     "DataConfig",
+    "DataSource",
     "evaluate_run",
     "load",
     "load_data",
@@ -41,24 +42,15 @@ TEST_BINARIZATION_SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Which data set to train on and how to present it."""
+class DataSource:
+    """Which data set, and how many examples per optimizer step: the part every image
+    experiment's data config shares (:class:`DataConfig`, the CVAE's ``CVAEDataConfig``)."""
 
     dataset: str = option(
         "mnist", "data set: mnist, fashion-mnist, digits or idx", choices=DATASETS
     )
     root: str | None = option(None, "folder of idx files (for idx, or to override a data set)")
-    binarize: str = option(
-        "dynamic",
-        "dynamic: a fresh Bernoulli draw of every image each epoch (Burda et al.); static: one "
-        "fixed draw; none: keep intensities (use a gaussian or continuous-bernoulli likelihood)",
-        choices=BINARIZE,
-    )
     batch_size: int = option(100, "examples per optimizer step")
-    validation: bool = option(
-        False, "hold out a validation split (MNIST: 50k/10k) and validate on it instead of test"
-    )
-    valid_examples: int = option(2000, "examples used by each periodic validation pass")
 
     def __post_init__(self) -> None:
         require(
@@ -67,19 +59,38 @@ class DataConfig:
             self.dataset,
             f"choose one of {', '.join(DATASETS)}",
         )
-        require(self.binarize in BINARIZE, "binarize", self.binarize, f"choose one of {BINARIZE}")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "use a positive integer")
-        require(
-            self.valid_examples >= 1,
-            "valid_examples",
-            self.valid_examples,
-            "use a positive integer",
-        )
         require(
             self.dataset != "idx" or self.root is not None,
             "root",
             self.root,
             "the idx data set needs --root pointing at a folder of idx files",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(DataSource):
+    """Which data set to train on and how to present it."""
+
+    binarize: str = option(
+        "dynamic",
+        "dynamic: a fresh Bernoulli draw of every image each epoch (Burda et al.); static: one "
+        "fixed draw; none: keep intensities (use a gaussian or continuous-bernoulli likelihood)",
+        choices=BINARIZE,
+    )
+    validation: bool = option(
+        False, "hold out a validation split (MNIST: 50k/10k) and validate on it instead of test"
+    )
+    valid_examples: int = option(2000, "examples used by each periodic validation pass")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.binarize in BINARIZE, "binarize", self.binarize, f"choose one of {BINARIZE}")
+        require(
+            self.valid_examples >= 1,
+            "valid_examples",
+            self.valid_examples,
+            "use a positive integer",
         )
 
 

@@ -32,7 +32,7 @@ class TrainConfig:
 
     epochs: int = option(1, "passes over the training data (ignored when max_steps is set)")
     max_steps: int | None = option(
-        None, "stop after this many optimizer steps, overriding epochs (None: use epochs)"
+        None, "stop after this many optimizer steps, overriding epochs (left out: use epochs)"
     )
     lr: float = option(1e-3, "learning rate of the default AdamW optimizer")
     lr_schedule: str = option(
@@ -44,7 +44,7 @@ class TrainConfig:
     betas: tuple[float, float] = option((0.9, 0.999), "AdamW's (beta1, beta2) moment decay rates")
     eps: float = option(1e-8, "AdamW's denominator epsilon")
     grad_clip: float | None = option(
-        None, "clip the global gradient L2 norm to this value (None: no clipping)"
+        None, "clip the global gradient L2 norm to this value (left out: no clipping)"
     )
     seed: int = option(0, "seed of python/numpy/torch RNGs and of each epoch's data order")
     device: str = option(
@@ -62,7 +62,7 @@ class TrainConfig:
         "steps stay fast when gradients underflow, e.g. IWAE weights of hopeless samples",
     )
     out: str | None = option(
-        None, "run folder for config.json, metrics and checkpoints (None: write nothing)"
+        None, "run folder for config.json, metrics and checkpoints (left out: nothing is written)"
     )
 
     def __post_init__(self) -> None:
