@@ -1,5 +1,7 @@
 """Latent variable models: exact ones (the ground truth) and learned ones."""
 
 from latentvi.models.exact import GaussianMixture, LinearGaussian
+from latentvi.models.rssm import RSSM, RSSMConfig, State
+from latentvi.models.ssm import WorldModel
 
-__all__ = ["GaussianMixture", "LinearGaussian"]
+__all__ = ["RSSM", "GaussianMixture", "LinearGaussian", "RSSMConfig", "State", "WorldModel"]
