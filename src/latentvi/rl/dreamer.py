@@ -64,7 +64,9 @@ class DreamerConfig:
             "use a positive integer",
         )
         require(0 < self.discount <= 1, "discount", self.discount, "use γ in (0, 1]")
-        require(0 <= self.return_lambda <= 1, "return_lambda", self.return_lambda, "use λ in [0, 1]")
+        require(
+            0 <= self.return_lambda <= 1, "return_lambda", self.return_lambda, "use λ in [0, 1]"
+        )
         for name in ("actor_lr", "critic_lr", "behaviour_clip"):
             value = getattr(self, name)
             require(value > 0, name, value, "use a positive number")
@@ -140,11 +142,11 @@ class DreamerAgent(WorldModelAgent):
         predicted = self.critic(features[:-1].detach()).squeeze(-1)
         critic_loss = 0.5 * (weights * (predicted - returns.detach()).pow(2)).mean()
         metrics = {
-            "loss/actor": float(actor_loss),
-            "loss/critic": float(critic_loss),
-            "train/imagined_reward": float(rewards.mean()),
-            "train/lambda_return": float(returns.mean()),
-            "train/actor_entropy": float(entropy),
+            "loss/actor": actor_loss.item(),
+            "loss/critic": critic_loss.item(),
+            "train/imagined_reward": rewards.mean().item(),
+            "train/lambda_return": returns.mean().item(),
+            "train/actor_entropy": entropy.item(),
         }
         return actor_loss, critic_loss, metrics
 
