@@ -381,12 +381,15 @@ WORLD_MODEL_AGENTS: dict[str, Callable[[argparse.Namespace], dict]] = {
 
 def _world_model_configs(arguments: argparse.Namespace) -> list[tuple[type, object]]:
     """Every option group's config, with the preset's values where options were left alone."""
-    from latentvi.experiments.world_model import with_preset
+    import dataclasses
 
-    return [
-        (config_type, with_preset(from_arguments(config_type, arguments), arguments.preset))
-        for _, config_type in _world_model_groups()
-    ]
+    from latentvi.experiments.world_model import preset_config
+
+    configs = []
+    for _, config_type in _world_model_groups():
+        values = {f.name: getattr(arguments, f.name) for f in dataclasses.fields(config_type)}
+        configs.append((config_type, preset_config(config_type, arguments.preset, values)))
+    return configs
 
 
 def _add_world_model(subparsers) -> None:

@@ -60,6 +60,7 @@ __all__ = [
     "AGENTS",
     "PRESETS",
     "WorldModelRunConfig",
+    "preset_config",
     "train_world_model",
     "with_preset",
 ]
@@ -179,17 +180,23 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def with_preset(config: Any, preset: str) -> Any:
-    """``config`` with the preset's values in place of fields left at their defaults."""
+def preset_config(config_type: type, preset: str, values: dict[str, Any] | None = None) -> Any:
+    """``config_type(**values)`` with the preset's values for the fields ``values`` leaves out or
+    sets to their defaults (validated once, on the final values)."""
     if preset not in PRESETS:
         raise ValueError(f"preset = {preset!r} is invalid: use one of {sorted(PRESETS)}")
-    values = PRESETS[preset]
-    changes = {
-        f.name: values[f.name]
-        for f in dataclasses.fields(config)
-        if f.name in values and getattr(config, f.name) == f.default
-    }
-    return dataclasses.replace(config, **changes)
+    chosen = PRESETS[preset]
+    values = dict(values or {})
+    for f in dataclasses.fields(config_type):
+        if f.name in chosen and values.get(f.name, f.default) == f.default:
+            values[f.name] = chosen[f.name]
+    return config_type(**values)
+
+
+def with_preset(config: Any, preset: str) -> Any:
+    """``config`` with the preset's values in place of fields left at their defaults."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+    return preset_config(type(config), preset, values)
 
 
 def check_agent(agent: str) -> None:
