@@ -3,7 +3,7 @@
     python benchmarks/bench_world_model.py throughput [--presets debug,default,paper]
         [--agents planet,dreamer] [--updates 10] [--act-steps 20] [--repeats 3]
     python benchmarks/bench_world_model.py curve --agent dreamer --preset default --steps 50000
-        [--seed 0] [--runs runs/bench-world-model] [--resume]
+        [--eval-every N] [--eval-episodes N] [--seed 0] [--runs runs/bench-world-model] [--resume]
 
 ``throughput``, per preset and agent, on pixel Pendulum-v1 with the preset's sizes: world-model
 updates per second (one batch of chunks each; Dreamer's include its actor-critic step), agent
@@ -166,6 +166,7 @@ def curve(args) -> dict:
         out=str(Path(args.runs) / f"{args.agent}-{args.preset}-seed{args.seed}"),
         progress=False,
         **({"eval_every": args.eval_every} if args.eval_every else {}),
+        **({"eval_episodes": args.eval_episodes} if args.eval_episodes else {}),
     )
     load_before = os.getloadavg()
     summary = train_world_model(args.agent, run, model, training, agent_config, resume=args.resume)
@@ -198,6 +199,7 @@ def main() -> None:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--steps", type=int, default=50_000)
     parser.add_argument("--eval-every", type=int, default=0)
+    parser.add_argument("--eval-episodes", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--runs", default="runs/bench-world-model")
