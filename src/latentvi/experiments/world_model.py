@@ -47,7 +47,7 @@ import torch
 from latentvi.config import option, require, to_dict
 from latentvi.models.ssm import RSSMConfig
 from latentvi.rl.dreamer import DreamerAgent, DreamerConfig
-from latentvi.rl.episodes import EpisodeStore
+from latentvi.rl.episodes import EpisodeRunner, EpisodeStore
 from latentvi.rl.pixels import make_env
 from latentvi.rl.planet import PlanetAgent, PlanetConfig
 from latentvi.rl.world_model_agent import ModelTrainingConfig, WorldModelAgent
@@ -228,57 +228,6 @@ def make_run_env(run: WorldModelRunConfig) -> gym.Env:
     return env
 
 
-class _Episodes:
-    """Runs episodes on an environment with an agent (or uniform random actions)."""
-
-    def __init__(self, env: gym.Env, timing: dict[str, float]) -> None:
-        self.env, self.timing = env, timing
-        low, high = env.action_space.low, env.action_space.high
-        self.centre, self.half = (high + low) / 2, (high - low) / 2
-        self.action_dim = int(env.action_space.shape[0])
-
-    def run(
-        self,
-        seed: int,
-        agent: WorldModelAgent | None,
-        explore: bool,
-        generator: np.random.Generator | None = None,
-    ) -> tuple[dict[str, np.ndarray], float, int]:
-        """One episode: its arrays (actions in [-1, 1]), its return, its environment steps."""
-        started = time.perf_counter()
-        obs, _ = self.env.reset(seed=seed)
-        self.timing["env"] += time.perf_counter() - started
-        if agent is not None:
-            agent.reset()
-        frames, actions, rewards, terminals = [obs], [], [], []
-        env_steps, done = 0, False
-        while not done:
-            started = time.perf_counter()
-            if agent is None:
-                action = generator.uniform(-1.0, 1.0, self.action_dim).astype(np.float32)
-            else:
-                action = agent.act(obs, explore, agent.exploration_noise if explore else 0.0)
-            middle = time.perf_counter()
-            self.timing["act"] += middle - started
-            obs, reward, terminated, truncated, info = self.env.step(
-                (self.centre + self.half * action).astype(self.env.action_space.dtype)
-            )
-            self.timing["env"] += time.perf_counter() - middle
-            frames.append(obs)
-            actions.append(action)
-            rewards.append(float(reward))
-            terminals.append(bool(terminated))
-            env_steps += info.get("env_steps", 1)
-            done = terminated or truncated
-        episode = {
-            "obs": np.stack(frames),
-            "action": np.stack(actions).astype(np.float32),
-            "reward": np.asarray(rewards, np.float32),
-            "terminal": np.asarray(terminals, bool),
-        }
-        return episode, float(np.sum(rewards)), env_steps
-
-
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -360,8 +309,8 @@ def train_world_model(
     metrics_logger = MetricsLogger(
         out, tensorboard=run.tensorboard, resume_step=state["env_steps"] if latest else None
     )
-    episodes = _Episodes(env, state["timing"])
-    evaluator = _Episodes(eval_env, state["timing"])
+    episodes = EpisodeRunner(env, state["timing"])
+    evaluator = EpisodeRunner(eval_env, state["timing"])
     try:
         _loop(agent, run, training, store, episodes, evaluator, generator, state, out,
               metrics_logger, spec)  # fmt: skip
@@ -475,6 +424,7 @@ def _checkpoint(agent, store, generator, state, out, run, spec, started) -> None
 
 def _write_outputs(agent, agent_name, run, evaluator, state, out: Path) -> dict[str, str]:
     from latentvi.experiments.latent_q import plot_learning_curves
+    from latentvi.plots import plot_frame_strip
 
     files = {"curve_csv": str(out / "curve.csv"), "curve_png": str(out / "curve.png")}
     columns = ["env_step", "return_mean", "return_std", "episodes", "wall_seconds"]
@@ -486,14 +436,15 @@ def _write_outputs(agent, agent_name, run, evaluator, state, out: Path) -> dict[
     with isolated_rng(mixed_seed(run.seed, OPEN_LOOP_SEED)):
         episode, _, _ = evaluator.run(mixed_seed(run.seed, OPEN_LOOP_SEED), agent, explore=False)
         files.update(open_loop_figures(agent, episode, run, out))
-    files["frames"] = str(plot_frame_strip(episode["obs"], out / "frames.png", agent_name))
+    strip = plot_frame_strip(episode["obs"], out / "frames.png", f"{agent_name} acting")
+    files["frames"] = str(strip)
     return files
 
 
 def open_loop_figures(agent, episode, run: WorldModelRunConfig, out: Path) -> dict[str, str]:
     """Open-loop prediction from a stored-layout episode: figure, per-step error CSV and plot."""
     from latentvi.models.ssm import align_episode
-    from latentvi.plots import plot_image_grid
+    from latentvi.plots import plot_image_grid, plot_prediction_errors
 
     device = agent.device
     obs = torch.as_tensor(episode["obs"])[:, None]  # [T+1, 1, C, H, W]
@@ -521,32 +472,9 @@ def open_loop_figures(agent, episode, run: WorldModelRunConfig, out: Path) -> di
     grid = torch.cat([truth[shown], predicted[shown]])
     plot_image_grid(grid, out / "open_loop.png", f"true (top) | open-loop prediction, every "
                     f"{every} step(s) after {context} observed frames", columns=len(shown))  # fmt: skip
-    _plot_errors(mse.numpy(), baseline.numpy(), out / "open_loop_mse.png")
+    plot_prediction_errors(mse.numpy(), baseline.numpy(), out / "open_loop_mse.png")
     return {
         "open_loop_png": str(out / "open_loop.png"),
         "open_loop_csv": str(out / "open_loop.csv"),
         "open_loop_mse_png": str(out / "open_loop_mse.png"),
     }
-
-
-def _plot_errors(mse: np.ndarray, baseline: np.ndarray, path: Path) -> Path:
-    from latentvi.plots import plt, save_figure
-
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    steps = np.arange(1, len(mse) + 1)
-    axis.plot(steps, mse, label="open-loop prediction")
-    axis.plot(steps, baseline, linestyle="--", label="mean context frame")
-    axis.set_xlabel("steps ahead (agent steps)")
-    axis.set_ylabel("mean squared error (pixels in [0, 1])")
-    axis.legend()
-    return save_figure(figure, path)
-
-
-def plot_frame_strip(frames: np.ndarray, path: Path, title: str, count: int = 16) -> Path:
-    """Every k-th frame of ``frames`` uint8 ``[T, C, H, W]`` in one row (at most ``count``)."""
-    from latentvi.plots import plot_image_grid
-
-    every = max(1, len(frames) // count)
-    chosen = torch.as_tensor(frames[::every][:count]).float() / 255.0
-    return plot_image_grid(chosen, path, f"{title} acting, every {every} step(s)",
-                           columns=len(chosen))  # fmt: skip

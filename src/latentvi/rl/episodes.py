@@ -32,8 +32,10 @@ import logging
 import os
 import re
 import tempfile
+import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +43,7 @@ import torch
 from latentvi.config import check_positive_int
 from latentvi.train.storage import fsync_dir
 
-__all__ = ["Episode", "EpisodeStore", "load_episode", "save_episode"]
+__all__ = ["Episode", "EpisodeRunner", "EpisodeStore", "load_episode", "save_episode"]
 
 logger = logging.getLogger(__name__)
 
@@ -225,3 +227,60 @@ class EpisodeStore:
             "terminal": terminal,
             "first": (~valid).astype(np.float32),
         }
+
+
+class EpisodeRunner:
+    """Plays episodes of ``env`` and returns them in the store's layout.
+
+    The agent (anything with ``reset()``, ``act(obs, explore, noise) -> [A]`` and
+    ``exploration_noise``; None: uniform random actions) acts in ``[-1, 1]^A``; its actions are
+    rescaled to the environment's Box bounds and stored as taken, in ``[-1, 1]``. Wall time is
+    added to ``timing["env"]`` (reset and step) and ``timing["act"]`` (choosing actions).
+    """
+
+    def __init__(self, env: Any, timing: dict[str, float]) -> None:
+        self.env, self.timing = env, timing
+        low, high = env.action_space.low, env.action_space.high
+        self.centre, self.half = (high + low) / 2, (high - low) / 2
+        self.action_dim = int(env.action_space.shape[0])
+
+    def run(
+        self,
+        seed: int,
+        agent: Any | None,
+        explore: bool,
+        generator: np.random.Generator | None = None,
+    ) -> tuple[dict[str, np.ndarray], float, int]:
+        """One episode: its arrays (actions in [-1, 1]), its return, its environment steps."""
+        started = time.perf_counter()
+        obs, _ = self.env.reset(seed=seed)
+        self.timing["env"] += time.perf_counter() - started
+        if agent is not None:
+            agent.reset()
+        frames, actions, rewards, terminals = [obs], [], [], []
+        env_steps, done = 0, False
+        while not done:
+            started = time.perf_counter()
+            if agent is None:
+                action = generator.uniform(-1.0, 1.0, self.action_dim).astype(np.float32)
+            else:
+                action = agent.act(obs, explore, agent.exploration_noise if explore else 0.0)
+            middle = time.perf_counter()
+            self.timing["act"] += middle - started
+            obs, reward, terminated, truncated, info = self.env.step(
+                (self.centre + self.half * action).astype(self.env.action_space.dtype)
+            )
+            self.timing["env"] += time.perf_counter() - middle
+            frames.append(obs)
+            actions.append(action)
+            rewards.append(float(reward))
+            terminals.append(bool(terminated))
+            env_steps += info.get("env_steps", 1)
+            done = terminated or truncated
+        episode = {
+            "obs": np.stack(frames),
+            "action": np.stack(actions).astype(np.float32),
+            "reward": np.asarray(rewards, np.float32),
+            "terminal": np.asarray(terminals, bool),
+        }
+        return episode, float(np.sum(rewards)), env_steps
