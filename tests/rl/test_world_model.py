@@ -124,6 +124,27 @@ def test_dreamer_actor_gradient_flows_through_the_dynamics_only_into_the_actor()
     assert metrics["loss/actor"] == pytest.approx(-metrics["train/lambda_return"], rel=0.5)
 
 
+def test_saturated_actor_has_a_finite_log_density():
+    # A tanh policy pushed to its bound: the log-density of its own sample must stay finite
+    # (inverting tanh at exactly ±1 would give inf, and 0·inf = NaN in the actor's loss).
+    agent = DreamerAgent(_tiny_model(), ModelTrainingConfig(), DreamerConfig(actor_hidden=(8,)))
+    with torch.no_grad():
+        agent.actor.body[-1].bias.copy_(torch.tensor([40.0, -15.0]))
+    policy = agent.actor(torch.zeros(5, agent.model.rssm.feature_dim))
+    action = policy.rsample()
+    assert bool((action == 1.0).all()) and bool(torch.isfinite(policy.log_prob(action)).all())
+
+
+def test_divergence_is_refused_before_the_step():
+    agent = PlanetAgent(_tiny_model(), ModelTrainingConfig(), PlanetConfig(candidates=8, top_k=2))
+    before = [p.detach().clone() for p in agent.parameters()]
+    batch = {"obs": torch.zeros(4, 2, 1, 16, 16, dtype=torch.uint8),
+             "action": torch.zeros(4, 2, 1), "reward": torch.full((4, 2), float("nan"))}  # fmt: skip
+    with pytest.raises(FloatingPointError, match="world-model loss"):
+        agent.update(batch)
+    assert all(torch.equal(a, b) for a, b in zip(before, agent.parameters(), strict=True))
+
+
 def test_planet_plans_within_bounds_and_filters_from_the_episode_start():
     torch.manual_seed(0)
     agent = PlanetAgent(

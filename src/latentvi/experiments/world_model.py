@@ -52,6 +52,7 @@ from latentvi.rl.pixels import make_env
 from latentvi.rl.planet import PlanetAgent, PlanetConfig
 from latentvi.rl.world_model_agent import ModelTrainingConfig, WorldModelAgent
 from latentvi.train.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from latentvi.train.errors import TrainingDivergedError
 from latentvi.train.metrics import MetricsLogger
 from latentvi.train.rng import isolated_rng, mixed_seed, seed_everything
 from latentvi.train.storage import replace_text
@@ -380,7 +381,11 @@ def _loop(agent, run, training, store, episodes, evaluator, generator, state, ou
         window: dict[str, list[float]] = {}
         began = time.perf_counter()
         for _ in range(run.train_steps):
-            metrics = agent.update(store.sample(training.batch_size, training.chunk_length))
+            batch = store.sample(training.batch_size, training.chunk_length)
+            try:
+                metrics = agent.update(batch)
+            except FloatingPointError as error:
+                raise _diverged(error, state, out) from error
             for key, value in metrics.items():
                 window.setdefault(key, []).append(value)
         timing["model"] += time.perf_counter() - began
@@ -403,6 +408,19 @@ def _loop(agent, run, training, store, episodes, evaluator, generator, state, ou
         evaluate_now()
     bar.close()
     _checkpoint(agent, store, generator, state, out, run, spec, started)
+
+
+def _diverged(error: FloatingPointError, state: dict, out: Path) -> TrainingDivergedError:
+    latest = find_latest(out)
+    where = f"the last checkpoint is {latest}" if latest else "no checkpoint was written yet"
+    return TrainingDivergedError(
+        f"training diverged after {state['updates']} updates ({state['env_steps']} environment "
+        f"steps): {error}; that step was not taken. {where}: resume it (--resume) or start again "
+        "with lower learning rates (--model-lr, --actor-lr, --critic-lr)",
+        step=state["updates"] + 1,
+        metric=str(error),
+        last_checkpoint=str(latest) if latest else None,
+    )
 
 
 def _next(step: int, every: int) -> int:

@@ -154,7 +154,7 @@ class DreamerAgent(WorldModelAgent):
         actor_loss, critic_loss, metrics = self.behaviour_losses(posterior)
         clip = self.config.behaviour_clip
         # The actor's loss reaches no other parameters: the model is frozen, the critic unused.
-        clip_and_step(self.optimizers["actor"], actor_loss, clip)
-        clip_and_step(self.optimizers["critic"], critic_loss, clip)
+        clip_and_step(self.optimizers["actor"], actor_loss, clip, "actor loss")
+        clip_and_step(self.optimizers["critic"], critic_loss, clip, "critic loss")
         polyak_update(self.slow_critic, self.critic, self.config.slow_critic_tau)
         return metrics

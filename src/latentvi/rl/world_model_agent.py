@@ -62,13 +62,20 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
             parameter.requires_grad_(True)
 
 
-def clip_and_step(optimizer: torch.optim.Optimizer, loss: Tensor, clip: float) -> Tensor:
+def clip_and_step(
+    optimizer: torch.optim.Optimizer, loss: Tensor, clip: float, name: str = "loss"
+) -> Tensor:
     """Zero, backward, clip the gradient norm of the optimizer's parameters, step; returns the
-    norm before clipping."""
+    norm before clipping. A non-finite loss or gradient raises ``FloatingPointError`` naming
+    ``name`` before the step, so the parameters stay finite."""
+    if not bool(torch.isfinite(loss)):
+        raise FloatingPointError(f"the {name} is {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     norm = nn.utils.clip_grad_norm_(parameters, clip)
+    if not bool(torch.isfinite(norm)):
+        raise FloatingPointError(f"the gradient norm of the {name} is {norm.item()}")
     optimizer.step()
     return norm
 
@@ -102,7 +109,9 @@ class WorldModelAgent(nn.Module):
         actions = batch["action"].to(device)
         rewards = batch["reward"].to(device)
         loss, metrics, posterior = self.model.loss(obs, actions, rewards)
-        norm = clip_and_step(self.optimizers["model"], loss, self.training.grad_clip)
+        norm = clip_and_step(
+            self.optimizers["model"], loss, self.training.grad_clip, "world-model loss"
+        )
         metrics = {key: float(value) for key, value in metrics.items()}
         metrics["train/model_grad_norm"] = float(norm)
         metrics.update(self.learn_behaviour(posterior.detach()))
