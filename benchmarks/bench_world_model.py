@@ -2,6 +2,7 @@
 
     python benchmarks/bench_world_model.py throughput [--presets debug,default,paper]
         [--agents planet,dreamer] [--updates 10] [--act-steps 20] [--repeats 3]
+    python benchmarks/bench_world_model.py collect --run runs/bench-world-model/dreamer-default-seed0
     python benchmarks/bench_world_model.py curve --agent dreamer --preset default --steps 50000
         [--eval-every N] [--eval-episodes N] [--seed 0] [--runs runs/bench-world-model] [--resume]
 
@@ -13,7 +14,9 @@ repeats after one warm-up. From these it derives the share of wall time of one i
 run's schedule (``train_steps`` updates, then one 200-step episode of 100 agent steps) in model
 training, environment stepping and acting, and the hours that 50k environment steps would take
 (without evaluation episodes). ``curve`` runs ``latentvi world-model train`` and stores its
-curve and summary. Results: benchmarks/results/world_model_*.json.
+curve and summary; ``collect`` stores the evaluations logged so far by a run folder (a run that is
+still going or was stopped: its metrics.jsonl ``eval/*`` rows). Results:
+benchmarks/results/world_model_*.json.
 """
 
 from __future__ import annotations
@@ -187,9 +190,33 @@ def curve(args) -> dict:
     }
 
 
+def collect(args) -> dict:
+    import json
+
+    run = Path(args.run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    config = json.loads((run / "config.json").read_text())
+    evaluations = [
+        {"env_step": r["step"], "return_mean": r["eval/return_mean"],
+         "return_std": r["eval/return_std"]}
+        for r in rows if "eval/return_mean" in r
+    ]  # fmt: skip
+    last = [r for r in rows if "perf/updates" in r][-1]
+    return {
+        "mode": "collect (partial run)",
+        "run": str(run),
+        "agent": config["agent"],
+        "config": config,
+        "loadavg_now": os.getloadavg(),
+        "last_logged": {k: v for k, v in last.items() if k.startswith(("perf/", "step"))},
+        "curve": evaluations,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("throughput", "curve"))
+    parser.add_argument("mode", choices=("throughput", "curve", "collect"))
+    parser.add_argument("--run", default=None, help="collect: the run folder")
     parser.add_argument("--presets", default="debug,default,paper")
     parser.add_argument("--agents", default="planet,dreamer")
     parser.add_argument("--updates", type=int, default=10)
@@ -209,6 +236,9 @@ def main() -> None:
     if args.mode == "throughput":
         result = throughput(args)
         name = f"world_model_throughput_{args.threads}t.json"
+    elif args.mode == "collect":
+        result = collect(args)
+        name = f"world_model_partial_{Path(args.run).name}.json"
     else:
         result = curve(args)
         name = f"world_model_curve_{args.agent}_{args.preset}_seed{args.seed}.json"
