@@ -112,7 +112,10 @@ def test_rssm_shapes_over_batch_shapes(latent, batch):
     rssm, c = model.rssm, model.config
     event = (c.stoch_dim, c.classes) if c.classes else (c.stoch_dim,)
     state = rssm.initial(batch)
-    assert state.deter.shape == (*batch, c.deter_dim) and state.stoch.shape == (*batch, c.stoch_size)
+    assert state.deter.shape == (*batch, c.deter_dim) and state.stoch.shape == (
+        *batch,
+        c.stoch_size,
+    )
     prior_state, p = rssm.prior(state, torch.zeros(*batch, A))
     assert p.batch_shape == batch and p.event_shape == event
     post_state, q = rssm.posterior(prior_state, torch.zeros(*batch, model.embed_dim))
@@ -241,7 +244,7 @@ def test_kl_balancing_keeps_the_value_and_reweights_the_prior_gradient():
 def test_overshooting_term_count(steps, distance, count):
     """Distances d = 2 … min(D, T−1), T − d start states each: Σ_d (T − d) non-negative KLs."""
     model = tiny()
-    obs, actions, rewards = sequences(steps)
+    obs, actions, _ = sequences(steps)
     posterior = model.observe(obs, actions)
     terms = model.rssm.overshooting_kl(posterior, actions, distance)
     assert terms.shape == (count, obs.shape[1])
@@ -331,20 +334,21 @@ def test_bad_inputs_raise_value_errors():
         model.rssm.imagine_policy(model.rssm.initial(3), lambda f: f[..., :A], 0)
 
 
-def moving_dot(steps: int, batch: int, generator: torch.Generator):
-    """A 2×2 dot on a 16×16 frame whose (row, column) moves by the rounded action in {−1, 0, 1}²
-    each step (clipped to the frame); uint8 frames ``[T, B, 1, 16, 16]``, actions ``[T, B, 2]``
-    (a_{t−1} at t), rewards ``[T, B]`` = −distance of the dot from the centre / 8."""
-    position = torch.randint(2, 13, (batch, 2), generator=generator)
+def moving_dot(steps: int, batch: int, generator: torch.Generator, size: int = 4, speed: int = 1):
+    """A ``size``×``size`` dot on a 16×16 frame whose (row, column) moves by ``speed`` × the action
+    in {−1, 0, 1}² each step (clipped to the frame); uint8 frames ``[T, B, 1, 16, 16]``, actions
+    ``[T, B, 2]`` (a_{t−1} at t), rewards ``[T, B]`` = −distance of the dot from the centre / 8."""
+    last = 16 - size
+    position = torch.randint(0, last + 1, (batch, 2), generator=generator)
     moves = torch.randint(-1, 2, (steps, batch, 2), generator=generator)
     moves[0] = 0
     frames, rewards = [], []
     rows = torch.arange(batch)
     for t in range(steps):
-        position = (position + moves[t]).clamp(0, 14)
+        position = (position + speed * moves[t]).clamp(0, last)
         frame = torch.zeros(batch, 16, 16, dtype=torch.uint8)
-        for dr in (0, 1):
-            for dc in (0, 1):
+        for dr in range(size):
+            for dc in range(size):
                 frame[rows, position[:, 0] + dr, position[:, 1] + dc] = 255
         frames.append(frame.unsqueeze(1))
         rewards.append(-(position.float() - 7).norm(dim=-1) / 8)
@@ -353,14 +357,16 @@ def moving_dot(steps: int, batch: int, generator: torch.Generator):
 
 @pytest.mark.slow
 def test_world_model_learns_open_loop_prediction_of_a_moving_dot():
-    """After 400 updates the open-loop prediction of 8 future frames from 4 context frames beats
-    the best constant predictor (the data's mean frame) in squared error by at least 2×."""
+    """After 600 updates (~30 s) the open-loop prediction of 8 future frames from 4 context frames
+    beats the best constant predictor (the data's mean frame) in squared error by at least 2×
+    (measured: 0.30× at seed 0; 1.0× before training). σ = 0.1 makes the pixels worth more nats
+    than the ~5 nats of encoding the dot's position, so the model cannot ignore them."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    c = config(channels=(16, 32), deter_dim=64, stoch_dim=8, hidden=64, free_nats=1.0)
+    c = config(channels=(16, 32), deter_dim=64, stoch_dim=8, hidden=64, free_nats=1.0, obs_std=0.1)
     model = WorldModel(c)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(400):
+    for _ in range(600):
         obs, actions, rewards = moving_dot(12, 16, g)
         loss, _, _ = model.loss(obs, actions, rewards)
         optimizer.zero_grad()
