@@ -8,6 +8,7 @@ import torch
 from torch.distributions import kl_divergence
 
 from latentvi.bounds import balanced_kl, elbo_kl, free_nats_kl, sequence_elbo
+from latentvi.data.moving_dot import moving_dot
 from latentvi.distributions import diagonal_gaussian
 from latentvi.models.ssm import RSSMConfig, State, WorldModel, align_episode, stack_states
 
@@ -361,27 +362,6 @@ def test_bad_inputs_raise_value_errors():
         model.rssm.imagine_policy(model.rssm.initial(3), lambda f: f[..., :A], 0)
 
 
-def moving_dot(steps: int, batch: int, generator: torch.Generator, size: int = 4, speed: int = 1):
-    """A ``size``×``size`` dot on a 16×16 frame whose (row, column) moves by ``speed`` × the action
-    in {−1, 0, 1}² each step (clipped to the frame); uint8 frames ``[T, B, 1, 16, 16]``, actions
-    ``[T, B, 2]`` (a_{t−1} at t), rewards ``[T, B]`` = −distance of the dot from the centre / 8."""
-    last = 16 - size
-    position = torch.randint(0, last + 1, (batch, 2), generator=generator)
-    moves = torch.randint(-1, 2, (steps, batch, 2), generator=generator)
-    moves[0] = 0
-    frames, rewards = [], []
-    rows = torch.arange(batch)
-    for t in range(steps):
-        position = (position + speed * moves[t]).clamp(0, last)
-        frame = torch.zeros(batch, 16, 16, dtype=torch.uint8)
-        for dr in range(size):
-            for dc in range(size):
-                frame[rows, position[:, 0] + dr, position[:, 1] + dc] = 255
-        frames.append(frame.unsqueeze(1))
-        rewards.append(-(position.float() - 7).norm(dim=-1) / 8)
-    return torch.stack(frames), moves.float(), torch.stack(rewards)
-
-
 @pytest.mark.slow
 def test_world_model_learns_open_loop_prediction_of_a_moving_dot():
     """After 600 updates (~30 s) the open-loop prediction of 8 future frames from 4 context frames
@@ -407,3 +387,17 @@ def test_world_model_learns_open_loop_prediction_of_a_moving_dot():
     mean_error = (frames.mean((0, 1)) - frames[4:]).square().mean().item()
     assert model_error < 0.5 * mean_error, (model_error, mean_error)
     assert math.isfinite(model_error)
+
+
+def test_moving_dot_follows_the_actions():
+    """Each frame is the previous dot shifted by the action (clipped): the task's ground truth."""
+    obs, actions, rewards = moving_dot(6, 5, torch.Generator().manual_seed(0))
+    assert obs.shape == (6, 5, 1, 16, 16) and actions.shape == (6, 5, 2) and rewards.shape == (6, 5)
+    assert (obs.float().sum((2, 3, 4)) == 16 * 255).all()  # one whole 4×4 dot per frame
+    assert (actions[0] == 0).all()
+    for t in range(1, 6):
+        before = obs[t - 1, :, 0].nonzero()[:, 1:].reshape(5, 16, 2).min(1).values
+        after = obs[t, :, 0].nonzero()[:, 1:].reshape(5, 16, 2).min(1).values
+        torch.testing.assert_close(after, (before + actions[t].long()).clamp(0, 12))
+    with pytest.raises(ValueError, match="size"):
+        moving_dot(2, 1, size=16)

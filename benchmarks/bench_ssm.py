@@ -1,0 +1,186 @@
+"""RSSM world models: open-loop prediction on the moving-dot task, and update throughput.
+
+``open-loop``: for each latent variant (Gaussian; categorical; Gaussian + latent overshooting D = 3;
+Gaussian + KL balancing α = 0.8) train a :class:`~latentvi.models.ssm.WorldModel` on 16×16 moving-dot
+sequences (:func:`latentvi.data.moving_dot.moving_dot`, 4×4 dot, T = 16, batch 16, Adam 3e-3,
+``--updates`` updates, fixed σ = 0.1 pixel likelihood, free nats 1), then predict ``--horizon``
+frames open loop from 4 context frames on 256 fresh sequences. Reports the per-step mean squared
+pixel error (pixels in [0, 1]) against two baselines measured on the same frames: the data's mean
+frame (the best constant) and the last context frame (no motion).
+
+``throughput``: seconds per world-model update (loss, backward, Adam step) at two model sizes —
+the world-model CLI's ``debug`` (32×32 grey, conv 8-16, deter 32, stoch 8, batch 4 × 16 steps) and
+``default`` (64×64 grey, conv 16-32-64-128, deter 100, stoch 16, hidden 100, batch 16 × 32 steps)
+presets — and the share of it spent in the recurrent part alone (the RSSM's observe + KL on
+precomputed embeddings, forward and backward), measured interleaved in one process.
+
+    python benchmarks/bench_ssm.py open-loop [--updates 1500] [--horizon 20] [--seed 0]
+    python benchmarks/bench_ssm.py throughput [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.distributions import kl_divergence
+
+from latentvi.data.moving_dot import moving_dot
+from latentvi.models.ssm import RSSMConfig, WorldModel
+from results_io import save_results
+
+RESULTS = Path(__file__).parent / "results"
+
+SMALL = {
+    "action_dim": 2,
+    "obs_shape": (1, 16, 16),
+    "channels": (16, 32),
+    "deter_dim": 64,
+    "stoch_dim": 8,
+    "hidden": 64,
+    "free_nats": 1.0,
+    "obs_std": 0.1,
+}
+VARIANTS = {
+    "gaussian": {},
+    "categorical": {"classes": 8},
+    "gaussian+overshooting": {"overshooting": 3},
+    "gaussian+balance": {"kl_balance": 0.8},
+}
+PRESETS = {
+    "debug": (
+        {"obs_shape": (1, 32, 32), "channels": (8, 16), "deter_dim": 32, "stoch_dim": 8,
+         "hidden": 32},
+        (16, 4),
+    ),
+    "default": (
+        {"obs_shape": (1, 64, 64), "channels": (16, 32, 64, 128), "deter_dim": 100,
+         "stoch_dim": 16, "hidden": 100},
+        (32, 16),
+    ),
+}  # fmt: skip
+
+
+def machine(threads: int) -> dict:
+    return {
+        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{threads} thread(s)",
+        "load_average": os.getloadavg(),
+    }
+
+
+def open_loop(arguments) -> None:
+    results = {**machine(arguments.threads), "updates": arguments.updates, "variants": {}}
+    test = moving_dot(4 + arguments.horizon, 256, torch.Generator().manual_seed(10_000))
+    obs, actions, _ = test
+    frames = obs.float() / 255
+    future = frames[4:]
+    mean_error = (frames.mean((0, 1)) - future).square().mean((1, 2, 3, 4))
+    still_error = (frames[3] - future).square().mean((1, 2, 3, 4))
+    results["baseline_mean_frame_per_step"] = mean_error.tolist()
+    results["baseline_last_frame_per_step"] = still_error.tolist()
+    for name, overrides in VARIANTS.items():
+        torch.manual_seed(arguments.seed)
+        generator = torch.Generator().manual_seed(arguments.seed)
+        model = WorldModel(RSSMConfig(**{**SMALL, **overrides}))
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        start = time.perf_counter()
+        for _ in range(arguments.updates):
+            batch = moving_dot(16, 16, generator)
+            loss, metrics, _ = model.loss(*batch)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
+            optimizer.step()
+        seconds = time.perf_counter() - start
+        predicted = model.open_loop(obs[:4], actions[:4], actions[4:])
+        error = (predicted - future).square().mean((1, 2, 3, 4))
+        results["variants"][name] = {
+            "config": overrides,
+            "train_seconds": seconds,
+            "final_metrics": metrics,
+            "error_per_step": error.tolist(),
+            "mean_error": error.mean().item(),
+            "ratio_to_mean_frame": (error.mean() / mean_error.mean()).item(),
+            "ratio_to_last_frame": (error.mean() / still_error.mean()).item(),
+            "steps_below_half_mean_frame": int((error < 0.5 * mean_error).sum()),
+        }
+        print(name, results["variants"][name]["ratio_to_mean_frame"], seconds, flush=True)
+    results["load_average_end"] = os.getloadavg()
+    save_results(RESULTS / f"ssm_open_loop_seed{arguments.seed}.json", results)
+
+
+def measure_preset(sizes: dict, steps: int, batch: int, repeats: int) -> dict:
+    """Median seconds of one full update and of the recurrent part alone, interleaved."""
+    torch.manual_seed(0)
+    model = WorldModel(RSSMConfig(action_dim=1, **sizes))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    obs = torch.randint(0, 256, (steps, batch, *sizes["obs_shape"]), dtype=torch.uint8)
+    actions, rewards = torch.randn(steps, batch, 1), torch.randn(steps, batch)
+    embed = torch.randn(steps, batch, model.embed_dim)
+
+    def update():
+        loss, _, _ = model.loss(obs, actions, rewards)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def recurrent():
+        _, _, q, p = model.rssm.observe(embed, actions)
+        kl_divergence(q, p).mean().backward()
+
+    update()  # warm-up
+    recurrent()
+    times = {"update": [], "recurrent": []}
+    for _ in range(repeats):  # interleaved
+        for key, function in (("update", update), ("recurrent", recurrent)):
+            start = time.perf_counter()
+            function()
+            times[key].append(time.perf_counter() - start)
+    update_s = statistics.median(times["update"])
+    recurrent_s = statistics.median(times["recurrent"])
+    return {
+        "sizes": sizes,
+        "sequence_length": steps,
+        "batch": batch,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seconds_per_update_median": update_s,
+        "updates_per_second": 1 / update_s,
+        "recurrent_seconds_median": recurrent_s,
+        "recurrent_share": recurrent_s / update_s,
+        "all_seconds": times,
+    }
+
+
+def throughput(arguments) -> None:
+    results = {**machine(arguments.threads), "presets": {}}
+    for name, (sizes, (steps, batch)) in PRESETS.items():
+        results["presets"][name] = measure_preset(sizes, steps, batch, arguments.repeats)
+        print(name, results["presets"][name]["seconds_per_update_median"], flush=True)
+    results["load_average_end"] = os.getloadavg()
+    save_results(RESULTS / "ssm_throughput.json", results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("open-loop", "throughput"))
+    parser.add_argument("--updates", type=int, default=1500)
+    parser.add_argument("--horizon", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    arguments = parser.parse_args()
+    torch.set_num_threads(arguments.threads)
+    if arguments.mode == "open-loop":
+        open_loop(arguments)
+    else:
+        throughput(arguments)
+
+
+if __name__ == "__main__":
+    main()
