@@ -1,6 +1,8 @@
 """The RSSM world model: the sequence ELBO against a plain loop and the VAE ELBO, shapes, latent
 families, free nats, KL balancing, overshooting, open-loop prediction and config errors."""
 
+import argparse
+import json
 import math
 
 import pytest
@@ -8,6 +10,7 @@ import torch
 from torch.distributions import kl_divergence
 
 from latentvi.bounds import balanced_kl, elbo_kl, free_nats_kl, sequence_elbo
+from latentvi.config import add_arguments, from_arguments, to_dict
 from latentvi.data.moving_dot import moving_dot
 from latentvi.distributions import diagonal_gaussian
 from latentvi.models.ssm import RSSMConfig, State, WorldModel, align_episode, stack_states
@@ -401,3 +404,17 @@ def test_moving_dot_follows_the_actions():
         torch.testing.assert_close(after, (before + actions[t].long()).clamp(0, 12))
     with pytest.raises(ValueError, match="size"):
         moving_dot(2, 1, size=16)
+
+
+def test_config_round_trips_through_the_command_line_and_json():
+    """RSSMConfig behind argparse (config.add_arguments) and back from its JSON dict."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, RSSMConfig)
+    arguments = parser.parse_args(
+        ["--classes", "32", "--channels", "8,16", "--obs-shape", "1,32,32"]
+    )
+    parsed = from_arguments(RSSMConfig, arguments)
+    assert parsed.classes == 32 and parsed.channels == (8, 16) and parsed.obs_shape == (1, 32, 32)
+    assert RSSMConfig(**json.loads(json.dumps(to_dict(parsed)))) == parsed
+    with pytest.raises(ValueError, match=r"^channels = "):
+        from_arguments(RSSMConfig, parser.parse_args(["--channels", "8,16,32,64,128,256,512"]))

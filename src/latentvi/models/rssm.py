@@ -73,6 +73,11 @@ class RSSMConfig:
     overshooting_scale: float = option(1.0, "weight of the overshooting KL terms")
 
     def __post_init__(self) -> None:
+        # Sequences read back from JSON (lists) become the tuples the fields declare.
+        for name in ("obs_shape", "channels"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
         for name in ("action_dim", "deter_dim", "stoch_dim", "hidden"):
             value = getattr(self, name)
             require(
