@@ -418,3 +418,16 @@ def test_config_round_trips_through_the_command_line_and_json():
     assert RSSMConfig(**json.loads(json.dumps(to_dict(parsed)))) == parsed
     with pytest.raises(ValueError, match=r"^channels = "):
         from_arguments(RSSMConfig, parser.parse_args(["--channels", "8,16,32,64,128,256,512"]))
+
+
+def test_categorical_unimix_floor():
+    """DreamerV3's unimix: every class keeps probability ≥ u / K, and the rows still sum to 1."""
+    model = tiny(classes=5, unimix=0.1)
+    with torch.no_grad():
+        model.rssm.prior_head[-1].bias.mul_(0).add_(
+            torch.linspace(-40, 40, 15, dtype=torch.float64)
+        )
+    _, p = model.rssm.prior(model.rssm.initial(2), torch.zeros(2, A, dtype=torch.float64))
+    probs = p.base_dist.probs
+    assert probs.min() >= 0.1 / 5 - 1e-12 and probs.min() < 0.1 / 5 + 1e-6
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 3, dtype=torch.float64))
