@@ -14,13 +14,18 @@ the world-model CLI's ``debug`` (32×32 grey, conv 8-16, deter 32, stoch 8, batc
 presets — and the share of it spent in the recurrent part alone (the RSSM's observe + KL on
 precomputed embeddings, forward and backward), measured interleaved in one process.
 
-    python benchmarks/bench_ssm.py open-loop [--updates 1500] [--horizon 20] [--seed 0]
+    python benchmarks/bench_ssm.py open-loop [--updates 1500] [--horizon 20] [--seed 0] [--variants ...]
+    python benchmarks/bench_ssm.py plot        # per-step error figure from the open-loop JSON
     python benchmarks/bench_ssm.py throughput [--repeats 5]
+
+``open-loop`` also writes a strip per variant: the first 4 test sequences, true frames over
+predicted ones, context then the horizon.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -32,6 +37,7 @@ from torch.distributions import kl_divergence
 
 from latentvi.data.moving_dot import moving_dot
 from latentvi.models.ssm import RSSMConfig, WorldModel
+from latentvi.plots import plot_image_grid, plt, save_figure
 from results_io import save_results
 
 RESULTS = Path(__file__).parent / "results"
@@ -84,7 +90,9 @@ def open_loop(arguments) -> None:
     still_error = (frames[3] - future).square().mean((1, 2, 3, 4))
     results["baseline_mean_frame_per_step"] = mean_error.tolist()
     results["baseline_last_frame_per_step"] = still_error.tolist()
-    for name, overrides in VARIANTS.items():
+    names = arguments.variants.split(",") if arguments.variants else list(VARIANTS)
+    for name in names:
+        overrides = VARIANTS[name]
         torch.manual_seed(arguments.seed)
         generator = torch.Generator().manual_seed(arguments.seed)
         model = WorldModel(RSSMConfig(**{**SMALL, **overrides}))
@@ -111,8 +119,37 @@ def open_loop(arguments) -> None:
             "steps_below_half_mean_frame": int((error < 0.5 * mean_error).sum()),
         }
         print(name, results["variants"][name]["ratio_to_mean_frame"], seconds, flush=True)
+        context_and_predicted = torch.cat([frames[:4, :4], predicted[:, :4]])  # (T, 4, C, H, W)
+        strip = torch.stack([frames[:, :4], context_and_predicted], 2)  # (T, 4, 2, C, H, W)
+        plot_image_grid(  # rows: sequence 1 true, sequence 1 predicted, sequence 2 true, ...
+            strip.permute(1, 2, 0, 3, 4, 5).reshape(-1, *strip.shape[3:]),
+            RESULTS / f"ssm_open_loop_strip_{name}_seed{arguments.seed}.png",
+            f"{name}: true (odd rows) / open-loop from 4 context frames (even rows)",
+            columns=strip.shape[0],
+        )
     results["load_average_end"] = os.getloadavg()
-    save_results(RESULTS / f"ssm_open_loop_seed{arguments.seed}.json", results)
+    suffix = "" if names == list(VARIANTS) else "_" + "_".join(names)
+    save_results(RESULTS / f"ssm_open_loop_seed{arguments.seed}{suffix}.json", results)
+
+
+def plot(arguments) -> None:
+    """Per-step open-loop error of each variant and the two baselines, from the JSON."""
+    results = json.loads((RESULTS / f"ssm_open_loop_seed{arguments.seed}.json").read_text())
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name, variant in results["variants"].items():
+        errors = variant["error_per_step"]
+        axis.plot(range(1, len(errors) + 1), errors, label=name)
+    for key, label in (
+        ("baseline_mean_frame_per_step", "mean frame"),
+        ("baseline_last_frame_per_step", "last context frame"),
+    ):
+        errors = results[key]
+        axis.plot(range(1, len(errors) + 1), errors, "--", label=label)
+    axis.set_xlabel("steps predicted open loop")
+    axis.set_ylabel("mean squared pixel error (pixels in [0, 1])")
+    axis.set_title(f"moving dot 16x16, {results['updates']} updates, seed {arguments.seed}")
+    axis.legend()
+    save_figure(figure, RESULTS / f"ssm_open_loop_seed{arguments.seed}.png")
 
 
 def measure_preset(sizes: dict, steps: int, batch: int, repeats: int) -> dict:
@@ -168,7 +205,10 @@ def throughput(arguments) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("open-loop", "throughput"))
+    parser.add_argument("mode", choices=("open-loop", "plot", "throughput"))
+    parser.add_argument(
+        "--variants", default="", help=f"comma-separated subset of {list(VARIANTS)}"
+    )
     parser.add_argument("--updates", type=int, default=1500)
     parser.add_argument("--horizon", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -176,10 +216,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
-    if arguments.mode == "open-loop":
-        open_loop(arguments)
-    else:
-        throughput(arguments)
+    {"open-loop": open_loop, "plot": plot, "throughput": throughput}[arguments.mode](arguments)
 
 
 if __name__ == "__main__":
