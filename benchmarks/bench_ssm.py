@@ -11,7 +11,8 @@ frame (the best constant) and the last context frame (no motion).
 ``throughput``: seconds per world-model update (loss, backward, Adam step) at two model sizes —
 the world-model CLI's ``debug`` (32×32 grey, conv 8-16, deter 32, stoch 8, batch 4 × 16 steps) and
 ``default`` (64×64 grey, conv 16-32-64-128, deter 100, stoch 16, hidden 100, batch 16 × 32 steps)
-presets — and the share of it spent in the recurrent part alone (the RSSM's observe + KL on
+presets — against the same update with the conv weights in the plain (not channels-last) memory
+layout, and the share of it spent in the recurrent part alone (the RSSM's observe + KL on
 precomputed embeddings, forward and backward), measured interleaved in one process.
 
     python benchmarks/bench_ssm.py open-loop [--updates 1500] [--horizon 20] [--seed 0] [--variants ...]
@@ -25,6 +26,7 @@ predicted ones, context then the horizon.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -153,16 +155,20 @@ def plot(arguments) -> None:
 
 
 def measure_preset(sizes: dict, steps: int, batch: int, repeats: int) -> dict:
-    """Median seconds of one full update and of the recurrent part alone, interleaved."""
+    """Median seconds of one full update (channels-last conv layout, the default, and the plain
+    layout, on copies of the same weights) and of the recurrent part alone, interleaved."""
     torch.manual_seed(0)
     model = WorldModel(RSSMConfig(action_dim=1, **sizes))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    plain = copy.deepcopy(model)
+    plain.set_channels_last(False)
+    optimizers = {id(m): torch.optim.Adam(m.parameters(), lr=1e-3) for m in (model, plain)}
     obs = torch.randint(0, 256, (steps, batch, *sizes["obs_shape"]), dtype=torch.uint8)
     actions, rewards = torch.randn(steps, batch, 1), torch.randn(steps, batch)
     embed = torch.randn(steps, batch, model.embed_dim)
 
-    def update():
-        loss, _, _ = model.loss(obs, actions, rewards)
+    def update(world_model):
+        loss, _, _ = world_model.loss(obs, actions, rewards)
+        optimizer = optimizers[id(world_model)]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -171,25 +177,31 @@ def measure_preset(sizes: dict, steps: int, batch: int, repeats: int) -> dict:
         _, _, q, p = model.rssm.observe(embed, actions)
         kl_divergence(q, p).mean().backward()
 
-    update()  # warm-up
-    recurrent()
-    times = {"update": [], "recurrent": []}
+    functions = {
+        "update": lambda: update(model),
+        "update_plain_layout": lambda: update(plain),
+        "recurrent": recurrent,
+    }
+    for function in functions.values():  # warm-up
+        function()
+    times = {key: [] for key in functions}
     for _ in range(repeats):  # interleaved
-        for key, function in (("update", update), ("recurrent", recurrent)):
+        for key, function in functions.items():
             start = time.perf_counter()
             function()
             times[key].append(time.perf_counter() - start)
-    update_s = statistics.median(times["update"])
-    recurrent_s = statistics.median(times["recurrent"])
+    median = {key: statistics.median(values) for key, values in times.items()}
     return {
         "sizes": sizes,
         "sequence_length": steps,
         "batch": batch,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "seconds_per_update_median": update_s,
-        "updates_per_second": 1 / update_s,
-        "recurrent_seconds_median": recurrent_s,
-        "recurrent_share": recurrent_s / update_s,
+        "seconds_per_update_median": median["update"],
+        "updates_per_second": 1 / median["update"],
+        "plain_layout_seconds_median": median["update_plain_layout"],
+        "channels_last_over_plain": median["update"] / median["update_plain_layout"],
+        "recurrent_seconds_median": median["recurrent"],
+        "recurrent_share": median["recurrent"] / median["update"],
         "all_seconds": times,
     }
 

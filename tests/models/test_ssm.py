@@ -431,3 +431,19 @@ def test_categorical_unimix_floor():
     probs = p.base_dist.probs
     assert probs.min() >= 0.1 / 5 - 1e-12 and probs.min() < 0.1 / 5 + 1e-6
     torch.testing.assert_close(probs.sum(-1), torch.ones(2, 3, dtype=torch.float64))
+
+
+def test_channels_last_layout_gives_the_same_loss_and_gradients():
+    """The memory layout of the conv weights and frames changes speed, not values."""
+    obs, actions, rewards = sequences(dtype=torch.float32)
+    losses, gradients = [], []
+    for enabled in (True, False):
+        model = tiny(torch.float32)
+        model.set_channels_last(enabled)
+        torch.manual_seed(3)
+        loss, _, _ = model.loss(obs, actions, rewards)
+        loss.backward()
+        losses.append(loss.item())
+        gradients.append(model.encoder.body[0].weight.grad.contiguous())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-4, atol=1e-5)

@@ -81,6 +81,17 @@ class WorldModel(nn.Module):
         self.feature_dim = self.rssm.feature_dim
         self.decoder = ConvDecoder(self.feature_dim, self.obs_shape, channels)
         self.reward_head = MLP(self.feature_dim, (c.hidden, c.hidden), 1, nn.ELU)
+        self.channels_last = False
+        self.set_channels_last(True)
+
+    def set_channels_last(self, enabled: bool) -> None:
+        """Hold the conv weights, and feed the encoder its frames, in channels-last memory layout
+        (on by default: the same values, and on the CPU the encoder + decoder pass with its
+        gradient takes ~0.7× the time; see BENCHMARKS.md). False restores the plain layout."""
+        layout = torch.channels_last if enabled else torch.contiguous_format
+        self.encoder.to(memory_format=layout)
+        self.decoder.to(memory_format=layout)
+        self.channels_last = enabled
 
     # --- the model as distributions --------------------------------------------------------------
     def preprocess(self, obs: Tensor) -> Tensor:
@@ -97,7 +108,15 @@ class WorldModel(nn.Module):
 
     def embed(self, obs: Tensor) -> Tensor:
         """Frames ``[*B, C, H, W]`` -> embeddings ``[*B, E]``."""
-        return self.encoder(self.preprocess(obs))
+        return self._encode(self.preprocess(obs))
+
+    def _encode(self, frames: Tensor) -> Tensor:
+        """Preprocessed frames ``[*B, C, H, W]`` -> ``[*B, E]`` (in the encoder's layout)."""
+        batch = frames.shape[:-3]
+        flat = frames.reshape(-1, *self.obs_shape)
+        if self.channels_last:
+            flat = flat.contiguous(memory_format=torch.channels_last)
+        return self.encoder(flat).reshape(*batch, self.embed_dim)
 
     def decode(self, features: Tensor) -> Distribution:
         """p(o|x): ``features [*B, F]`` -> Gaussian with batch ``[*B]``, event ``[C, H, W]``."""
@@ -123,7 +142,7 @@ class WorldModel(nn.Module):
         posterior and prior states ``[T, B]`` (their ``stats`` rebuild q and p)."""
         self._check_sequence(obs, actions, rewards)
         target = self.preprocess(obs)
-        posterior, prior, q, p = self.rssm.observe(self.encoder(target), actions)
+        posterior, prior, q, p = self.rssm.observe(self._encode(target), actions)
         features = self.rssm.features(posterior)
         terms = {
             "recon": self.decode(features).log_prob(target),
