@@ -25,6 +25,7 @@ is the latent: ``[stoch_dim]`` (Gaussian) or ``[stoch_dim, classes]`` (categoric
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, OneHotCategoricalStraightThrough
 
 from latentvi.config import option, require
-from latentvi.distributions import diagonal_gaussian
+from latentvi.distributions import diagonal_gaussian, positive_scale
 
 __all__ = ["RSSM", "RSSMConfig", "State", "stack_states"]
 
@@ -73,6 +74,11 @@ class RSSMConfig:
     overshooting_scale: float = option(1.0, "weight of the overshooting KL terms")
 
     def __post_init__(self) -> None:
+        # Sequences read back from JSON (lists) become the tuples the fields declare.
+        for name in ("obs_shape", "channels"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
         for name in ("action_dim", "deter_dim", "stoch_dim", "hidden"):
             value = getattr(self, name)
             require(
@@ -131,6 +137,11 @@ class RSSMConfig:
         return self.stoch_dim * self.classes if self.classes else self.stoch_dim
 
     @property
+    def stats_size(self) -> int:
+        """Size of a state's ``stats``: 2·stoch_dim (mean, std) or stoch_dim · classes (logits)."""
+        return self.stoch_dim * self.classes if self.classes else 2 * self.stoch_dim
+
+    @property
     def feature_dim(self) -> int:
         """Size of ``features(state) = cat(deter, stoch)``."""
         return self.deter_dim + self.stoch_size
@@ -185,7 +196,7 @@ class RSSM(nn.Module):
                 f"embed_size = {self.embed_size!r} is invalid: pass the encoder's output size"
             )
         self.feature_dim = c.feature_dim
-        stats_size = c.stoch_dim * c.classes if c.classes else 2 * c.stoch_dim
+        stats_size = c.stats_size
         self.input_layer = nn.Linear(c.stoch_size + c.action_dim, c.hidden)
         self.cell = nn.GRUCell(c.hidden, c.deter_dim)
         self.prior_head = nn.Sequential(
@@ -204,7 +215,7 @@ class RSSM(nn.Module):
         c = self.config
         weight = self.input_layer.weight
         kwargs = {"dtype": weight.dtype, "device": weight.device}
-        stats_size = c.stoch_dim * c.classes if c.classes else 2 * c.stoch_dim
+        stats_size = c.stats_size
         return State(
             torch.zeros(*batch, c.deter_dim, **kwargs),
             torch.zeros(*batch, c.stoch_size, **kwargs),
@@ -231,12 +242,14 @@ class RSSM(nn.Module):
         c = self.config
         if c.classes:
             logits = raw.reshape(*raw.shape[:-1], c.stoch_dim, c.classes)
-            if c.unimix:
-                probs = (1 - c.unimix) * torch.softmax(logits, -1) + c.unimix / c.classes
-                logits = torch.log(probs)
+            if c.unimix:  # log((1 − u) softmax(ℓ) + u / K), in log space
+                logits = torch.logaddexp(
+                    torch.log_softmax(logits, -1) + math.log1p(-c.unimix),
+                    torch.full_like(logits, math.log(c.unimix / c.classes)),
+                )
             return logits.reshape(raw.shape)
         mean, raw_std = raw.chunk(2, -1)
-        return torch.cat([mean, F.softplus(raw_std) + c.min_std], -1)
+        return torch.cat([mean, positive_scale(raw_std, c.min_std)], -1)
 
     def _sample(self, stats: Tensor) -> tuple[Tensor, Distribution]:
         distribution = self.distribution(stats)

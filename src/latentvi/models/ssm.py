@@ -81,6 +81,17 @@ class WorldModel(nn.Module):
         self.feature_dim = self.rssm.feature_dim
         self.decoder = ConvDecoder(self.feature_dim, self.obs_shape, channels)
         self.reward_head = MLP(self.feature_dim, (c.hidden, c.hidden), 1, nn.ELU)
+        self.channels_last = False
+        self.set_channels_last(True)
+
+    def set_channels_last(self, enabled: bool) -> None:
+        """Hold the conv weights, and feed the encoder its frames, in channels-last memory layout
+        (on by default: the same values, and on the CPU the encoder + decoder pass with its
+        gradient takes ~0.7× the time; see BENCHMARKS.md). False restores the plain layout."""
+        layout = torch.channels_last if enabled else torch.contiguous_format
+        self.encoder.to(memory_format=layout)
+        self.decoder.to(memory_format=layout)
+        self.channels_last = enabled
 
     # --- the model as distributions --------------------------------------------------------------
     def preprocess(self, obs: Tensor) -> Tensor:
@@ -97,7 +108,15 @@ class WorldModel(nn.Module):
 
     def embed(self, obs: Tensor) -> Tensor:
         """Frames ``[*B, C, H, W]`` -> embeddings ``[*B, E]``."""
-        return self.encoder(self.preprocess(obs))
+        return self._encode(self.preprocess(obs))
+
+    def _encode(self, frames: Tensor) -> Tensor:
+        """Preprocessed frames ``[*B, C, H, W]`` -> ``[*B, E]`` (in the encoder's layout)."""
+        batch = frames.shape[:-3]
+        flat = frames.reshape(-1, *self.obs_shape)
+        if self.channels_last:
+            flat = flat.contiguous(memory_format=torch.channels_last)
+        return self.encoder(flat).reshape(*batch, self.embed_dim)
 
     def decode(self, features: Tensor) -> Distribution:
         """p(o|x): ``features [*B, F]`` -> Gaussian with batch ``[*B]``, event ``[C, H, W]``."""
@@ -117,24 +136,24 @@ class WorldModel(nn.Module):
     # --- the sequence ELBO -----------------------------------------------------------------------
     def step_terms(
         self, obs: Tensor, actions: Tensor, rewards: Tensor
-    ) -> tuple[dict[str, Tensor], State, Distribution, Distribution]:
+    ) -> tuple[dict[str, Tensor], State, State]:
         """Per-step ELBO terms, each ``[T, B]`` nats: ``{"recon": log p(o_t|x_t), "reward":
         log p(r_t|x_t), "kl": KL(q_t ‖ p_t)}`` at one ancestral sample of the posterior; also the
-        posterior states ``[T, B]`` and the distributions q, p (batch ``[T, B]``)."""
+        posterior and prior states ``[T, B]`` (their ``stats`` rebuild q and p)."""
         self._check_sequence(obs, actions, rewards)
         target = self.preprocess(obs)
-        posterior, _, q, p = self.rssm.observe(self.encoder(target), actions)
+        posterior, prior, q, p = self.rssm.observe(self._encode(target), actions)
         features = self.rssm.features(posterior)
         terms = {
             "recon": self.decode(features).log_prob(target),
             "reward": self.reward(features).log_prob(rewards.to(features.dtype)),
             "kl": kl_divergence(q, p),
         }
-        return terms, posterior, q, p
+        return terms, posterior, prior
 
     def elbo(self, obs: Tensor, actions: Tensor, rewards: Tensor) -> Tensor:
         """The sequence ELBO of each sequence, ``[B]`` nats (one posterior sample)."""
-        terms, *_ = self.step_terms(obs, actions, rewards)
+        terms, _, _ = self.step_terms(obs, actions, rewards)
         return sequence_elbo(terms["recon"] + terms["reward"], terms["kl"])
 
     def loss(
@@ -154,12 +173,13 @@ class WorldModel(nn.Module):
         if actions is None and rewards is None:
             obs, actions, rewards = obs
         c = self.config
-        terms, posterior, q, p = self.step_terms(obs, actions, rewards)
+        terms, posterior, prior = self.step_terms(obs, actions, rewards)
         divergence = terms["kl"]
         if c.kl_balance:
-            kl_to_prior = kl_divergence(self.rssm.distribution(posterior.stats.detach()), p)
-            prior_stats = self._prior_stats(p)
-            kl_to_posterior = kl_divergence(q, self.rssm.distribution(prior_stats.detach()))
+            distribution = self.rssm.distribution
+            q, p = distribution(posterior.stats), distribution(prior.stats)
+            kl_to_prior = kl_divergence(distribution(posterior.stats.detach()), p)
+            kl_to_posterior = kl_divergence(q, distribution(prior.stats.detach()))
             shaped = balanced_kl(kl_to_prior, kl_to_posterior, c.kl_balance, c.free_nats)
         else:
             shaped = free_nats_kl(divergence, c.free_nats)
@@ -180,13 +200,6 @@ class WorldModel(nn.Module):
         metrics = {f"loss/{name}": value.item() for name, value in losses.items()}
         metrics.update(kl=divergence.mean().item(), elbo=elbo.item(), loss=total.item())
         return total, metrics, posterior.detach()
-
-    def _prior_stats(self, p: Distribution) -> Tensor:
-        """The ``stats`` tensor of a prior distribution built by :meth:`RSSM.distribution`."""
-        if self.config.classes:
-            logits = p.base_dist.logits
-            return logits.reshape(*logits.shape[:-2], -1)
-        return torch.cat([p.loc, p.scale], -1)
 
     # --- prediction --------------------------------------------------------------------------------
     @torch.no_grad()
