@@ -16,6 +16,10 @@ with the RSSM's prior (:meth:`latentvi.models.ssm.RSSM.imagine_policy`):
 * actor loss ``−E[Σ_t w_t G^λ_t] − η·H[π]`` (w_t the product of earlier discounts; η = 0 in
   DreamerV1); critic loss ``½ E[Σ_t w_t (v(x_t) − sg(G^λ_t))²]`` on detached features;
 * the slow critic follows the critic by Polyak averaging with rate ``slow_critic_tau``.
+
+The world model has no continuation (termination) head, so imagined trajectories never end: right
+for Pendulum and the DeepMind Control tasks, which only time out; tasks with terminal states would
+need one (DreamerV2's discount predictor) to set γ_t = γ·p(continue).
 """
 
 from __future__ import annotations
