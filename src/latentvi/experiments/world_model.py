@@ -171,6 +171,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "actor_hidden": (200, 200),
         "actor_lr": 2e-4,
         "critic_lr": 2e-4,
+        # without an entropy bonus the actor collapsed to a constant torque (BENCHMARKS.md)
+        "actor_entropy": 1.0,
     },
     "paper": {
         # PlaNet/Dreamer sizes (the config defaults), for a GPU
