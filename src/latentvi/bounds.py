@@ -35,6 +35,7 @@ Likelihood = Callable[[Tensor], Distribution]
 
 __all__ = [
     "Likelihood",
+    "balanced_kl",
     "check_data",
     "check_num_samples",
     "draw_latents",
@@ -42,10 +43,12 @@ __all__ = [
     "elbo_enumerated",
     "elbo_kl",
     "elbo_terms",
+    "free_nats_kl",
     "importance_log_likelihood",
     "iwae_bound",
     "log_weights",
     "posterior_gap",
+    "sequence_elbo",
 ]
 
 
@@ -222,3 +225,52 @@ def importance_log_likelihood(
 def posterior_gap(q: Distribution, posterior: Distribution) -> Tensor:
     """KL(q(z|x) ‖ p(z|x)) ``[*B]``: exactly ``log p(x) - ELBO(q)`` when p(z|x) is known."""
     return kl(q, posterior)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sequence bounds (state-space models)
+
+
+def sequence_elbo(log_likelihood: Tensor, divergence: Tensor) -> Tensor:
+    """The sequence ELBO ``Σ_t (log-likelihood_t − KL_t)``: ``[T, *B], [T, *B] -> [*B]`` nats.
+
+    For a state-space model with prior p(x_1) Π p(x_t|x_{t−1}, a_{t−1}) and a filtering-form
+    posterior q(x_t|x_{t−1}, a_{t−1}, o_t), sampled ancestrally (x_{t−1} ~ q), the ELBO is
+
+        E_q[Σ_t log p(o_t|x_t) + log p(r_t|x_t) − KL(q(x_t|x_{t−1}, ·) ‖ p(x_t|x_{t−1}, a_{t−1}))]
+
+    (Hafner et al. 2019, PlaNet eq. 3). ``log_likelihood[t]`` is step t's log p(o_t, r_t|x_t) at the
+    sampled x_t and ``divergence[t]`` its KL term given the sampled x_{t−1} — analytic, or the
+    single-sample ``log q(x_t|·) − log p(x_t|·)``; both are unbiased and give the same expectation.
+    With T = 1 this is the ELBO of a VAE with prior p(x_1) (:func:`elbo_kl`).
+    """
+    if log_likelihood.shape != divergence.shape or log_likelihood.dim() < 1:
+        raise ValueError(
+            f"log_likelihood {tuple(log_likelihood.shape)} and divergence "
+            f"{tuple(divergence.shape)} must both be [T, *B] with the same shape"
+        )
+    return (log_likelihood - divergence).sum(0)
+
+
+def free_nats_kl(divergence: Tensor, free_nats: float) -> Tensor:
+    """``max(KL, free_nats)`` elementwise: a KL below ``free_nats`` costs a constant and gets no
+    gradient (Kingma et al. 2016's free bits, per step as in PlaNet). ``free_nats = 0`` is the KL."""
+    return divergence.clamp_min(free_nats) if free_nats > 0 else divergence
+
+
+def balanced_kl(
+    kl_to_prior: Tensor, kl_to_posterior: Tensor, balance: float, free_nats: float = 0.0
+) -> Tensor:
+    """KL balancing (Hafner et al. 2021, DreamerV2): ``α·KL(sg(q) ‖ p) + (1−α)·KL(q ‖ sg(p))``.
+
+    The caller computes the two KL values, ``kl_to_prior`` with the posterior's parameters detached
+    (trains the prior towards the posterior) and ``kl_to_posterior`` with the prior's detached
+    (regularizes the posterior); both equal KL(q ‖ p) in value, so the result does too (above
+    ``free_nats``, applied to each part as DreamerV2 does) — only the gradients are reweighted.
+    Shapes: ``[*B], [*B] -> [*B]``; ``balance = α ∈ [0, 1]``.
+    """
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"balance = {balance!r} is invalid: use α in [0, 1] (DreamerV2 uses 0.8)")
+    prior_part = free_nats_kl(kl_to_prior, free_nats)
+    posterior_part = free_nats_kl(kl_to_posterior, free_nats)
+    return balance * prior_part + (1.0 - balance) * posterior_part

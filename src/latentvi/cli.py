@@ -338,6 +338,105 @@ def _run_imitate(arguments: argparse.Namespace) -> None:
             print(path)
 
 
+def _world_model_groups() -> list[tuple[str, type]]:
+    """The option groups of ``world-model train``: (group name, config type)."""
+    from latentvi.experiments.world_model import WorldModelRunConfig
+    from latentvi.models.ssm import RSSMConfig
+    from latentvi.rl.dreamer import DreamerConfig
+    from latentvi.rl.planet import PlanetConfig
+    from latentvi.rl.world_model_agent import ModelTrainingConfig
+
+    return [
+        ("environment and run", WorldModelRunConfig),
+        ("world model (action-dim and obs-shape are set from the environment)", RSSMConfig),
+        ("world-model training", ModelTrainingConfig),
+        ("planet", PlanetConfig),
+        ("dreamer", DreamerConfig),
+    ]
+
+
+def _run_rssm_agent(arguments: argparse.Namespace) -> dict:
+    """PlaNet or Dreamer: an RSSM world model and a way to act with it."""
+    from latentvi.experiments.world_model import AGENTS, train_world_model
+
+    configs = {config_type: config for config_type, config in _world_model_configs(arguments)}
+    run_type, model_type, training_type = (t for _, t in _world_model_groups()[:3])
+    agent_type = AGENTS[arguments.agent][0]
+    return train_world_model(
+        arguments.agent,
+        configs[run_type],
+        configs[model_type],
+        configs[training_type],
+        configs[agent_type],
+        resume=arguments.resume,
+    )
+
+
+# world-model agents: name -> runner(parsed arguments) -> summary
+WORLD_MODEL_AGENTS: dict[str, Callable[[argparse.Namespace], dict]] = {
+    "planet": _run_rssm_agent,
+    "dreamer": _run_rssm_agent,
+}
+
+
+def _world_model_configs(arguments: argparse.Namespace) -> list[tuple[type, object]]:
+    """Every option group's config, with the preset's values where options were left alone."""
+    import dataclasses
+
+    from latentvi.experiments.world_model import preset_config
+
+    configs = []
+    for _, config_type in _world_model_groups():
+        values = {f.name: getattr(arguments, f.name) for f in dataclasses.fields(config_type)}
+        configs.append((config_type, preset_config(config_type, arguments.preset, values)))
+    return configs
+
+
+def _add_world_model(subparsers) -> None:
+    from latentvi.experiments.world_model import PRESETS
+
+    world_model = subparsers.add_parser(
+        "world-model",
+        help="latent state-space models and model-based RL (see: latentvi world-model train "
+        "--help)",
+        description="World models learned with a sequence ELBO, and agents that use them.",
+    )
+    commands = world_model.add_subparsers(
+        dest="action", required=True, metavar="ACTION", parser_class=_Parser
+    )
+    train = commands.add_parser(
+        "train",
+        help="train an agent on a pixel environment (PlaNet, Dreamer)",
+        description="Train PlaNet (CEM planning in the learned latent space) or Dreamer (actor-"
+        "critic on imagined rollouts) from pixels. Writes curve.csv/png, open_loop.png/csv, "
+        "open_loop_mse.png, frames.png, metrics, TensorBoard scalars, the episodes (episodes/) "
+        "and resumable checkpoints to --out.",
+    )
+    train.add_argument(
+        "--agent",
+        default="planet",
+        choices=tuple(WORLD_MODEL_AGENTS),
+        help="the agent (default: planet); only its own option group applies",
+    )
+    train.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        default="default",
+        help="debug: CPU, minutes; default: CPU pixel Pendulum, 50k steps; paper: the papers' "
+        "sizes, for a GPU. Fills only the options left at their defaults",
+    )
+    for group_name, config_type in _world_model_groups():
+        add_arguments(train.add_argument_group(group_name), config_type)
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--json", action="store_true", help="print the summary as JSON")
+    train.set_defaults(handler=_run_world_model)
+
+
+def _run_world_model(arguments: argparse.Namespace) -> None:
+    summary = WORLD_MODEL_AGENTS[arguments.agent](arguments)
+    _print(summary, arguments.json)
+
+
 COMMANDS: list[Callable] = [
     _add_vi,
     _add_train,
@@ -346,6 +445,7 @@ COMMANDS: list[Callable] = [
     _add_plot,
     _add_imitate,
     _add_rl,
+    _add_world_model,
 ]
 
 

@@ -17,8 +17,10 @@ import matplotlib.pyplot as plt
 
 __all__ = [
     "image_grid",
+    "plot_frame_strip",
     "plot_image_grid",
     "plot_latent_scatter",
+    "plot_prediction_errors",
     "plot_training_curves",
     "plot_trajectories",
     "plot_vi_report",
@@ -191,3 +193,25 @@ def plot_trajectories(
     if title:
         figure.suptitle(title, fontsize=10)
     return save_figure(figure, path)
+
+
+def plot_prediction_errors(mse: np.ndarray, baseline: np.ndarray, path: str | os.PathLike) -> Path:
+    """Per-step error of an open-loop prediction ``[H]`` beside a baseline's ``[H]``."""
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    steps = np.arange(1, len(mse) + 1)
+    axis.plot(steps, mse, label="open-loop prediction")
+    axis.plot(steps, baseline, linestyle="--", label="mean context frame")
+    axis.set_xlabel("steps ahead (agent steps)")
+    axis.set_ylabel("mean squared error (pixels in [0, 1])")
+    axis.legend()
+    return save_figure(figure, path)
+
+
+def plot_frame_strip(
+    frames: np.ndarray, path: str | os.PathLike, title: str, count: int = 16
+) -> Path:
+    """Every k-th frame of ``frames`` uint8 ``[T, C, H, W]`` in one row (at most ``count``)."""
+    every = max(1, len(frames) // count)
+    chosen = torch.as_tensor(frames[::every][:count]).float() / 255.0
+    return plot_image_grid(chosen, path, f"{title}, every {every} step(s)",
+                           columns=len(chosen))  # fmt: skip

@@ -72,7 +72,10 @@ class TanhGaussianPolicy(nn.Module):
         loc, raw_scale = self.body(features).chunk(2, -1)
         scale = positive_scale(raw_scale.clamp(-20.0, 5.0), 1e-4)
         base = diagonal_gaussian(loc, scale, 1, validate_args=False)
-        squash = [TanhTransform(cache_size=1), AffineTransform(self.centre, self.half_range)]
+        squash = [
+            TanhTransform(cache_size=1),
+            AffineTransform(self.centre, self.half_range, cache_size=1),
+        ]
         return TransformedDistribution(base, squash, validate_args=False)
 
     @torch.no_grad()

@@ -1,0 +1,249 @@
+"""Latent state-space models and model-based RL (issue 6): PlaNet and Dreamer throughput and curves.
+
+    python benchmarks/bench_world_model.py throughput [--presets debug,default,paper]
+        [--agents planet,dreamer] [--updates 10] [--act-steps 20] [--repeats 3]
+    python benchmarks/bench_world_model.py collect --run runs/bench-world-model/dreamer-default-seed0
+    python benchmarks/bench_world_model.py curve --agent dreamer --preset default --steps 50000
+        [--eval-every N] [--eval-episodes N] [--seed 0] [--runs runs/bench-world-model] [--resume]
+
+``throughput``, per preset and agent, on pixel Pendulum-v1 with the preset's sizes: world-model
+updates per second (one batch of chunks each; Dreamer's include its actor-critic step), agent
+steps per second while acting (filtering + planning or the actor; PlaNet: a full CEM per step),
+and environment steps per second (rendering included), each the median of ``--repeats`` timed
+repeats after one warm-up. From these it derives the share of wall time of one iteration of the
+run's schedule (``train_steps`` updates, then one 200-step episode of 100 agent steps) in model
+training, environment stepping and acting, and the hours that 50k environment steps would take
+(without evaluation episodes). ``curve`` runs ``latentvi world-model train`` and stores its
+curve and summary; ``collect`` stores the evaluations logged so far by a run folder (a run that is
+still going or was stopped: its metrics.jsonl ``eval/*`` rows). Results:
+benchmarks/results/world_model_*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentvi.experiments.world_model import (
+    AGENTS,
+    WorldModelRunConfig,
+    make_run_env,
+    preset_config,
+    train_world_model,
+)
+from latentvi.models.ssm import RSSMConfig
+from latentvi.rl.episodes import EpisodeStore
+from latentvi.rl.world_model_agent import ModelTrainingConfig
+from results_io import save_results
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def configs(agent: str, preset: str, **run_values):
+    run = preset_config(WorldModelRunConfig, preset, run_values)
+    model = preset_config(RSSMConfig, preset)
+    training = preset_config(ModelTrainingConfig, preset)
+    agent_config = preset_config(AGENTS[agent][0], preset)
+    return run, model, training, agent_config
+
+
+def median_seconds(function, repeats: int) -> float:
+    function()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def throughput_one(agent_name: str, preset: str, args, folder: Path) -> dict:
+    run, model_config, training, agent_config = configs(agent_name, preset, out=str(folder))
+    env = make_run_env(run)
+    model_config = RSSMConfig(
+        **{
+            **{k: getattr(model_config, k) for k in model_config.__dataclass_fields__},
+            "action_dim": int(env.action_space.shape[0]),
+            "obs_shape": tuple(env.observation_space.shape),
+        }
+    )
+    torch.manual_seed(0)
+    agent = AGENTS[agent_name][1](model_config, training, agent_config)
+    store = EpisodeStore(folder / "episodes", seed=0)
+    generator = np.random.default_rng(0)
+    low, high = env.action_space.low, env.action_space.high
+
+    def random_episode() -> int:
+        obs, _ = env.reset(seed=int(generator.integers(1 << 30)))
+        frames, actions, rewards, steps, done = [obs], [], [], 0, False
+        while not done:
+            action = generator.uniform(-1, 1, low.shape).astype(np.float32)
+            obs, reward, terminated, truncated, info = env.step(
+                low + (action + 1) / 2 * (high - low)
+            )
+            frames.append(obs)
+            actions.append(action)
+            rewards.append(reward)
+            steps += info["env_steps"]
+            done = terminated or truncated
+        if len(store) < 2:
+            store.add({"obs": np.stack(frames), "action": np.stack(actions),
+                       "reward": np.asarray(rewards, np.float32),
+                       "terminal": np.zeros(len(actions), bool)})  # fmt: skip
+        return steps
+
+    env_seconds = median_seconds(random_episode, args.repeats)  # one episode
+    episode_env_steps = random_episode()
+
+    def updates() -> None:
+        for _ in range(args.updates):
+            agent.update(store.sample(training.batch_size, training.chunk_length))
+
+    update_seconds = median_seconds(updates, args.repeats) / args.updates
+    frame = store.episodes[0]["obs"][0]
+
+    def acting() -> None:
+        agent.reset()
+        for _ in range(args.act_steps):
+            agent.act(frame, explore=True, noise=0.3)
+
+    act_seconds = median_seconds(acting, args.repeats) / args.act_steps
+    env.close()
+    agent_steps = episode_env_steps // run.action_repeat
+    iteration = {
+        "model": run.train_steps * update_seconds,
+        "env": env_seconds,
+        "act": agent_steps * act_seconds,
+    }
+    total = sum(iteration.values())
+    return {
+        "agent": agent_name,
+        "preset": preset,
+        "image": [*model_config.obs_shape],
+        "batch": [training.batch_size, training.chunk_length],
+        "train_steps_per_episode": run.train_steps,
+        "updates_per_second": 1.0 / update_seconds,
+        "agent_steps_per_second_acting": 1.0 / act_seconds,
+        "env_steps_per_second_random": episode_env_steps / env_seconds,
+        "iteration_seconds": total,
+        "share": {key: value / total for key, value in iteration.items()},
+        "hours_per_50k_env_steps": total * 50_000 / episode_env_steps / 3600,
+    }
+
+
+def throughput(args) -> dict:
+    rows = []
+    for preset in args.presets.split(","):
+        for agent in args.agents.split(","):
+            folder = Path(args.runs) / f"throughput-{preset}-{agent}"
+            if folder.exists():
+                import shutil
+
+                shutil.rmtree(folder)
+            row = throughput_one(agent, preset, args, folder)
+            print(row)
+            rows.append(row)
+    return {
+        "mode": "throughput",
+        "threads": torch.get_num_threads(),
+        "loadavg": os.getloadavg(),
+        "updates_timed": args.updates,
+        "act_steps_timed": args.act_steps,
+        "repeats": args.repeats,
+        "rows": rows,
+    }
+
+
+def curve(args) -> dict:
+    run, model, training, agent_config = configs(
+        args.agent,
+        args.preset,
+        steps=args.steps,
+        seed=args.seed,
+        out=str(Path(args.runs) / f"{args.agent}-{args.preset}-seed{args.seed}"),
+        progress=False,
+        **({"eval_every": args.eval_every} if args.eval_every else {}),
+        **({"eval_episodes": args.eval_episodes} if args.eval_episodes else {}),
+    )
+    load_before = os.getloadavg()
+    summary = train_world_model(args.agent, run, model, training, agent_config, resume=args.resume)
+    import csv
+
+    with open(Path(run.out) / "curve.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    return {
+        "mode": "curve",
+        "agent": args.agent,
+        "preset": args.preset,
+        "seed": args.seed,
+        "threads": torch.get_num_threads(),
+        "loadavg_start": load_before,
+        "loadavg_end": os.getloadavg(),
+        "summary": summary,
+        "curve": [{k: float(v) for k, v in row.items()} for row in rows],
+    }
+
+
+def collect(args) -> dict:
+    import json
+
+    run = Path(args.run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    config = json.loads((run / "config.json").read_text())
+    evaluations = [
+        {"env_step": r["step"], "return_mean": r["eval/return_mean"],
+         "return_std": r["eval/return_std"]}
+        for r in rows if "eval/return_mean" in r
+    ]  # fmt: skip
+    last = [r for r in rows if "perf/updates" in r][-1]
+    return {
+        "mode": "collect (partial run)",
+        "run": str(run),
+        "agent": config["agent"],
+        "config": config,
+        "loadavg_now": os.getloadavg(),
+        "last_logged": {k: v for k, v in last.items() if k.startswith(("perf/", "step"))},
+        "curve": evaluations,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("throughput", "curve", "collect"))
+    parser.add_argument("--run", default=None, help="collect: the run folder")
+    parser.add_argument("--presets", default="debug,default,paper")
+    parser.add_argument("--agents", default="planet,dreamer")
+    parser.add_argument("--updates", type=int, default=10)
+    parser.add_argument("--act-steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--agent", default="dreamer", choices=tuple(AGENTS))
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--steps", type=int, default=50_000)
+    parser.add_argument("--eval-every", type=int, default=0)
+    parser.add_argument("--eval-episodes", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--runs", default="runs/bench-world-model")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.mode == "throughput":
+        result = throughput(args)
+        name = f"world_model_throughput_{args.threads}t.json"
+    elif args.mode == "collect":
+        result = collect(args)
+        name = f"world_model_partial_{Path(args.run).name}.json"
+    else:
+        result = curve(args)
+        name = f"world_model_curve_{args.agent}_{args.preset}_seed{args.seed}.json"
+    save_results(RESULTS / name, result)
+
+
+if __name__ == "__main__":
+    main()
