@@ -77,8 +77,11 @@ def test_full_versus_diagonal_gaussian_kl_matches_monte_carlo_and_closed_form():
     s = diagonal.variance
     d = diagonal.mean - full.mean
     closed = 0.5 * (
-        (torch.diagonal(covariance) / s).sum() + (d**2 / s).sum() - 3
-        + s.log().sum() - torch.logdet(covariance)
+        (torch.diagonal(covariance) / s).sum()
+        + (d**2 / s).sum()
+        - 3
+        + s.log().sum()
+        - torch.logdet(covariance)
     )
     torch.testing.assert_close(value, closed)
     z = full.sample((400_000,))
@@ -106,7 +109,10 @@ def test_loss_terms_are_finite_with_batch_shapes(body, batch):
 
 def test_loss_is_the_weighted_sum_of_the_named_terms():
     model = tiny(beta=0.5, consistency=2.0)
-    x, x_next = torch.rand(6, *SHAPE, dtype=torch.float64), torch.rand(6, *SHAPE, dtype=torch.float64)
+    x, x_next = (
+        torch.rand(6, *SHAPE, dtype=torch.float64),
+        torch.rand(6, *SHAPE, dtype=torch.float64),
+    )
     u = torch.randn(6, 2, dtype=torch.float64)
     torch.manual_seed(3)
     total, metrics = model.loss((x, u, x_next))
@@ -142,7 +148,7 @@ def test_e2c_on_a_moving_point_recovers_position_and_linear_dynamics(tmp_path):
     following = (position + 0.2 * action[:, 0]).clamp(-1, 1)
     x, x_next = point_images(position), point_images(following)
     torch.manual_seed(0)
-    config = E2CConfig(latent_dim=1, hidden=(64,), transition_hidden=(16,))
+    config = E2CConfig(latent_dim=1, hidden=(128, 128), transition_hidden=(16,))
     model = E2C((1, 1, 16), 1, config)
 
     def batches(epoch, generator):
@@ -151,14 +157,14 @@ def test_e2c_on_a_moving_point_recovers_position_and_linear_dynamics(tmp_path):
             index = order[i : i + 128]
             yield x[index], action[index], x_next[index]
 
-    fit(model, batches, n // 128, TrainConfig(epochs=40, lr=3e-3, progress=False, seed=0))
+    fit(model, batches, n // 128, TrainConfig(epochs=30, lr=3e-3, progress=False, seed=0))
     with torch.no_grad():
         mu = model.encode(x).mean[:, 0]
-        design = torch.stack([position, torch.ones(n)], -1)
-        coefficients = torch.linalg.lstsq(design, mu[:, None]).solution
-        residual = mu - (design @ coefficients)[:, 0]
-        r_squared = 1 - residual.var() / mu.var()
-        assert r_squared > 0.95
+        design = torch.stack([mu, torch.ones(n)], -1)
+        coefficients = torch.linalg.lstsq(design, position[:, None]).solution
+        residual = position - (design @ coefficients)[:, 0]
+        r_squared = 1 - residual.var() / position.var()
+        assert r_squared > 0.95  # an untrained encoder gives ≈ 0.2
         predicted = model.step(model.encode(x).mean, action)
         target = model.encode(x_next).mean
         assert (predicted - target).pow(2).mean() < 0.05 * target.var()

@@ -104,8 +104,22 @@ def test_boxed_lqr_one_control_is_the_clamped_optimum():
     boxed = lqr(A, B, Q, R, Q, c=c, low=-1.0, high=1.0)
     assert free.k.item() < -1.0  # the box is active
     grid = torch.linspace(-1, 1, 2001)
-    costs = [total_cost(u.reshape(1, 1), torch.zeros(2), A, B, c, Q, R, torch.zeros(1, 2),
-                        torch.zeros(1, 1), Q, torch.zeros(2)) for u in grid]
+    costs = [
+        total_cost(
+            u.reshape(1, 1),
+            torch.zeros(2),
+            A,
+            B,
+            c,
+            Q,
+            R,
+            torch.zeros(1, 2),
+            torch.zeros(1, 1),
+            Q,
+            torch.zeros(2),
+        )
+        for u in grid
+    ]
     best = grid[int(torch.stack(costs).argmin())]
     torch.testing.assert_close(boxed.k[0, 0], best, atol=1e-3, rtol=0)
     assert free.K.abs().sum() > 0
@@ -122,6 +136,7 @@ def test_ilqr_on_linear_dynamics_reaches_the_lqr_optimum_in_one_iteration():
         return x @ A0.T + u @ B0.T + c0
 
     result = ilqr(dynamics, x0, torch.zeros(6, 2), goal, Q, R, 3 * Q, iterations=1)
+
     # Brute force: the cost as a function of U is quadratic.
     def cost(U):
         return quadratic_cost(rollout(dynamics, x0, U), U, goal, Q, R, 3 * Q)
@@ -137,7 +152,9 @@ def test_ilqr_on_linear_dynamics_reaches_the_lqr_optimum_in_one_iteration():
 def test_jacobians_by_autograd_match_the_linear_map():
     A0 = torch.randn(3, 3)
     B0 = torch.randn(3, 2)
-    a, b = jacobians(lambda x, u: torch.tanh(x) @ A0.T + u @ B0.T)(torch.zeros(4, 3), torch.ones(4, 2))
+    a, b = jacobians(lambda x, u: torch.tanh(x) @ A0.T + u @ B0.T)(
+        torch.zeros(4, 3), torch.ones(4, 2)
+    )
     torch.testing.assert_close(a, A0.expand(4, 3, 3))
     torch.testing.assert_close(b, B0.expand(4, 3, 2))
 
@@ -166,8 +183,18 @@ def test_ilqr_swings_up_the_true_pendulum():
     Q = torch.diag(torch.tensor([1.0, 1.0, 0.1]))
     R = torch.tensor([[0.01]])
     goal = torch.tensor([1.0, 0.0, 0.0])
-    result = ilqr(pendulum, x0, torch.zeros(1, 100, 1), goal, Q, R, 100 * Q,
-                  low=-MAX_TORQUE, high=MAX_TORQUE, iterations=100)
+    result = ilqr(
+        pendulum,
+        x0,
+        torch.zeros(1, 100, 1),
+        goal,
+        Q,
+        R,
+        100 * Q,
+        low=-MAX_TORQUE,
+        high=MAX_TORQUE,
+        iterations=100,
+    )
     states = rollout(pendulum, x0, result.actions)  # the plan, replayed
     assert result.actions.abs().max() <= MAX_TORQUE
     assert abs(angle(states[0, -1])) < 0.05
@@ -182,8 +209,18 @@ def test_mpc_swings_up_and_balances_the_true_pendulum():
     goal = torch.tensor([1.0, 0.0, 0.0])
     starts = torch.tensor([math.pi - 0.1, math.pi + 0.1, math.pi - 0.02])
     x = torch.stack([torch.cos(starts), torch.sin(starts), torch.zeros(3)], -1)
-    controller = MPC(pendulum, goal, Q, R, 10 * Q, horizon=50, action_dim=1,
-                     low=-MAX_TORQUE, high=MAX_TORQUE, iterations=5)
+    controller = MPC(
+        pendulum,
+        goal,
+        Q,
+        R,
+        10 * Q,
+        horizon=50,
+        action_dim=1,
+        low=-MAX_TORQUE,
+        high=MAX_TORQUE,
+        iterations=5,
+    )
     angles = []
     for _ in range(150):
         x = pendulum(x, controller(x))

@@ -155,7 +155,9 @@ class E2C(nn.Module):
         """``z [*B, Z]`` -> p(x|z): Bernoulli pixels, batch ``[*B]``, event ``[C, H, W]``."""
         return bernoulli(self.decoder(z), 3)
 
-    def predict(self, q: DiagonalGaussian, u: Tensor, z: Tensor | None = None) -> MultivariateNormal:
+    def predict(
+        self, q: DiagonalGaussian, u: Tensor, z: Tensor | None = None
+    ) -> MultivariateNormal:
         """Q̂(ẑ_{t+1}) = N(A μ + B u + o, A Σ Aᵀ + σ_w² I), batch ``[*B]``, event ``[Z]``.
 
         ``(A, B, o)`` come from the transition network at ``z`` (default: q's mean μ).

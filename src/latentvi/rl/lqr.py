@@ -32,7 +32,7 @@ from torch import Tensor
 
 from latentvi.config import check_positive_int
 
-__all__ = ["ILQRResult", "LQRSolution", "MPC", "ilqr", "lqr", "quadratic_cost", "rollout"]
+__all__ = ["MPC", "ILQRResult", "LQRSolution", "ilqr", "lqr", "quadratic_cost", "rollout"]
 
 Dynamics = Callable[[Tensor, Tensor], Tensor]
 """``f(x [*N, X], u [*N, M]) -> x' [*N, X]``."""
@@ -248,7 +248,11 @@ def ilqr(
             x = x0.expand(len(step_sizes), *x0.shape)
             trial_states, trial_actions = [x], []
             for t in range(actions.shape[-2]):
-                u = actions[..., t, :] + step[..., t, :] + _mv(K[..., t, :, :], x - states[..., t, :])
+                u = (
+                    actions[..., t, :]
+                    + step[..., t, :]
+                    + _mv(K[..., t, :, :], x - states[..., t, :])
+                )
                 u = _clamp(u, low, high)
                 x = dynamics(x, u)
                 trial_actions.append(u)

@@ -1,0 +1,77 @@
+"""E2C swing-up and balance on pixel Pendulum-v1 from the bottom: success rate and training time.
+
+Trains E2C (:mod:`latentvi.experiments.e2c`, preset ``--preset``, any field of ``E2CRunConfig`` /
+``E2CConfig`` overridable as ``--set name=value``) on random transitions, then runs ``trials``
+latent-iLQR MPC episodes from the hanging-down state. Success: |θ| < success_angle rad at each of
+the last success_steps agent steps (see the summary's ``success_definition``). Writes
+``benchmarks/results/e2c_pendulum[_TAG].json`` and copies the three figures next to it.
+
+    python benchmarks/bench_e2c.py [--preset default] [--threads 2] [--set steps=3000 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from latentvi.experiments.e2c import preset, run_e2c
+from results_io import save_results
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--tag", default="")
+    parser.add_argument("--keep", default=None, help="run folder to keep (default: a temp folder)")
+    arguments = parser.parse_args()
+    torch.set_num_threads(arguments.threads)
+    overrides = {}
+    for item in arguments.set:
+        name, _, value = item.partition("=")
+        overrides[name] = parse_value(value)
+    run, model = preset(arguments.preset, **overrides)
+    load_before = os.getloadavg()
+    folder = arguments.keep or tempfile.mkdtemp(prefix="bench-e2c-")
+    summary = run_e2c(run, model, folder)
+    suffix = f"_{arguments.tag}" if arguments.tag else ""
+    figures = []
+    for path in summary.pop("figures"):
+        target = RESULTS / f"e2c-pendulum{suffix.replace('_', '-')}-{Path(path).name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        figures.append(str(target.relative_to(RESULTS.parent.parent)))
+    if arguments.keep is None:
+        shutil.rmtree(folder, ignore_errors=True)
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {arguments.threads} thread(s)",
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "preset": arguments.preset,
+        "overrides": overrides,
+        **summary,
+        "figures": figures,
+    }
+    save_results(RESULTS / f"e2c_pendulum{suffix}.json", results)
+
+
+if __name__ == "__main__":
+    main()
