@@ -50,7 +50,7 @@ def main() -> None:
     run, model = preset(arguments.preset, **overrides)
     load_before = os.getloadavg()
     folder = arguments.keep or tempfile.mkdtemp(prefix="bench-e2c-")
-    summary = run_e2c(run, model, folder)
+    summary = run_e2c(run, folder, model)
     suffix = f"_{arguments.tag}" if arguments.tag else ""
     figures = []
     for path in summary.pop("figures"):

@@ -19,7 +19,7 @@ pendulum directly, so a controller has to pump energy):
   at each of the last ``success_steps`` agent steps (θ wrapped to (−π, π]). ``trials`` episodes
   with start states from fixed seeds, all planned in one batch.
 
-``run_e2c(config, model_config, out)`` writes ``summary.json``, the run's ``config.json`` /
+``run_e2c(config, out, model_config)`` writes ``summary.json``, the run's ``config.json`` /
 metrics / checkpoint (from ``fit``) and three figures: ``reconstructions.png`` (frames of x_t,
 their reconstructions, x_{t+1}, and its prediction through the latent dynamics),
 ``latent.png`` (latent means coloured by the angle) and ``control.png`` (the newest frame of
@@ -292,8 +292,15 @@ def control(model: E2C, run: E2CRunConfig, seed: int) -> dict[str, Any]:
     }
 
 
-def run_e2c(run: E2CRunConfig, model_config: E2CConfig, out: str | Path) -> dict[str, Any]:
-    """Collect data, train E2C, control from the bottom; write figures and ``summary.json``."""
+def run_e2c(
+    config: E2CRunConfig, out: str | Path, model_config: E2CConfig | None = None
+) -> dict[str, Any]:
+    """Collect data, train E2C, control from the bottom; write figures and ``summary.json``.
+
+    ``model_config`` defaults to the ``default`` preset's model; :func:`preset` gives both.
+    """
+    run = config
+    model_config = model_config or preset("default")[1]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(run.seed)
