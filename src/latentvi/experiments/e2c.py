@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 MAX_TORQUE = 2.0
 MAX_SPEED = 8.0
 TRIAL_SEED = 3_000_000
+LINEARIZATIONS = ("e2c", "autograd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +70,12 @@ class E2CRunConfig:
     horizon: int = option(40, "iLQR planning horizon in agent steps")
     iterations: int = option(8, "iLQR iterations per control step (warm-started)")
     action_cost: float = option(0.1, "R = action_cost · I in the latent cost (Q = I)")
+    linearization: str = option(
+        "e2c",
+        "iLQR's Jacobians: e2c (the model's own A_t, B_t, as in the paper) or autograd (exact "
+        "Jacobians of z -> A(z) z + B(z) u + o(z))",
+        choices=LINEARIZATIONS,
+    )
     final_cost: float = option(10.0, "Q_H = final_cost · I")
     trials: int = option(20, "control episodes from the bottom (fixed seeds)")
     episode_steps: int = option(100, "agent steps per control episode")
@@ -100,6 +107,12 @@ class E2CRunConfig:
             "success_steps",
             self.success_steps,
             f"use at most episode_steps = {self.episode_steps}",
+        )
+        require(
+            self.linearization in LINEARIZATIONS,
+            "linearization",
+            self.linearization,
+            f"choose one of {', '.join(LINEARIZATIONS)}",
         )
         require(self.success_angle > 0, "success_angle", self.success_angle, "use > 0 radians")
         require(self.start_noise >= 0, "start_noise", self.start_noise, "use >= 0")
@@ -259,7 +272,7 @@ def control(model: E2C, run: E2CRunConfig, seed: int) -> dict[str, Any]:
         low=-1.0,
         high=1.0,
         iterations=run.iterations,
-        linearize=model.linearization,
+        linearize=model.linearization if run.linearization == "e2c" else None,
     )
     previous = np.stack([pendulum.frame(t) for t in theta])  # at rest: both frames equal
     current = previous
