@@ -47,7 +47,17 @@ from latentvi.train import TrainConfig, fit
 from latentvi.train.rng import mixed_seed
 from latentvi.train.storage import write_json
 
-__all__ = ["PRESETS", "E2CRunConfig", "PendulumPixels", "collect_transitions", "run_e2c"]
+__all__ = [
+    "PRESETS",
+    "E2CRunConfig",
+    "PendulumPixels",
+    "collect_transitions",
+    "control",
+    "open_loop_error",
+    "preset",
+    "run_e2c",
+    "train_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +260,39 @@ def train_model(
 
 
 @torch.no_grad()
+def open_loop_error(
+    model: E2C, run: E2CRunConfig, seed: int, starts: int = 20, steps: int = 20
+) -> list[float]:
+    """How far the latent dynamics drift: from ``starts`` random states under random actions,
+    ``‖ẑ_t − μ(x_t)‖ / √(Σ_i Var μ_i)`` at t = 1 … ``steps``, averaged over the starts
+    (``ẑ`` rolled out with :meth:`E2C.step` from the first encoding; 1 ≈ as far as a random
+    encoding)."""
+    rng = np.random.default_rng(seed)
+    pendulum = PendulumPixels(run.image_size, run.action_repeat)
+    actions = rng.uniform(-1, 1, (starts, steps)).astype(np.float32)
+    frames = []
+    for i in range(starts):
+        theta, velocity = rng.uniform(-np.pi, np.pi), rng.uniform(-MAX_SPEED, MAX_SPEED)
+        row = [pendulum.frame(theta)]
+        theta, velocity = pendulum.step(theta, velocity, 0.0)
+        row.append(pendulum.frame(theta))
+        for t in range(steps):
+            theta, velocity = pendulum.step(theta, velocity, MAX_TORQUE * actions[i, t])
+            row.append(pendulum.frame(theta))
+        frames.append(np.stack(row))  # (steps + 2, 1, S, S)
+    pendulum.close()
+    frames = np.stack(frames)
+    x = to_input(np.concatenate([frames[:, :-1], frames[:, 1:]], axis=2))  # (starts, T+1, 2, S, S)
+    encoded = model.encode(x).mean  # (starts, T+1, Z)
+    spread = encoded.reshape(-1, encoded.shape[-1]).var(0).sum().sqrt()
+    z, errors = encoded[:, 0], []
+    for t in range(steps):
+        z = model.step(z, torch.from_numpy(actions[:, t : t + 1]))
+        errors.append(float((z - encoded[:, t + 1]).norm(dim=-1).mean() / spread))
+    return errors
+
+
+@torch.no_grad()
 def control(model: E2C, run: E2CRunConfig, seed: int) -> dict[str, Any]:
     """Swing up from the bottom in ``run.trials`` episodes (batched); see the module docstring."""
     rng = np.random.default_rng(seed)
@@ -329,6 +372,7 @@ def run_e2c(
                 data["x"][:1000], data["u"][:1000], data["x_next"][:1000]
             ).items()
         }
+    drift = open_loop_error(model, run, mixed_seed(run.seed, 2))
     result = control(model, run, TRIAL_SEED + run.seed)
     figures = _figures(model, data, result, out)
     summary = {
@@ -344,6 +388,9 @@ def run_e2c(
         "train_seconds": train_seconds,
         "control_seconds": result["seconds"],
         **evaluation,
+        "open_loop_latent_error": {
+            f"step_{t}": drift[t - 1] for t in (1, 2, 5, 10, 20) if t <= len(drift)
+        },
         "figures": [str(p) for p in figures],
         "run_config": to_dict(run),
         "model_config": to_dict(model_config),
