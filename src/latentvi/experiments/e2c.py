@@ -79,7 +79,12 @@ class E2CRunConfig:
     lr: float = option(3e-4, "Adam learning rate")
     horizon: int = option(40, "iLQR planning horizon in agent steps")
     iterations: int = option(8, "iLQR iterations per control step (warm-started)")
-    action_cost: float = option(0.1, "R = action_cost · I in the latent cost (Q = I)")
+    state_cost: float = option(
+        0.1,
+        "Q = state_cost · I: the stage cost on the latent's distance to the goal (small next to "
+        "final_cost, or the planner will not spend the motion a swing-up needs)",
+    )
+    action_cost: float = option(0.1, "R = action_cost · I: the stage cost on u ∈ [−1, 1]")
     linearization: str = option(
         "e2c",
         "iLQR's Jacobians: e2c (the model's own A_t, B_t, as in the paper) or autograd (exact "
@@ -110,6 +115,7 @@ class E2CRunConfig:
         ):
             check_positive_int(name, getattr(self, name))
         require(self.lr > 0, "lr", self.lr, "use a positive learning rate")
+        require(self.state_cost >= 0, "state_cost", self.state_cost, "use >= 0")
         require(self.action_cost > 0, "action_cost", self.action_cost, "use > 0")
         require(self.final_cost >= 0, "final_cost", self.final_cost, "use >= 0")
         require(
@@ -307,7 +313,7 @@ def control(model: E2C, run: E2CRunConfig, seed: int) -> dict[str, Any]:
     controller = MPC(
         model.step,
         goal,
-        eye,
+        run.state_cost * eye,
         run.action_cost * torch.eye(1),
         run.final_cost * eye,
         horizon=run.horizon,
