@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from latentvi.experiments.e2c import preset, run_e2c
+from latentvi.experiments.e2c import evaluate_run, preset, run_e2c
 from results_io import save_results
 
 RESULTS = Path(__file__).parent / "results"
@@ -41,6 +41,13 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--tag", default="")
     parser.add_argument("--keep", default=None, help="run folder to keep (default: a temp folder)")
+    parser.add_argument(
+        "--evaluate",
+        default=None,
+        metavar="RUN",
+        help="no training: control again with the model of RUN (a --keep folder), e.g. with "
+        "other control options in --set; model options must match the run's",
+    )
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
     overrides = {}
@@ -50,7 +57,10 @@ def main() -> None:
     run, model = preset(arguments.preset, **overrides)
     load_before = os.getloadavg()
     folder = arguments.keep or tempfile.mkdtemp(prefix="bench-e2c-")
-    summary = run_e2c(run, folder, model)
+    if arguments.evaluate:
+        summary = evaluate_run(arguments.evaluate, run, model, folder)
+    else:
+        summary = run_e2c(run, folder, model)
     suffix = f"_{arguments.tag}" if arguments.tag else ""
     figures = []
     for path in summary.pop("figures"):

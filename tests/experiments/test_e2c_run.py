@@ -11,6 +11,7 @@ from latentvi.experiments.e2c import (
     E2CRunConfig,
     PendulumPixels,
     collect_transitions,
+    evaluate_run,
     preset,
     run_e2c,
     wrap,
@@ -69,3 +70,7 @@ def test_debug_run_end_to_end(tmp_path):
     assert saved["success_rate"] == summary["success_rate"]
     assert math.isfinite(saved["eval/consistency"])
     assert any((tmp_path / "checkpoints").iterdir())
+    # Control again from the saved model: the same trials give the same outcome.
+    again = evaluate_run(tmp_path, run, model, tmp_path / "again")
+    assert again["final_abs_angle_mean"] == pytest.approx(summary["final_abs_angle_mean"], abs=1e-4)
+    assert again["success_rate"] == summary["success_rate"]

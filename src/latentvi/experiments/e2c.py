@@ -53,6 +53,7 @@ __all__ = [
     "PendulumPixels",
     "collect_transitions",
     "control",
+    "evaluate_run",
     "open_loop_error",
     "preset",
     "run_e2c",
@@ -71,12 +72,12 @@ LINEARIZATIONS = ("e2c", "autograd")
 class E2CRunConfig:
     """Data, training and control of an E2C pixel-pendulum run."""
 
-    image_size: int = option(48, "height and width of each frame (Watter et al.: 48)")
+    image_size: int = option(32, "height and width of each frame (Watter et al.: 48)")
     action_repeat: int = option(2, "pendulum steps (dt = 0.05 s) per agent action")
     transitions: int = option(20_000, "random transitions (x_t, u_t, x_{t+1}) to train on")
-    steps: int = option(6000, "optimizer updates")
+    steps: int = option(12_000, "optimizer updates")
     batch_size: int = option(128, "transitions per update")
-    lr: float = option(3e-4, "Adam learning rate")
+    lr: float = option(5e-4, "Adam learning rate")
     horizon: int = option(40, "iLQR planning horizon in agent steps")
     iterations: int = option(8, "iLQR iterations per control step (warm-started)")
     state_cost: float = option(
@@ -135,7 +136,13 @@ class E2CRunConfig:
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "default": {"run": {}, "model": {"latent_dim": 3, "hidden": (800, 800)}},
+    # CPU-sized: 32×32 frames, 256-256 bodies, a strong consistency term (λ = 4).
+    "default": {"run": {}, "model": {"latent_dim": 3, "hidden": (256, 256), "consistency": 4.0}},
+    # Watter et al.'s pendulum sizes: 48×48 frames, 800-800 bodies, λ = 0.25 (for a GPU).
+    "paper": {
+        "run": {"image_size": 48, "steps": 30_000},
+        "model": {"latent_dim": 3, "hidden": (800, 800), "consistency": 0.25},
+    },
     "debug": {
         "run": {
             "image_size": 16,
@@ -378,10 +385,43 @@ def run_e2c(
                 data["x"][:1000], data["u"][:1000], data["x_next"][:1000]
             ).items()
         }
+    summary = {
+        **_evaluate(model, run, model_config, out, data),
+        "collect_seconds": collect_seconds,
+        "train_seconds": train_seconds,
+        **evaluation,
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def evaluate_run(
+    run_dir: str | Path, config: E2CRunConfig, model_config: E2CConfig, out: str | Path
+) -> dict[str, Any]:
+    """Control again with the trained model of ``run_dir`` (its latest checkpoint) under the
+    control options of ``config`` (horizon, costs, trials ...): figures and ``summary.json`` in
+    ``out``. ``model_config`` and ``config.image_size`` must be those of the trained run."""
+    from latentvi.train.checkpoint import load_checkpoint
+
+    model = E2C((2, config.image_size, config.image_size), 1, model_config)
+    load_checkpoint(run_dir, model, restore_rng=False)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    small = dataclasses.replace(config, transitions=min(config.transitions, 3000))
+    data = collect_transitions(small, mixed_seed(config.seed, 1))
+    summary = {**_evaluate(model.eval(), config, model_config, out, data), "model": str(run_dir)}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _evaluate(
+    model: E2C, run: E2CRunConfig, model_config: E2CConfig, out: Path, data: dict
+) -> dict[str, Any]:
     drift = open_loop_error(model, run, mixed_seed(run.seed, 2))
     result = control(model, run, TRIAL_SEED + run.seed)
     figures = _figures(model, data, result, out)
-    summary = {
+    upright = np.abs(result["angles"]) < run.success_angle  # (trials, steps)
+    return {
         "success_rate": float(result["success"].mean()),
         "successes": int(result["success"].sum()),
         "trials": run.trials,
@@ -390,10 +430,9 @@ def run_e2c(
             f"{run.episode_steps} agent steps (action repeat {run.action_repeat}, dt 0.05 s)"
         ),
         "final_abs_angle_mean": float(np.abs(result["angles"][:, -1]).mean()),
-        "collect_seconds": collect_seconds,
-        "train_seconds": train_seconds,
+        "reached_upright_rate": float(upright.any(axis=1).mean()),
+        "time_upright_fraction": float(upright.mean()),
         "control_seconds": result["seconds"],
-        **evaluation,
         "open_loop_latent_error": {
             f"step_{t}": drift[t - 1] for t in (1, 2, 5, 10, 20) if t <= len(drift)
         },
@@ -401,8 +440,6 @@ def run_e2c(
         "run_config": to_dict(run),
         "model_config": to_dict(model_config),
     }
-    write_json(out / "summary.json", summary)
-    return summary
 
 
 def _figures(model: E2C, data: dict[str, torch.Tensor], result: dict, out: Path) -> list[Path]:
