@@ -9,7 +9,14 @@ import torch
 
 from latentvi.rl.lqr import MPC, ilqr, jacobians, lqr, quadratic_cost, rollout
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Exact-answer tests in float64; the default dtype is put back for the rest of the suite."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def random_problem(horizon=5, x_dim=3, u_dim=2, seed=0):
