@@ -7,6 +7,8 @@ the last success_steps agent steps (see the summary's ``success_definition``). W
 ``benchmarks/results/e2c_pendulum[_TAG].json`` and copies the three figures next to it.
 
     python benchmarks/bench_e2c.py [--preset default] [--threads 2] [--set steps=3000 ...]
+    python benchmarks/bench_e2c.py --evaluate RUN [--set horizon=60 ...]   # control only
+    python benchmarks/bench_e2c.py --oracle     # the same MPC on the true state, no model
 """
 
 from __future__ import annotations
@@ -34,6 +36,50 @@ def parse_value(text: str):
         return text
 
 
+def oracle(run, state_cost: float) -> dict:
+    """The same MPC on the true state (cos θ, sin θ, θ̇) of the pendulum, same trials' starts."""
+    import numpy as np
+
+    from latentvi.rl.lqr import MPC
+
+    def pendulum(x, u):  # gymnasium's Pendulum-v1, action_repeat steps of dt = 0.05
+        theta, velocity = torch.atan2(x[..., 1], x[..., 0]), x[..., 2]
+        for _ in range(run.action_repeat):
+            velocity = velocity + (15.0 * torch.sin(theta) + 6.0 * u[..., 0]) * 0.05
+            velocity = velocity.clamp(-8, 8)
+            theta = theta + velocity * 0.05
+        return torch.stack([torch.cos(theta), torch.sin(theta), velocity], -1)
+
+    rng = np.random.default_rng(0)
+    theta = torch.tensor(np.pi + rng.uniform(-run.start_noise, run.start_noise, run.trials))
+    velocity = torch.tensor(rng.uniform(-run.start_noise, run.start_noise, run.trials))
+    x = torch.stack([theta.cos(), theta.sin(), velocity], -1).float()
+    eye = torch.eye(3)
+    controller = MPC(
+        pendulum,
+        torch.tensor([1.0, 0.0, 0.0]),
+        state_cost * eye,
+        run.action_cost * torch.eye(1),
+        run.final_cost * eye,
+        horizon=run.horizon,
+        action_dim=1,
+        low=-1.0,
+        high=1.0,
+        iterations=run.iterations,
+    )
+    angles = []
+    for _ in range(run.episode_steps):
+        x = pendulum(x, controller(x))
+        angles.append(torch.atan2(x[:, 1], x[:, 0]).abs())
+    angles = torch.stack(angles, 1)
+    success = (angles[:, -run.success_steps :] < run.success_angle).all(1)
+    return {
+        "state_cost": state_cost,
+        "success_rate": success.float().mean().item(),
+        "final_abs_angle_mean": angles[:, -1].mean().item(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="default")
@@ -48,6 +94,12 @@ def main() -> None:
         help="no training: control again with the model of RUN (a --keep folder), e.g. with "
         "other control options in --set; model options must match the run's",
     )
+    parser.add_argument(
+        "--oracle",
+        action="store_true",
+        help="no model: the same MPC on the true pendulum state, stage cost Q = I and = the "
+        "run's state_cost · I (→ results/e2c_oracle.json)",
+    )
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
     overrides = {}
@@ -55,6 +107,10 @@ def main() -> None:
         name, _, value = item.partition("=")
         overrides[name] = parse_value(value)
     run, model = preset(arguments.preset, **overrides)
+    if arguments.oracle:
+        rows = [oracle(run, 1.0), oracle(run, run.state_cost)]
+        save_results(RESULTS / "e2c_oracle.json", {"trials": run.trials, "runs": rows})
+        return
     load_before = os.getloadavg()
     folder = arguments.keep or tempfile.mkdtemp(prefix="bench-e2c-")
     if arguments.evaluate:
