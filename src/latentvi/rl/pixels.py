@@ -221,13 +221,17 @@ def make_env(
     check_positive_int("action_repeat", action_repeat)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # headless pygame for classic control
     _register_toy_envs()
+    if env_id.startswith("dmc/"):  # DeepMind Control Suite tasks (dm_control loads on first make)
+        from latentvi.rl.dmc import register_dmc
+
+        register_dmc()
     kwargs = dict(env_kwargs or {})
     try:
         probe = gym.spec(env_id)
     except gym.error.Error as error:
         raise ValueError(
             f"env = {env_id!r} is not a registered Gymnasium environment ({error}); use an id "
-            "such as Pendulum-v1, CartPole-v1 or latentvi/PixelChain-v0"
+            "such as Pendulum-v1, CartPole-v1, latentvi/PixelChain-v0 or dmc/cartpole-swingup-v0"
         ) from None
     renders = "rgb_array" in _render_modes(probe)
     if pixels and "render_mode" not in kwargs and renders:

@@ -1,0 +1,83 @@
+"""Render time per 64×64 frame of DeepMind Control Suite tasks through latentvi.rl.dmc.
+
+For each task: the median over ``--frames`` renders (after 5 warm-up renders) of
+``DMCEnv.render()`` with latentvi's fast settings (no shadows, reflections or multisampling) and,
+in the same process, with MuJoCo's default visual settings; also the time of one
+``env.step`` (physics + frame). MUJOCO_GL is reported (egl unless set).
+
+    python benchmarks/bench_dmc_render.py [--frames 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentvi.rl.dmc import DMCEnv
+from results_io import save_results
+
+RESULTS = Path(__file__).parent / "results"
+TASKS = (("cartpole", "swingup"), ("reacher", "easy"), ("cheetah", "run"), ("pendulum", "swingup"))
+
+
+def median_ms(function, repeats: int) -> float:
+    for _ in range(5):
+        function()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=200)
+    arguments = parser.parse_args()
+    load_before = os.getloadavg()
+    rows = {}
+    for domain, task in TASKS:
+        env = DMCEnv(domain, task)
+        env.reset(seed=0)
+        fast = median_ms(env.render, arguments.frames)
+        action = np.zeros(env.action_space.shape, np.float32)
+        step = median_ms(lambda env=env, action=action: env.step(action), arguments.frames)
+        env.close()
+        from dm_control import suite  # imported by DMCEnv (after setting MUJOCO_GL)
+
+        plain = suite.load(domain, task, task_kwargs={"random": 0})
+        plain.reset()
+        slow = median_ms(
+            lambda plain=plain: plain.physics.render(64, 64, camera_id=0), arguments.frames
+        )
+        plain.close()
+        rows[f"{domain}-{task}"] = {
+            "render_ms_fast": fast,
+            "render_ms_default_settings": slow,
+            "speedup": slow / fast,
+            "step_with_frame_ms": step,
+        }
+    save_results(
+        RESULTS / "dmc_render.json",
+        {
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__}",
+            "mujoco_gl": os.environ.get("MUJOCO_GL"),
+            "frames": arguments.frames,
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "tasks": rows,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""E2C swing-up and balance on pixel Pendulum-v1 from the bottom: success rate and training time.
+
+Trains E2C (:mod:`latentvi.experiments.e2c`, preset ``--preset``, any field of ``E2CRunConfig`` /
+``E2CConfig`` overridable as ``--set name=value``) on random transitions, then runs ``trials``
+latent-iLQR MPC episodes from the hanging-down state. Success: |θ| < success_angle rad at each of
+the last success_steps agent steps (see the summary's ``success_definition``). Writes
+``benchmarks/results/e2c_pendulum[_TAG].json`` and copies the three figures next to it.
+
+    python benchmarks/bench_e2c.py [--preset default] [--threads 2] [--set steps=3000 ...]
+    python benchmarks/bench_e2c.py --evaluate RUN [--set horizon=60 ...]   # control only
+    python benchmarks/bench_e2c.py --oracle     # the same MPC on the true state, no model
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from latentvi.experiments.e2c import evaluate_run, preset, run_e2c
+from results_io import save_results
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def oracle(run, state_cost: float) -> dict:
+    """The same MPC on the true state (cos θ, sin θ, θ̇) of the pendulum, same trials' starts."""
+    import numpy as np
+
+    from latentvi.rl.lqr import MPC
+
+    def pendulum(x, u):  # gymnasium's Pendulum-v1, action_repeat steps of dt = 0.05
+        theta, velocity = torch.atan2(x[..., 1], x[..., 0]), x[..., 2]
+        for _ in range(run.action_repeat):
+            velocity = velocity + (15.0 * torch.sin(theta) + 6.0 * u[..., 0]) * 0.05
+            velocity = velocity.clamp(-8, 8)
+            theta = theta + velocity * 0.05
+        return torch.stack([torch.cos(theta), torch.sin(theta), velocity], -1)
+
+    rng = np.random.default_rng(0)
+    theta = torch.tensor(np.pi + rng.uniform(-run.start_noise, run.start_noise, run.trials))
+    velocity = torch.tensor(rng.uniform(-run.start_noise, run.start_noise, run.trials))
+    x = torch.stack([theta.cos(), theta.sin(), velocity], -1).float()
+    eye = torch.eye(3)
+    controller = MPC(
+        pendulum,
+        torch.tensor([1.0, 0.0, 0.0]),
+        state_cost * eye,
+        run.action_cost * torch.eye(1),
+        run.final_cost * eye,
+        horizon=run.horizon,
+        action_dim=1,
+        low=-1.0,
+        high=1.0,
+        iterations=run.iterations,
+    )
+    angles = []
+    for _ in range(run.episode_steps):
+        x = pendulum(x, controller(x))
+        angles.append(torch.atan2(x[:, 1], x[:, 0]).abs())
+    angles = torch.stack(angles, 1)
+    success = (angles[:, -run.success_steps :] < run.success_angle).all(1)
+    return {
+        "state_cost": state_cost,
+        "success_rate": success.float().mean().item(),
+        "final_abs_angle_mean": angles[:, -1].mean().item(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--tag", default="")
+    parser.add_argument("--keep", default=None, help="run folder to keep (default: a temp folder)")
+    parser.add_argument(
+        "--evaluate",
+        default=None,
+        metavar="RUN",
+        help="no training: control again with the model of RUN (a --keep folder), e.g. with "
+        "other control options in --set; model options must match the run's",
+    )
+    parser.add_argument(
+        "--oracle",
+        action="store_true",
+        help="no model: the same MPC on the true pendulum state, stage cost Q = I and = the "
+        "run's state_cost · I (→ results/e2c_oracle.json)",
+    )
+    arguments = parser.parse_args()
+    torch.set_num_threads(arguments.threads)
+    overrides = {}
+    for item in arguments.set:
+        name, _, value = item.partition("=")
+        overrides[name] = parse_value(value)
+    run, model = preset(arguments.preset, **overrides)
+    if arguments.oracle:
+        rows = [oracle(run, 1.0), oracle(run, run.state_cost)]
+        save_results(RESULTS / "e2c_oracle.json", {"trials": run.trials, "runs": rows})
+        return
+    load_before = os.getloadavg()
+    folder = arguments.keep or tempfile.mkdtemp(prefix="bench-e2c-")
+    if arguments.evaluate:
+        summary = evaluate_run(arguments.evaluate, run, model, folder)
+    else:
+        summary = run_e2c(run, folder, model)
+    suffix = f"_{arguments.tag}" if arguments.tag else ""
+    figures = []
+    for path in summary.pop("figures"):
+        target = RESULTS / f"e2c-pendulum{suffix.replace('_', '-')}-{Path(path).name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        figures.append(str(target.relative_to(RESULTS.parent.parent)))
+    if arguments.keep is None:
+        shutil.rmtree(folder, ignore_errors=True)
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {arguments.threads} thread(s)",
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "preset": arguments.preset,
+        "overrides": overrides,
+        **summary,
+        "figures": figures,
+    }
+    save_results(RESULTS / f"e2c_pendulum{suffix}.json", results)
+
+
+if __name__ == "__main__":
+    main()

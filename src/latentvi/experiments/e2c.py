@@ -1,0 +1,486 @@
+"""E2C on pixel Pendulum: learn the locally linear latent model, then swing up with latent iLQR.
+
+The setup of Watter et al. (2015), on Gymnasium's Pendulum-v1 (|torque| ≤ 2: too weak to lift the
+pendulum directly, so a controller has to pump energy):
+
+* **observations** — two consecutive grayscale frames stacked, ``[2, S, S]`` with values
+  ``1 − gray/255`` in [0, 1] (the rod is bright on a dark background), so the velocity is
+  observable. Frames are drawn by :func:`latentvi.rl.pixels.make_env` (``PixelObservation``
+  over ``ActionRepeat``) with the torque arrow hidden; the underlying pendulum's state is set
+  directly, so that data covers the whole circle.
+* **data** — ``transitions`` tuples ``(x_t, u_t, x_{t+1})``: a start state (θ uniform on the
+  circle, θ̇ uniform in [−8, 8]) then two uniform random actions (the first gives the previous
+  frame of x_t). Actions are normalized, u = torque / 2 ∈ [−1, 1].
+* **training** — :func:`latentvi.train.fit` on :meth:`latentvi.models.e2c.E2C.loss`.
+* **control** — from hanging down (θ = π ± ``start_noise``, θ̇ ∈ ±``start_noise``) for
+  ``episode_steps`` agent steps: encode the two newest frames, plan with
+  :class:`latentvi.rl.lqr.MPC` (iLQR with E2C's own ``A_t, B_t``) toward the latent of the upright
+  goal image (two frames at θ = 0), apply the first action. **Success**: |θ| < ``success_angle``
+  at each of the last ``success_steps`` agent steps (θ wrapped to (−π, π]). ``trials`` episodes
+  with start states from fixed seeds, all planned in one batch.
+
+``run_e2c(config, out, model_config)`` writes ``summary.json``, the run's ``config.json`` /
+metrics / checkpoint (from ``fit``) and three figures: ``reconstructions.png`` (frames of x_t,
+their reconstructions, x_{t+1}, and its prediction through the latent dynamics),
+``latent.png`` (latent means coloured by the angle) and ``control.png`` (the newest frame of
+trial 0 every few steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from latentvi.config import check_positive_int, option, require, to_dict
+from latentvi.models.e2c import E2C, E2CConfig
+from latentvi.plots import plot_image_grid, save_figure
+from latentvi.rl.lqr import MPC
+from latentvi.rl.pixels import make_env
+from latentvi.train import TrainConfig, fit
+from latentvi.train.rng import mixed_seed
+from latentvi.train.storage import write_json
+
+__all__ = [
+    "PRESETS",
+    "E2CRunConfig",
+    "PendulumPixels",
+    "collect_transitions",
+    "control",
+    "evaluate_run",
+    "open_loop_error",
+    "preset",
+    "run_e2c",
+    "train_model",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_TORQUE = 2.0
+MAX_SPEED = 8.0
+TRIAL_SEED = 3_000_000
+LINEARIZATIONS = ("e2c", "autograd")
+
+
+@dataclasses.dataclass(frozen=True)
+class E2CRunConfig:
+    """Data, training and control of an E2C pixel-pendulum run."""
+
+    image_size: int = option(32, "height and width of each frame (Watter et al.: 48)")
+    action_repeat: int = option(2, "pendulum steps (dt = 0.05 s) per agent action")
+    transitions: int = option(20_000, "random transitions (x_t, u_t, x_{t+1}) to train on")
+    steps: int = option(12_000, "optimizer updates")
+    batch_size: int = option(128, "transitions per update")
+    lr: float = option(5e-4, "Adam learning rate")
+    horizon: int = option(40, "iLQR planning horizon in agent steps")
+    iterations: int = option(8, "iLQR iterations per control step (warm-started)")
+    state_cost: float = option(
+        0.1,
+        "Q = state_cost · I: the stage cost on the latent's distance to the goal (small next to "
+        "final_cost, or the planner will not spend the motion a swing-up needs)",
+    )
+    action_cost: float = option(0.1, "R = action_cost · I: the stage cost on u ∈ [−1, 1]")
+    linearization: str = option(
+        "e2c",
+        "iLQR's Jacobians: e2c (the model's own A_t, B_t, as in the paper) or autograd (exact "
+        "Jacobians of z -> A(z) z + B(z) u + o(z))",
+        choices=LINEARIZATIONS,
+    )
+    final_cost: float = option(10.0, "Q_H = final_cost · I")
+    trials: int = option(20, "control episodes from the bottom (fixed seeds)")
+    episode_steps: int = option(100, "agent steps per control episode")
+    success_steps: int = option(25, "success: |θ| < success_angle for this many last steps")
+    success_angle: float = option(0.3, "success: the angle bound in radians")
+    start_noise: float = option(0.2, "start: θ = π ± this, θ̇ = ± this (uniform)")
+    seed: int = option(0, "seed of the data, the networks and the trials")
+    progress: bool = option(False, "show a progress bar while training")
+
+    def __post_init__(self) -> None:
+        for name in (
+            "image_size",
+            "action_repeat",
+            "transitions",
+            "steps",
+            "batch_size",
+            "horizon",
+            "iterations",
+            "trials",
+            "episode_steps",
+            "success_steps",
+        ):
+            check_positive_int(name, getattr(self, name))
+        require(self.lr > 0, "lr", self.lr, "use a positive learning rate")
+        require(self.state_cost >= 0, "state_cost", self.state_cost, "use >= 0")
+        require(self.action_cost > 0, "action_cost", self.action_cost, "use > 0")
+        require(self.final_cost >= 0, "final_cost", self.final_cost, "use >= 0")
+        require(
+            self.success_steps <= self.episode_steps,
+            "success_steps",
+            self.success_steps,
+            f"use at most episode_steps = {self.episode_steps}",
+        )
+        require(
+            self.linearization in LINEARIZATIONS,
+            "linearization",
+            self.linearization,
+            f"choose one of {', '.join(LINEARIZATIONS)}",
+        )
+        require(self.success_angle > 0, "success_angle", self.success_angle, "use > 0 radians")
+        require(self.start_noise >= 0, "start_noise", self.start_noise, "use >= 0")
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # CPU-sized: 32×32 frames, 256-256 bodies, a strong consistency term (λ = 4).
+    "default": {"run": {}, "model": {"latent_dim": 3, "hidden": (256, 256), "consistency": 4.0}},
+    # Watter et al.'s pendulum sizes: 48×48 frames, 800-800 bodies, λ = 0.25 (for a GPU).
+    "paper": {
+        "run": {"image_size": 48, "steps": 30_000},
+        "model": {"latent_dim": 3, "hidden": (800, 800), "consistency": 0.25},
+    },
+    "debug": {
+        "run": {
+            "image_size": 16,
+            "transitions": 512,
+            "steps": 40,
+            "batch_size": 64,
+            "horizon": 8,
+            "iterations": 2,
+            "trials": 2,
+            "episode_steps": 6,
+            "success_steps": 2,
+        },
+        "model": {"latent_dim": 3, "hidden": (32,), "transition_hidden": (16,)},
+    },
+}
+
+
+def preset(name: str, **overrides: Any) -> tuple[E2CRunConfig, E2CConfig]:
+    """The (run, model) configs of preset ``name`` with ``overrides`` (fields of either)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset = {name!r} is unknown; choose one of {', '.join(PRESETS)}")
+    run_fields = {f.name for f in dataclasses.fields(E2CRunConfig)}
+    model_fields = {f.name for f in dataclasses.fields(E2CConfig)}
+    unknown = set(overrides) - run_fields - model_fields
+    if unknown:
+        raise ValueError(f"unknown E2C options {sorted(unknown)}; see E2CRunConfig and E2CConfig")
+    run = {**PRESETS[name]["run"], **{k: v for k, v in overrides.items() if k in run_fields}}
+    model = {**PRESETS[name]["model"], **{k: v for k, v in overrides.items() if k in model_fields}}
+    return E2CRunConfig(**run), E2CConfig(**model)
+
+
+class PendulumPixels:
+    """Pendulum-v1 whose state can be set, drawn as ``uint8 [1, size, size]`` frames.
+
+    Built on :func:`latentvi.rl.pixels.make_env` (``PixelObservation(ActionRepeat(...))``);
+    :meth:`frame` hides the torque arrow Gymnasium draws, which would show the action.
+    """
+
+    def __init__(self, size: int, action_repeat: int) -> None:
+        self.env = make_env("Pendulum-v1", pixels=True, size=size, action_repeat=action_repeat)
+        self.env.reset(seed=0)
+        self.base = self.env.unwrapped
+
+    def frame(self, theta: float) -> np.ndarray:
+        """The image of the pendulum at angle ``theta`` (0 upright)."""
+        self.base.state = np.array([theta, 0.0])
+        self.base.last_u = None
+        return self.env.observation(None)
+
+    def step(self, theta: float, velocity: float, torque: float) -> tuple[float, float]:
+        """The state after one agent action (``action_repeat`` pendulum steps) from (θ, θ̇)."""
+        self.base.state = np.array([theta, velocity])
+        self.env.env.step(np.array([torque], dtype=np.float32))  # the ActionRepeat wrapper
+        theta, velocity = self.base.state
+        return float(theta), float(velocity)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def to_input(frames: np.ndarray) -> torch.Tensor:
+    """``uint8 [..., 2, S, S]`` (gray) -> ``float [..., 2, S, S]`` = 1 − gray/255."""
+    return 1.0 - torch.from_numpy(np.asarray(frames)).float() / 255.0
+
+
+def wrap(theta: np.ndarray | float) -> np.ndarray:
+    """Angles wrapped to (−π, π]."""
+    return np.pi - np.mod(np.pi - np.asarray(theta), 2 * np.pi)
+
+
+def collect_transitions(run: E2CRunConfig, seed: int) -> dict[str, torch.Tensor]:
+    """``x [N, 2, S, S]``, ``u [N, 1]``, ``x_next``, and the state (``theta``, ``velocity``) of x."""
+    rng = np.random.default_rng(seed)
+    pendulum = PendulumPixels(run.image_size, run.action_repeat)
+    n = run.transitions
+    size = run.image_size
+    x = np.empty((n, 2, size, size), np.uint8)
+    x_next = np.empty_like(x)
+    actions = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+    theta_prev = rng.uniform(-np.pi, np.pi, n)
+    velocity_prev = rng.uniform(-MAX_SPEED, MAX_SPEED, n)
+    thetas, velocities = np.empty(n), np.empty(n)
+    for i in range(n):
+        first = pendulum.frame(theta_prev[i])
+        theta, velocity = pendulum.step(theta_prev[i], velocity_prev[i], MAX_TORQUE * actions[i, 0])
+        second = pendulum.frame(theta)
+        theta_next, _ = pendulum.step(theta, velocity, MAX_TORQUE * actions[i, 1])
+        third = pendulum.frame(theta_next)
+        x[i, 0], x[i, 1], x_next[i, 0], x_next[i, 1] = first[0], second[0], second[0], third[0]
+        thetas[i], velocities[i] = wrap(theta), velocity
+    pendulum.close()
+    return {
+        "x": to_input(x),
+        "u": torch.from_numpy(actions[:, 1:]),
+        "x_next": to_input(x_next),
+        "theta": torch.from_numpy(thetas).float(),
+        "velocity": torch.from_numpy(velocities).float(),
+    }
+
+
+def train_model(
+    data: dict[str, torch.Tensor], run: E2CRunConfig, model_config: E2CConfig, out: Path
+) -> tuple[E2C, float]:
+    """Train E2C on ``data`` with :func:`latentvi.train.fit`; returns (model, seconds)."""
+    size = run.image_size
+    model = E2C((2, size, size), 1, model_config)
+    n = data["x"].shape[0]
+    per_epoch = max(1, n // run.batch_size)
+
+    def batches(epoch: int, generator: torch.Generator):
+        order = torch.randperm(n, generator=generator)
+        for i in range(per_epoch):
+            index = order[i * run.batch_size : (i + 1) * run.batch_size]
+            yield data["x"][index], data["u"][index], data["x_next"][index]
+
+    train = TrainConfig(
+        max_steps=run.steps,
+        lr=run.lr,
+        seed=run.seed,
+        log_every=max(1, min(200, run.steps)),
+        progress=run.progress,
+        tensorboard=False,
+        out=str(out),
+    )
+    started = time.perf_counter()
+    fit(model, batches, per_epoch, train, extra_config={"model": to_dict(model_config)})
+    return model.eval(), time.perf_counter() - started
+
+
+@torch.no_grad()
+def open_loop_error(
+    model: E2C, run: E2CRunConfig, seed: int, starts: int = 20, steps: int = 20
+) -> list[float]:
+    """How far the latent dynamics drift: from ``starts`` random states under random actions,
+    ``‖ẑ_t − μ(x_t)‖ / √(Σ_i Var μ_i)`` at t = 1 … ``steps``, averaged over the starts
+    (``ẑ`` rolled out with :meth:`E2C.step` from the first encoding; 1 ≈ as far as a random
+    encoding)."""
+    rng = np.random.default_rng(seed)
+    pendulum = PendulumPixels(run.image_size, run.action_repeat)
+    actions = rng.uniform(-1, 1, (starts, steps)).astype(np.float32)
+    frames = []
+    for i in range(starts):
+        theta, velocity = rng.uniform(-np.pi, np.pi), rng.uniform(-MAX_SPEED, MAX_SPEED)
+        row = [pendulum.frame(theta)]
+        theta, velocity = pendulum.step(theta, velocity, 0.0)
+        row.append(pendulum.frame(theta))
+        for t in range(steps):
+            theta, velocity = pendulum.step(theta, velocity, MAX_TORQUE * actions[i, t])
+            row.append(pendulum.frame(theta))
+        frames.append(np.stack(row))  # (steps + 2, 1, S, S)
+    pendulum.close()
+    frames = np.stack(frames)
+    x = to_input(np.concatenate([frames[:, :-1], frames[:, 1:]], axis=2))  # (starts, T+1, 2, S, S)
+    encoded = model.encode(x).mean  # (starts, T+1, Z)
+    spread = encoded.reshape(-1, encoded.shape[-1]).var(0).sum().sqrt()
+    z, errors = encoded[:, 0], []
+    for t in range(steps):
+        z = model.step(z, torch.from_numpy(actions[:, t : t + 1]))
+        errors.append(float((z - encoded[:, t + 1]).norm(dim=-1).mean() / spread))
+    return errors
+
+
+@torch.no_grad()
+def control(model: E2C, run: E2CRunConfig, seed: int) -> dict[str, Any]:
+    """Swing up from the bottom in ``run.trials`` episodes (batched); see the module docstring."""
+    rng = np.random.default_rng(seed)
+    pendulum = PendulumPixels(run.image_size, run.action_repeat)
+    trials = run.trials
+    theta = np.pi + rng.uniform(-run.start_noise, run.start_noise, trials)
+    velocity = rng.uniform(-run.start_noise, run.start_noise, trials)
+    upright = pendulum.frame(0.0)
+    goal = model.encode(to_input(np.concatenate([upright, upright])[None])).mean[0]
+    z_dim = model.latent_dim
+    eye = torch.eye(z_dim)
+    controller = MPC(
+        model.step,
+        goal,
+        run.state_cost * eye,
+        run.action_cost * torch.eye(1),
+        run.final_cost * eye,
+        horizon=run.horizon,
+        action_dim=1,
+        low=-1.0,
+        high=1.0,
+        iterations=run.iterations,
+        linearize=model.linearization if run.linearization == "e2c" else None,
+    )
+    previous = np.stack([pendulum.frame(t) for t in theta])  # at rest: both frames equal
+    current = previous
+    angles, torques, strip = [], [], []
+    started = time.perf_counter()
+    for _ in range(run.episode_steps):
+        x = to_input(np.concatenate([previous, current], axis=1))
+        z = model.encode(x).mean
+        u = controller(z)[:, 0].clamp(-1, 1).numpy()
+        previous = current
+        frames = []
+        for i in range(trials):
+            theta[i], velocity[i] = pendulum.step(theta[i], velocity[i], MAX_TORQUE * u[i])
+            frames.append(pendulum.frame(theta[i]))
+        current = np.stack(frames)
+        angles.append(wrap(theta.copy()))
+        torques.append(MAX_TORQUE * u)
+        strip.append(current[0])
+    seconds = time.perf_counter() - started
+    pendulum.close()
+    angles_array = np.stack(angles, axis=1)  # (trials, steps)
+    upright_at_end = np.abs(angles_array[:, -run.success_steps :]) < run.success_angle
+    success = upright_at_end.all(axis=1)
+    return {
+        "success": success,
+        "angles": angles_array,
+        "torques": np.stack(torques, axis=1),
+        "strip": np.stack(strip),
+        "seconds": seconds,
+    }
+
+
+def run_e2c(
+    config: E2CRunConfig, out: str | Path, model_config: E2CConfig | None = None
+) -> dict[str, Any]:
+    """Collect data, train E2C, control from the bottom; write figures and ``summary.json``.
+
+    ``model_config`` defaults to the ``default`` preset's model; :func:`preset` gives both.
+    """
+    run = config
+    model_config = model_config or preset("default")[1]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(run.seed)
+    started = time.perf_counter()
+    data = collect_transitions(run, mixed_seed(run.seed, 1))
+    collect_seconds = time.perf_counter() - started
+    logger.info("collected %d transitions in %.1f s", run.transitions, collect_seconds)
+    model, train_seconds = train_model(data, run, model_config, out)
+    with torch.no_grad():
+        evaluation = {
+            f"eval/{name}": float(value[:1000].mean())
+            for name, value in model.losses(
+                data["x"][:1000], data["u"][:1000], data["x_next"][:1000]
+            ).items()
+        }
+    summary = {
+        **_evaluate(model, run, model_config, out, data),
+        "collect_seconds": collect_seconds,
+        "train_seconds": train_seconds,
+        **evaluation,
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def evaluate_run(
+    run_dir: str | Path, config: E2CRunConfig, model_config: E2CConfig, out: str | Path
+) -> dict[str, Any]:
+    """Control again with the trained model of ``run_dir`` (its latest checkpoint) under the
+    control options of ``config`` (horizon, costs, trials ...): figures and ``summary.json`` in
+    ``out``. ``model_config`` and ``config.image_size`` must be those of the trained run."""
+    from latentvi.train.checkpoint import load_checkpoint
+
+    model = E2C((2, config.image_size, config.image_size), 1, model_config)
+    load_checkpoint(run_dir, model, restore_rng=False)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    small = dataclasses.replace(config, transitions=min(config.transitions, 3000))
+    data = collect_transitions(small, mixed_seed(config.seed, 1))
+    summary = {**_evaluate(model.eval(), config, model_config, out, data), "model": str(run_dir)}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _evaluate(
+    model: E2C, run: E2CRunConfig, model_config: E2CConfig, out: Path, data: dict
+) -> dict[str, Any]:
+    drift = open_loop_error(model, run, mixed_seed(run.seed, 2))
+    result = control(model, run, TRIAL_SEED + run.seed)
+    figures = _figures(model, data, result, out)
+    upright = np.abs(result["angles"]) < run.success_angle  # (trials, steps)
+    return {
+        "success_rate": float(result["success"].mean()),
+        "successes": int(result["success"].sum()),
+        "trials": run.trials,
+        "success_definition": (
+            f"|theta| < {run.success_angle} rad at each of the last {run.success_steps} of "
+            f"{run.episode_steps} agent steps (action repeat {run.action_repeat}, dt 0.05 s)"
+        ),
+        "final_abs_angle_mean": float(np.abs(result["angles"][:, -1]).mean()),
+        "reached_upright_rate": float(upright.any(axis=1).mean()),
+        "time_upright_fraction": float(upright.mean()),
+        "control_seconds": result["seconds"],
+        "open_loop_latent_error": {
+            f"step_{t}": drift[t - 1] for t in (1, 2, 5, 10, 20) if t <= len(drift)
+        },
+        "figures": [str(p) for p in figures],
+        "run_config": to_dict(run),
+        "model_config": to_dict(model_config),
+    }
+
+
+def _figures(model: E2C, data: dict[str, torch.Tensor], result: dict, out: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    with torch.no_grad():
+        x, u, x_next = data["x"][:8], data["u"][:8], data["x_next"][:8]
+        q = model.encode(x)
+        reconstruction = model.decode(q.mean).mean
+        prediction = model.decode(model.step(q.mean, u)).mean
+        rows = torch.cat([x[:, 1:], reconstruction[:, 1:], x_next[:, 1:], prediction[:, 1:]])
+        paths = [
+            plot_image_grid(
+                rows,
+                out / "reconstructions.png",
+                "rows: x_t, reconstruction, x_{t+1}, prediction (newest frame)",
+                columns=8,
+            )
+        ]
+        means = model.encode(data["x"][:3000]).mean.numpy()
+    theta = data["theta"][:3000].numpy()
+    figure, axis = plt.subplots(figsize=(6, 5))
+    if means.shape[1] >= 3:
+        figure.delaxes(axis)
+        axis = figure.add_subplot(projection="3d")
+        points = axis.scatter(means[:, 0], means[:, 1], means[:, 2], c=theta, cmap="twilight", s=3)
+    else:
+        second = means[:, 1] if means.shape[1] > 1 else np.zeros(len(means))
+        points = axis.scatter(means[:, 0], second, c=theta, cmap="twilight", s=3)
+    figure.colorbar(points, ax=axis, label="angle θ (rad, 0 upright)")
+    axis.set_title("E2C latent means on pixel pendulum")
+    paths.append(save_figure(figure, out / "latent.png"))
+    strip = result["strip"]
+    every = max(1, math.ceil(len(strip) / 20))
+    frames = torch.from_numpy(strip[::every]).float() / 255.0
+    paths.append(
+        plot_image_grid(
+            1 - frames,
+            out / "control.png",
+            f"trial 0, every {every} agent steps (success: {bool(result['success'][0])})",
+            columns=len(frames),
+        )
+    )
+    return paths
