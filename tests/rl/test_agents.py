@@ -1,5 +1,7 @@
 """Agents: closed-form targets, the squashed policy's density, which loss trains which weights."""
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -60,6 +62,30 @@ def test_squashed_gaussian_log_density_is_the_change_of_variables():
     assert torch.allclose(
         policy.mode(features), policy.centre + policy.half_range * torch.tanh(base.mean)
     )
+
+
+def test_log_density_of_a_saturated_sample_is_finite_and_exact():
+    # A policy mean far out on tanh's flat tail: float32 rounds the action to the bound, where
+    # inverting the squash gives atanh(±1) = ±∞ and a NaN log-density (a 30k-step pixel-Pendulum
+    # run died of it). log_prob of the distribution's own rsample() must reuse the pre-tanh draw.
+    torch.manual_seed(0)
+    policy = TanhGaussianPolicy(3, torch.tensor([-2.0]), torch.tensor([2.0]), hidden=(8,))
+    with torch.no_grad():
+        policy.body[-1].bias[0] = 12.0  # loc ≈ 12: tanh(12) = 1 in float32
+    pi = policy(torch.zeros(16, 3))
+    torch.manual_seed(1)
+    u = pi.base_dist.rsample()  # the pre-tanh draw of the rsample() below (same noise)
+    torch.manual_seed(1)
+    action = pi.rsample()
+    assert bool((action == 2.0).all())  # rounded to the bound
+    log_prob = pi.log_prob(action)
+    # log(1 − tanh² u) = 2 (log 2 − u − softplus(−2u)), finite for any u.
+    log_jacobian = 2 * (math.log(2.0) - u - torch.nn.functional.softplus(-2 * u)) + math.log(2.0)
+    expected = pi.base_dist.log_prob(u) - log_jacobian.sum(-1)
+    assert bool(torch.isfinite(log_prob).all())
+    assert torch.allclose(log_prob, expected, atol=1e-4)
+    log_prob.sum().backward()
+    assert all(bool(torch.isfinite(p.grad).all()) for p in policy.parameters())
 
 
 def test_polyak_update_moves_the_target_a_fraction_tau():
