@@ -12,10 +12,14 @@ random policy's return to the state agent's at the same step count, and above th
     python benchmarks/bench_latent_q.py throughput [--agent-steps 300]
     python benchmarks/bench_latent_q.py curve --env Pendulum-v1 --variant vae --steps 6000
     python benchmarks/bench_latent_q.py probe [--frames 5000] [--updates 1000]
+    python benchmarks/bench_latent_q.py table --env Pendulum-v1
 
 ``throughput`` times the training phase (act, store, one update per agent step) of every
 variant on both pixel environments; ``curve`` runs one seed of one variant. Runs go to
 ``--runs`` (default runs/bench-latent-q); results to benchmarks/results/latent_q_*.json.
+
+``table`` gathers the ``curve`` results already in benchmarks/results for one environment (every
+variant and seed found) into the same summary and checks as ``full``, and plots them.
 
 ``probe`` is the diagnosis of the agent's VAE on pixel Pendulum, offline: ``--frames`` stacked
 observations of a uniform random policy (with the true state of each newest frame), the agent's
@@ -129,18 +133,7 @@ def full(args) -> dict:
                 "seconds_per_seed": [s["seconds"] for s in summaries],
                 "curves": [s["curve"] for s in summaries],
             }
-        random_return = random_policy_return(env, args.episodes)
-        entry = {"variants": per_variant, "random_policy_return": random_return}
-        if {"state", "vae", "pixels"} <= set(per_variant):
-            vae, state = per_variant["vae"]["mean"], per_variant["state"]["mean"]
-            fraction = (vae - random_return) / (state - random_return)
-            entry["checks"] = {
-                "vae_mean_at_least_-400": vae >= -400 if env == "Pendulum-v1" else None,
-                "vae_fraction_of_random_to_state": fraction,
-                "vae_at_least_80_percent": fraction >= 0.8,
-                "vae_above_pixels": vae > per_variant["pixels"]["mean"],
-            }
-        results["envs"][env] = entry
+        results["envs"][env] = _entry(env, per_variant, args.episodes)
         curves = {
             variant: [
                 {
@@ -158,6 +151,59 @@ def full(args) -> dict:
             f"{env} from pixels (state: true state); mean ± std over {args.seeds} seeds",
         )
     return save_results(RESULTS / "latent_q_full.json", results)
+
+
+def _entry(env: str, per_variant: dict, episodes: int) -> dict:
+    """Per-variant results plus the random policy's return and the must-reach checks."""
+    random_return = random_policy_return(env, episodes)
+    entry = {"variants": per_variant, "random_policy_return": random_return}
+    if {"state", "vae", "pixels"} <= set(per_variant):
+        vae, state = per_variant["vae"]["mean"], per_variant["state"]["mean"]
+        fraction = (vae - random_return) / (state - random_return)
+        entry["checks"] = {
+            "vae_mean_at_least_-400": vae >= -400 if env == "Pendulum-v1" else None,
+            "vae_fraction_of_random_to_state": fraction,
+            "vae_at_least_80_percent": fraction >= 0.8,
+            "vae_above_pixels": vae > per_variant["pixels"]["mean"],
+        }
+    return entry
+
+
+def table(args) -> dict:
+    """The ``full`` summary from the ``curve`` results in benchmarks/results for ``--env``."""
+    per_variant = {}
+    for variant in VARIANTS:
+        paths = sorted(RESULTS.glob(f"latent_q_curve_{args.env}_{variant}_seed*.json"))
+        summaries = [json.loads(p.read_text()) for p in paths]
+        if not summaries:
+            continue
+        finals = [s["final_return_mean"] for s in summaries]
+        per_variant[variant] = {
+            "seeds": [int(p.stem.rsplit("seed", 1)[1]) for p in paths],
+            "env_steps": [s["env_steps"] for s in summaries],
+            "final_returns": finals,
+            "mean": statistics.fmean(finals),
+            "std": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
+        }
+        curves = [s["curve"] for s in summaries]
+        steps = min(len(c) for c in curves)
+        per_variant[variant]["curve"] = [
+            {
+                "env_step": curves[0][i]["env_step"],
+                "return_mean": float(np.mean([c[i]["return_mean"] for c in curves])),
+                "return_std": float(np.std([c[i]["return_mean"] for c in curves])),
+            }
+            for i in range(steps)
+        ]
+    entry = _entry(args.env, per_variant, args.episodes)
+    name = args.env.split("-")[0].lower()
+    plot_learning_curves(
+        {f"{v} ({len(r['seeds'])} seed{'s' * (len(r['seeds']) > 1)})": r["curve"]
+         for v, r in per_variant.items()},
+        RESULTS / f"latent_q_{name}_curves.png",
+        f"{args.env}: mean ± std over seeds (pixels; state: the true state)",
+    )  # fmt: skip
+    return save_results(RESULTS / f"latent_q_{name}_table.json", {"env": args.env, **entry})
 
 
 def _steps(env, agent, buffer, generator, n: int, learn: bool, batch_size: int, every: int) -> int:
@@ -313,10 +359,10 @@ def probe(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("full", "throughput", "curve", "probe"))
+    parser.add_argument("mode", choices=("full", "throughput", "curve", "probe", "table"))
     parser.add_argument("--envs", nargs="+", default=list(ENVS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--env", default="Pendulum-v1", help="curve: the environment")
+    parser.add_argument("--env", default="Pendulum-v1", help="curve, table: the environment")
     parser.add_argument("--variant", default="vae", choices=VARIANTS, help="curve: the variant")
     parser.add_argument("--seed", type=int, default=0, help="curve: the seed")
     parser.add_argument("--steps", type=int, default=30_000)
@@ -331,7 +377,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue runs found in --runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    modes = {"full": full, "throughput": throughput, "curve": curve, "probe": probe}
+    modes = {"full": full, "throughput": throughput, "curve": curve, "probe": probe, "table": table}
     modes[args.mode](args)
     print(json.dumps({"done": args.mode}))
 
