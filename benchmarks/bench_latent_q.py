@@ -11,10 +11,21 @@ random policy's return to the state agent's at the same step count, and above th
     python benchmarks/bench_latent_q.py full [--steps 30000] [--seeds 3] [--envs Pendulum-v1]
     python benchmarks/bench_latent_q.py throughput [--agent-steps 300]
     python benchmarks/bench_latent_q.py curve --env Pendulum-v1 --variant vae --steps 6000
+    python benchmarks/bench_latent_q.py probe [--frames 5000] [--updates 1000]
+    python benchmarks/bench_latent_q.py table --env Pendulum-v1
 
 ``throughput`` times the training phase (act, store, one update per agent step) of every
 variant on both pixel environments; ``curve`` runs one seed of one variant. Runs go to
 ``--runs`` (default runs/bench-latent-q); results to benchmarks/results/latent_q_*.json.
+
+``table`` gathers the ``curve`` results already in benchmarks/results for one environment (every
+variant and seed found) into the same summary and checks as ``full``, and plots them.
+
+``probe`` is the diagnosis of the agent's VAE on pixel Pendulum, offline: ``--frames`` stacked
+observations of a uniform random policy (with the true state of each newest frame), the agent's
+VAE fitted for ``--updates`` batches with centred (the default) and uncentred frames, then on
+the last 20% of the frames: the reconstruction's squared error over the mean frame's, the spread
+of the encoder means across frames, and the R² of a linear probe from z to cos θ, sin θ, θ̇.
 """
 
 from __future__ import annotations
@@ -122,18 +133,7 @@ def full(args) -> dict:
                 "seconds_per_seed": [s["seconds"] for s in summaries],
                 "curves": [s["curve"] for s in summaries],
             }
-        random_return = random_policy_return(env, args.episodes)
-        entry = {"variants": per_variant, "random_policy_return": random_return}
-        if {"state", "vae", "pixels"} <= set(per_variant):
-            vae, state = per_variant["vae"]["mean"], per_variant["state"]["mean"]
-            fraction = (vae - random_return) / (state - random_return)
-            entry["checks"] = {
-                "vae_mean_at_least_-400": vae >= -400 if env == "Pendulum-v1" else None,
-                "vae_fraction_of_random_to_state": fraction,
-                "vae_at_least_80_percent": fraction >= 0.8,
-                "vae_above_pixels": vae > per_variant["pixels"]["mean"],
-            }
-        results["envs"][env] = entry
+        results["envs"][env] = _entry(env, per_variant, args.episodes)
         curves = {
             variant: [
                 {
@@ -151,6 +151,59 @@ def full(args) -> dict:
             f"{env} from pixels (state: true state); mean ± std over {args.seeds} seeds",
         )
     return save_results(RESULTS / "latent_q_full.json", results)
+
+
+def _entry(env: str, per_variant: dict, episodes: int) -> dict:
+    """Per-variant results plus the random policy's return and the must-reach checks."""
+    random_return = random_policy_return(env, episodes)
+    entry = {"variants": per_variant, "random_policy_return": random_return}
+    if {"state", "vae", "pixels"} <= set(per_variant):
+        vae, state = per_variant["vae"]["mean"], per_variant["state"]["mean"]
+        fraction = (vae - random_return) / (state - random_return)
+        entry["checks"] = {
+            "vae_mean_at_least_-400": vae >= -400 if env == "Pendulum-v1" else None,
+            "vae_fraction_of_random_to_state": fraction,
+            "vae_at_least_80_percent": fraction >= 0.8,
+            "vae_above_pixels": vae > per_variant["pixels"]["mean"],
+        }
+    return entry
+
+
+def table(args) -> dict:
+    """The ``full`` summary from the ``curve`` results in benchmarks/results for ``--env``."""
+    per_variant = {}
+    for variant in VARIANTS:
+        paths = sorted(RESULTS.glob(f"latent_q_curve_{args.env}_{variant}_seed*.json"))
+        summaries = [json.loads(p.read_text()) for p in paths]
+        if not summaries:
+            continue
+        finals = [s["final_return_mean"] for s in summaries]
+        per_variant[variant] = {
+            "seeds": [int(p.stem.rsplit("seed", 1)[1]) for p in paths],
+            "env_steps": [s["env_steps"] for s in summaries],
+            "final_returns": finals,
+            "mean": statistics.fmean(finals),
+            "std": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
+        }
+        curves = [s["curve"] for s in summaries]
+        steps = min(len(c) for c in curves)
+        per_variant[variant]["curve"] = [
+            {
+                "env_step": curves[0][i]["env_step"],
+                "return_mean": float(np.mean([c[i]["return_mean"] for c in curves])),
+                "return_std": float(np.std([c[i]["return_mean"] for c in curves])),
+            }
+            for i in range(steps)
+        ]
+    entry = _entry(args.env, per_variant, args.episodes)
+    name = args.env.split("-")[0].lower()
+    plot_learning_curves(
+        {f"{v} ({len(r['seeds'])} seed{'s' * (len(r['seeds']) > 1)})": r["curve"]
+         for v, r in per_variant.items()},
+        RESULTS / f"latent_q_{name}_curves.png",
+        f"{args.env}: mean ± std over seeds (pixels; state: the true state)",
+    )  # fmt: skip
+    return save_results(RESULTS / f"latent_q_{name}_table.json", {"env": args.env, **entry})
 
 
 def _steps(env, agent, buffer, generator, n: int, learn: bool, batch_size: int, every: int) -> int:
@@ -222,12 +275,94 @@ def curve(args) -> dict:
     return save_results(RESULTS / name, summary)
 
 
+def _pendulum_frames(frames: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Stacked pixel observations of a uniform random policy ``uint8 [N, k·C, H, W]`` and the
+    state (cos θ, sin θ, θ̇) at each newest frame ``[N, 3]``."""
+    env = make_run_env(run_config("Pendulum-v1", "vae", seed, 1, Path("unused")), pixels=True)
+    generator = np.random.default_rng(seed)
+    observations, states, done, episode = [], [], True, 0
+    while len(observations) < frames:
+        if done:
+            obs, _ = env.reset(seed=seed * 100_000 + episode)
+            episode += 1
+        angle, velocity = env.unwrapped.state
+        observations.append(obs)
+        states.append([np.cos(angle), np.sin(angle), velocity])
+        action = generator.uniform(env.action_space.low, env.action_space.high)
+        obs, _, terminated, truncated, _ = env.step(action.astype(np.float32))
+        done = terminated or truncated
+    env.close()
+    return torch.from_numpy(np.stack(observations)), np.asarray(states)
+
+
+def _r2_linear_probe(features: np.ndarray, targets: np.ndarray, train: int) -> list[float]:
+    """R² on ``features[train:]`` of least squares fitted on ``features[:train]``, per target."""
+    design = np.c_[features, np.ones(len(features))]
+    weights, *_ = np.linalg.lstsq(design[:train], targets[:train], rcond=None)
+    residual = targets[train:] - design[train:] @ weights
+    spread = targets[train:] - targets[train:].mean(0)
+    return (1 - (residual**2).sum(0) / (spread**2).sum(0)).tolist()
+
+
+def probe(args) -> dict:
+    from latentvi.plots import plot_image_grid
+
+    results: dict = {"machine": machine(), "load_average_before": os.getloadavg()}
+    observations, states = _pendulum_frames(args.frames, 0)
+    train = int(0.8 * len(observations))
+    held_out = observations[train:].float() / 255
+    results |= {"frames": len(observations), "updates": args.updates, "runs": {}}
+    strips = []
+    for center in (True, False):
+        torch.manual_seed(0)
+        space = make_run_env(run_config("Pendulum-v1", "vae", 0, 1, Path("unused")), True)
+        agent = LatentQAgent(
+            LatentQConfig(vae_center=center), space.observation_space, space.action_space
+        )
+        optimizer, generator = agent.optimizers["vae"], np.random.default_rng(0)
+        started = time.perf_counter()
+        for _ in range(args.updates):
+            batch = observations[generator.integers(0, train, agent.config.batch_size)]
+            loss, metrics = agent.representation_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        seconds = time.perf_counter() - started
+        with torch.no_grad():
+            chunks = observations.split(500)
+            features = torch.cat([agent.representation(c) for c in chunks]).numpy()
+            q = agent.representation.vae.encode(agent.representation._centered(chunks[0]))
+            reconstruction = torch.cat(
+                [agent.reconstruct(c) for c in observations[train:].split(500)]
+            )
+        error = (reconstruction - held_out).square().sum((1, 2, 3)).mean()
+        baseline = (held_out.mean(0) - held_out).square().sum((1, 2, 3)).mean()
+        results["runs"]["centred" if center else "uncentred"] = {
+            "seconds": seconds,
+            "last_batch": {k: float(v) for k, v in metrics.items()},
+            "reconstruction_error_over_mean_frame_error": float(error / baseline),
+            "encoder_mean_std_across_frames": float(features[train:].std(0).mean()),
+            "posterior_std_mean": float(q.stddev.mean()),
+            "r2_linear_probe_cos_sin_velocity": _r2_linear_probe(features, states, train),
+        }
+        print(json.dumps(results["runs"], indent=1), flush=True)
+        strips += [held_out[:8, -1:], reconstruction[:8, -1:]]
+    plot_image_grid(
+        torch.cat(strips).clamp(0, 1),
+        RESULTS / "latent_q_vae_probe_reconstructions.png",
+        f"newest frames | centred VAE | frames | uncentred VAE ({args.updates} updates)",
+        columns=8,
+    )
+    results["load_average_after"] = os.getloadavg()
+    return save_results(RESULTS / "latent_q_vae_probe.json", results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("full", "throughput", "curve"))
+    parser.add_argument("mode", choices=("full", "throughput", "curve", "probe", "table"))
     parser.add_argument("--envs", nargs="+", default=list(ENVS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--env", default="Pendulum-v1", help="curve: the environment")
+    parser.add_argument("--env", default="Pendulum-v1", help="curve, table: the environment")
     parser.add_argument("--variant", default="vae", choices=VARIANTS, help="curve: the variant")
     parser.add_argument("--seed", type=int, default=0, help="curve: the seed")
     parser.add_argument("--steps", type=int, default=30_000)
@@ -235,12 +370,15 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=2500)
     parser.add_argument("--episodes", type=int, default=100, help="random-policy episodes")
     parser.add_argument("--agent-steps", type=int, default=300, help="throughput: timed steps")
+    parser.add_argument("--frames", type=int, default=5000, help="probe: observations")
+    parser.add_argument("--updates", type=int, default=1000, help="probe: VAE updates")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", default="runs/bench-latent-q")
     parser.add_argument("--resume", action="store_true", help="continue runs found in --runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    {"full": full, "throughput": throughput, "curve": curve}[args.mode](args)
+    modes = {"full": full, "throughput": throughput, "curve": curve, "probe": probe, "table": table}
+    modes[args.mode](args)
     print(json.dumps({"done": args.mode}))
 
 

@@ -72,6 +72,10 @@ class TanhGaussianPolicy(nn.Module):
         loc, raw_scale = self.body(features).chunk(2, -1)
         scale = positive_scale(raw_scale.clamp(-20.0, 5.0), 1e-4)
         base = diagonal_gaussian(loc, scale, 1, validate_args=False)
+        # Both transforms cache, so log_prob of this distribution's own rsample() inverts nothing:
+        # it reuses the pre-tanh draw u. Inverting instead computes atanh of an action that
+        # float32 rounded to the bound (|tanh u| = 1 for |u| ≳ 9): ∞, and a NaN log-density that
+        # poisons the actor — a seed-0 pixel-Pendulum run died so at 24k steps.
         squash = [
             TanhTransform(cache_size=1),
             AffineTransform(self.centre, self.half_range, cache_size=1),
