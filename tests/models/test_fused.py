@@ -38,9 +38,14 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("project_from", [1, 1000])
 @pytest.mark.parametrize("overrides", CASES)
-def test_fused_loss_equals_the_generic_path_in_value_gradients_and_metrics(overrides):
-    """Same seed, same noise: float64 agreement to 1e-12 (only the summation order differs)."""
+def test_fused_loss_equals_the_generic_path_in_value_gradients_and_metrics(
+    overrides, project_from, monkeypatch
+):
+    """Same seed, same noise: float64 agreement to 1e-12 (only the summation order differs),
+    with Σ x·ℓ computed both ways (through the last hidden layer, or directly)."""
+    monkeypatch.setattr(fused, "_PROJECT_FROM", project_from)
     model, x = model_and_data(**overrides)
     assert fused.applies(model)
     fast = loss_and_gradients(model, x, True)
