@@ -258,18 +258,21 @@ def test_move_to_and_batch_size_handle_nested_batches():
     assert batch_size((torch.tensor(1.0),)) is None
 
 
-def test_gradient_norm_clips_and_names_the_bad_parameter():
+@pytest.mark.parametrize("listed", [False, True])
+def test_gradient_norm_clips_and_names_the_bad_parameter(listed):
+    """Given the module, or its named parameters listed once (as `fit` passes them)."""
     from latentvi.train.optim import gradient_norm
 
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    target = list(model.named_parameters()) if listed else model
     for index, parameter in enumerate(model.parameters()):
         parameter.grad = torch.full_like(parameter, 3.0 if index == 0 else 0.0)
-    norm, bad = gradient_norm(model, clip=1.0)
+    norm, bad = gradient_norm(target, clip=1.0)
     assert bad is None and norm == pytest.approx(6.0)  # four entries of 3
     clipped = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert clipped.item() == pytest.approx(1.0, abs=1e-5)
     model[1].bias.grad[0] = float("inf")
-    norm, bad = gradient_norm(model, clip=1.0)
+    norm, bad = gradient_norm(target, clip=1.0)
     assert bad == "gradient of 1.bias" and not math.isfinite(norm)
     assert torch.isfinite(model[0].weight.grad).all()  # left untouched
 

@@ -284,6 +284,7 @@ def fit(
 
     train_metrics: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
+    named_parameters = list(model.named_parameters())  # walked once, not every step
     # Subnormal operands make CPU matmuls many times slower; they arise as training goes on
     # (e.g. exp of very negative log-weights) and carry nothing at float32 resolution.
     flush = config.flush_denormal and torch.set_flush_denormal(True)
@@ -305,7 +306,7 @@ def fit(
                 loss, metrics = compute_loss(batch)
                 values = loss_values(loss, metrics)  # also checks the shapes
                 loss.backward()
-                grad_norm, bad = gradient_norm(model, config.grad_clip)
+                grad_norm, bad = gradient_norm(named_parameters, config.grad_clip)
                 if not math.isfinite(values[TOTAL]):
                     bad = "loss"
                 if any_across_ranks(bad is not None, info):
