@@ -305,6 +305,31 @@ def _matmul_rate(seconds: float) -> float:
     return 2 * 2048**3 * count / (time.perf_counter() - started)
 
 
+def first_layer_probe(repeats: int = 300) -> dict[str, float]:
+    """Microseconds of the encoder's first product ``[100, 784] × [784, 200]`` (binary x), at
+    float32 and bfloat16 matmul precision, with warm caches and right after streaming 16 MB
+    through them (as a training step does: weights, gradients and Adam's moments ≈ 7 MB, plus
+    whatever else runs on the machine)."""
+    x = (torch.rand(100, PIXELS) < 0.13).float()
+    weight, bias = torch.randn(HIDDEN, PIXELS) * 0.03, torch.zeros(HIDDEN)
+    other = torch.randn(4_000_000)
+    result = {}
+    for name, precision in (("float32", "highest"), (BF16, "medium")):
+        with matmul_precision(precision):
+            for cold in (False, True):
+                for _ in range(20):
+                    torch.addmm(bias, x, weight.t())
+                mm = 0.0
+                for _ in range(repeats):
+                    if cold:
+                        other.mul_(1.0)
+                    started = time.perf_counter()
+                    torch.addmm(bias, x, weight.t())
+                    mm += time.perf_counter() - started
+                result[f"{name}, {'cold' if cold else 'warm'} cache"] = mm / repeats * 1e6
+    return result
+
+
 def race(contenders: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
     """Run each contender once to warm up, then `repeats` interleaved rounds: wall-clock and
     process CPU seconds of each run."""
@@ -420,6 +445,7 @@ def main(argv=None) -> dict:
         results[f"iwae_k{k}"] = summary(
             race(contenders, args.repeats), args.iwae_examples, batch, k, rates
         )
+    results["first_layer_product_microseconds"] = first_layer_probe()
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
     return save_results(args.out, results)
 
