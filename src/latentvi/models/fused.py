@@ -33,8 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentvi.distributions import softplus
-
 __all__ = ["applies", "fused_elbo", "fused_iwae"]
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
@@ -132,7 +130,18 @@ def _bernoulli_terms(logits: Tensor, x: Tensor, hidden: Tensor, last) -> Tensor:
         projected = torch.mm(x, weight)  # (B, H)
         data_term = torch.linalg.vecdot(hidden.view(samples, batch, -1), projected)
         data_term = data_term.add_(torch.mv(x, bias))
-    return data_term.sub_(softplus(logits).sum(-1))
+    return data_term.sub_(_sum_softplus(logits))
+
+
+def _sum_softplus(logits: Tensor) -> Tensor:
+    """Σ_last softplus(ℓ) as Σ max(ℓ, 0) + Σ log(1 + e^−|ℓ|): ``[*S, D] -> [*S]``.
+
+    Exact for every ℓ (no linear cut-off), and on the CPU ≈ 1.5× faster than ``F.softplus``
+    (whose log1p is the slow part: 70 against 108 µs on ``[100, 784]``). log(1 + e) instead of
+    log1p(e) loses at most float resolution of 1 (6e-8 nats a pixel in float32, 1e-16 in
+    float64), far below the resolution of the summed log-density."""
+    tails = logits.abs().neg_().exp_().add_(1.0).log_().sum(-1)
+    return tails.add_(logits.clamp_min(0.0).sum(-1))
 
 
 # Measured (forward + backward, 784-200-200-50 VAE, batch 100, 1 thread, CPU time): the direct sum
