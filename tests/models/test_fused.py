@@ -121,9 +121,11 @@ def test_a_retained_graph_gives_the_same_gradients_twice():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("objective", ["elbo", "iwae"])
-def test_training_through_fit_resumes_bitwise_on_the_fused_path(tmp_path, objective):
-    """`fit` with the fused loss: 6 steps at once == 3 steps + resume 3, bitwise, on CPU."""
+def test_training_through_fit_resumes_bitwise_on_the_fused_path(tmp_path, objective, precision):
+    """`fit` with the fused loss: 6 steps at once == 3 steps + resume 3, bitwise, on CPU, with
+    either matmul precision."""
     from latentvi.data import Batches
     from latentvi.train import TrainConfig, fit
 
@@ -137,7 +139,7 @@ def test_training_through_fit_resumes_bitwise_on_the_fused_path(tmp_path, object
             assert fused.applies(model)
             config = TrainConfig(
                 max_steps=stop, lr=0.01, seed=1, checkpoint_every=3, progress=False,
-                tensorboard=False, out=str(out),
+                tensorboard=False, out=str(out), matmul_precision=precision,
             )  # fmt: skip
             make = lambda epoch, generator, start=0: batches.iterate(generator, start=start)  # noqa: E731
             fit(model, make, batches.num_batches, config, resume=index > 0)
