@@ -8,12 +8,20 @@ as a fraction of the machine's measured float32 matmul rate. Contenders: latentv
 for reference, its generic loss), an idiomatic PyTorch loop, Pyro SVI, pythae's trainer (if it
 imports); then the IWAE-k objective (k = 50), latentvi against an idiomatic PyTorch IWAE loop.
 
+Mixed precision (opt-in in latentvi, ``TrainConfig.matmul_precision="bfloat16"``): latentvi with
+bfloat16 inside its float32 matmuls is compared with the idiomatic loop under the same setting
+(``torch.set_float32_matmul_precision("medium")``) and under ``torch.autocast("cpu", bfloat16)``,
+so that no row gains from precision alone. Also the idiomatic loop with ``Adam(fused=True)``, the
+one-keyword change a careful user would make. Times are wall-clock seconds; CPU seconds of the
+process (``time.process_time``) are recorded as well, as they suffer less from a loaded machine.
+
     python benchmarks/bench_vae_speed.py [--examples 20000] [--repeats 5] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import platform
@@ -32,12 +40,19 @@ from latentvi.train import TrainConfig, fit
 from results_io import save_results
 
 HIDDEN, LATENT, PIXELS = 200, 50, 784
+LATENTVI, BF16 = "latentvi", "bfloat16"
 
 
 def latentvi_epoch(
-    images: torch.Tensor, batch_size: int, seed: int, fused: bool = True, **overrides
+    images: torch.Tensor,
+    batch_size: int,
+    seed: int,
+    fused: bool = True,
+    matmul_precision: str = "float32",
+    **overrides,
 ):
-    """One epoch through the library's own loop (``latentvi.train.fit``), no run folder.
+    """One epoch through the library's own loop (``latentvi.train.fit``) with its default
+    optimizer (AdamW, fused kernel, lr 1e-3, no weight decay: Adam), no run folder.
 
     ``fused=False`` forces the generic, Distribution-based loss instead of the fused pass."""
     torch.manual_seed(seed)
@@ -45,20 +60,49 @@ def latentvi_epoch(
     model = VAE((1, 28, 28), config)
     model.fused = fused
     batches = Batches(images, batch_size=batch_size, binarize="dynamic")
-    config = TrainConfig(epochs=1, progress=False, tensorboard=False, log_every=10**9, seed=seed)
+    config = TrainConfig(
+        epochs=1,
+        progress=False,
+        tensorboard=False,
+        log_every=10**9,
+        seed=seed,
+        matmul_precision=matmul_precision,
+    )
 
-    def run() -> float:
-        started = time.perf_counter()
+    def run() -> None:
         fit(
             model,
             lambda epoch, generator, start=0: batches.iterate(generator, start=start),
             batches.num_batches,
             config,
-            optimizer_factory=lambda m: torch.optim.Adam(m.parameters(), 1e-3, fused=True),
         )
-        return time.perf_counter() - started
 
     return run
+
+
+@contextlib.contextmanager
+def matmul_precision(name: str):
+    """``torch.set_float32_matmul_precision(name)`` inside the block."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(name)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def under_precision(name: str, run):
+    """``run`` (forward and backward passes alike) under that float32 matmul precision."""
+
+    def wrapped() -> None:
+        with matmul_precision(name):
+            run()
+
+    return wrapped
+
+
+def autocast_bf16():
+    return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 class IdiomaticVAE(nn.Module):
@@ -88,21 +132,23 @@ class IdiomaticVAE(nn.Module):
         return (recon + kl) / x.shape[0]
 
 
-def idiomatic_epoch(images: torch.Tensor, batch_size: int, seed: int):
+def idiomatic_epoch(
+    images: torch.Tensor, batch_size: int, seed: int, context=contextlib.nullcontext, **adam
+):
+    """The tutorial loop; ``context()`` wraps each step (e.g. autocast), ``adam`` goes to Adam."""
     torch.manual_seed(seed)
     model = IdiomaticVAE()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **adam)
     loader = DataLoader(TensorDataset(images.flatten(1)), batch_size=batch_size, shuffle=True)
 
-    def run() -> float:
-        started = time.perf_counter()
+    def run() -> None:
         for (x,) in loader:
             x = torch.bernoulli(x)
-            loss = model(x)
+            with context():
+                loss = model(x)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        return time.perf_counter() - started
 
     return run
 
@@ -134,11 +180,9 @@ def pyro_epoch(images: torch.Tensor, batch_size: int, seed: int):
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), TraceMeanField_ELBO())
     loader = DataLoader(TensorDataset(images.flatten(1)), batch_size=batch_size, shuffle=True)
 
-    def run() -> float:
-        started = time.perf_counter()
+    def run() -> None:
         for (x,) in loader:
             svi.step(torch.bernoulli(x))
-        return time.perf_counter() - started
 
     return run
 
@@ -166,14 +210,12 @@ def idiomatic_iwae_epoch(images: torch.Tensor, batch_size: int, seed: int, k: in
         bound = torch.logsumexp(log_px + log_pz - log_qz, 0) - math.log(k)
         return -bound.mean()
 
-    def run() -> float:
-        started = time.perf_counter()
+    def run() -> None:
         for (x,) in loader:
             loss = loss_of(torch.bernoulli(x))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        return time.perf_counter() - started
 
     return run
 
@@ -229,10 +271,8 @@ def pythae_epoch(images: torch.Tensor, batch_size: int, seed: int):
     trainer = BaseTrainer(model, train_dataset=dataset, training_config=training)
     trainer.prepare_training()  # its optimizer and callbacks (progress bar)
 
-    def run() -> float:
-        started = time.perf_counter()
+    def run() -> None:
         trainer.train_step(epoch=1)
-        return time.perf_counter() - started
 
     return run
 
@@ -248,8 +288,14 @@ def flops_per_step(batch_size: int, samples: int = 1) -> float:
     return 2 * macs * 3 - 2 * PIXELS * HIDDEN * batch_size
 
 
-def matmul_rate(seconds: float = 2.0) -> float:
-    """The machine's float32 matmul FLOP rate (2048² square matmuls)."""
+def matmul_rate(seconds: float = 2.0, precision: str = "highest") -> float:
+    """The machine's float32 matmul FLOP rate (2048² square matmuls) at that
+    ``torch.set_float32_matmul_precision`` (``medium``: bfloat16 inside)."""
+    with matmul_precision(precision):
+        return _matmul_rate(seconds)
+
+
+def _matmul_rate(seconds: float) -> float:
     a = torch.randn(2048, 2048)
     a @ a
     count, started = 0, time.perf_counter()
@@ -259,33 +305,71 @@ def matmul_rate(seconds: float = 2.0) -> float:
     return 2 * 2048**3 * count / (time.perf_counter() - started)
 
 
-def race(contenders: dict, repeats: int) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Run each contender once to warm up, then `repeats` interleaved rounds: the medians."""
+def first_layer_probe(repeats: int = 300) -> dict[str, float]:
+    """Microseconds of the encoder's first product ``[100, 784] × [784, 200]`` (binary x), at
+    float32 and bfloat16 matmul precision, with warm caches and right after streaming 16 MB
+    through them (as a training step does: weights, gradients and Adam's moments ≈ 7 MB, plus
+    whatever else runs on the machine)."""
+    x = (torch.rand(100, PIXELS) < 0.13).float()
+    weight, bias = torch.randn(HIDDEN, PIXELS) * 0.03, torch.zeros(HIDDEN)
+    other = torch.randn(4_000_000)
+    result = {}
+    for name, precision in (("float32", "highest"), (BF16, "medium")):
+        with matmul_precision(precision):
+            for cold in (False, True):
+                for _ in range(20):
+                    torch.addmm(bias, x, weight.t())
+                mm = 0.0
+                for _ in range(repeats):
+                    if cold:
+                        other.mul_(1.0)
+                    started = time.perf_counter()
+                    torch.addmm(bias, x, weight.t())
+                    mm += time.perf_counter() - started
+                result[f"{name}, {'cold' if cold else 'warm'} cache"] = mm / repeats * 1e6
+    return result
+
+
+def race(contenders: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Run each contender once to warm up, then `repeats` interleaved rounds: wall-clock and
+    process CPU seconds of each run."""
     for run in contenders.values():
         run()
-    times: dict[str, list[float]] = {name: [] for name in contenders}
+    times = {clock: {name: [] for name in contenders} for clock in ("wall", "cpu")}
     for _ in range(repeats):
         for name, run in contenders.items():
-            times[name].append(run())
-    return {name: statistics.median(values) for name, values in times.items()}, times
+            wall, cpu = time.perf_counter(), time.process_time()
+            run()
+            times["cpu"][name].append(time.process_time() - cpu)
+            times["wall"][name].append(time.perf_counter() - wall)
+    return times
 
 
-def summary(medians, times, examples, batch_size, samples, rate) -> dict:
-    ours = medians[LATENTVI]
+def summary(times, examples, batch_size, samples, rates, reference=LATENTVI) -> dict:
+    """Medians, ratios to ``reference`` (> 1: it is faster) and the FLOP rate of the latentvi
+    rows as a fraction of the matmul rate of their precision."""
+    medians = {clock: {n: statistics.median(v) for n, v in t.items()} for clock, t in times.items()}
     steps = -(-examples // batch_size)
-    achieved = flops_per_step(batch_size, samples) * steps / ours
-    return {
+    flops = flops_per_step(batch_size, samples) * steps
+    wall = medians["wall"]
+    result = {
         "examples_per_epoch": examples,
-        "seconds_per_epoch_median": medians,
-        "seconds_all": times,
-        "speedup_of_latentvi": {name: medians[name] / ours for name in medians if name != LATENTVI},
-        "latentvi_gflops": achieved / 1e9,
-        "fraction_of_matmul_rate": achieved / rate,
-        "full_epoch_seconds_estimate": {n: m * 60000 / examples for n, m in medians.items()},
+        "seconds_per_epoch_median": wall,
+        "cpu_seconds_per_epoch_median": medians["cpu"],
+        "seconds_all": times["wall"],
+        "cpu_seconds_all": times["cpu"],
+        "ratio_to_latentvi": {n: wall[n] / wall[reference] for n in wall if n != reference},
+        "cpu_ratio_to_latentvi": {
+            n: medians["cpu"][n] / medians["cpu"][reference] for n in wall if n != reference
+        },
+        "full_epoch_seconds_estimate": {n: m * 60000 / examples for n, m in wall.items()},
     }
-
-
-LATENTVI = "latentvi"
+    for name, seconds in wall.items():
+        if name.startswith(LATENTVI):
+            rate = rates["bfloat16" if BF16 in name else "float32"]
+            result.setdefault("gflops", {})[name] = flops / seconds / 1e9
+            result.setdefault("fraction_of_matmul_rate", {})[name] = flops / seconds / rate
+    return result
 
 
 def main(argv=None) -> dict:
@@ -299,6 +383,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-pyro", action="store_true")
     parser.add_argument("--no-pythae", action="store_true")
     parser.add_argument("--no-iwae", action="store_true")
+    parser.add_argument("--no-bf16", action="store_true", help="leave out the bfloat16 rows")
     parser.add_argument("--out", default="benchmarks/results/vae_speed.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -309,7 +394,18 @@ def main(argv=None) -> dict:
         LATENTVI: latentvi_epoch(images, batch, 0),
         "latentvi, generic loss (fused pass off)": latentvi_epoch(images, batch, 0, fused=False),
         "idiomatic PyTorch (DataLoader)": idiomatic_epoch(images, batch, 0),
+        "idiomatic PyTorch, Adam(fused=True)": idiomatic_epoch(images, batch, 0, fused=True),
     }
+    if not args.no_bf16:
+        contenders[f"latentvi, matmul_precision={BF16}"] = latentvi_epoch(
+            images, batch, 0, matmul_precision=BF16
+        )
+        contenders[f"idiomatic PyTorch, {BF16} matmul precision (medium)"] = under_precision(
+            "medium", idiomatic_epoch(images, batch, 0)
+        )
+        contenders[f"idiomatic PyTorch, autocast({BF16})"] = idiomatic_epoch(
+            images, batch, 0, autocast_bf16
+        )
     if not args.no_pyro:
         contenders["Pyro SVI (TraceMeanField_ELBO)"] = pyro_epoch(images, batch, 0)
     if not args.no_pythae:
@@ -317,8 +413,8 @@ def main(argv=None) -> dict:
             contenders["pythae (BaseTrainer.train_step)"] = pythae_epoch(images, batch, 0)
         except ImportError as error:
             print(f"pythae skipped: {error}", file=sys.stderr)
-    rate = matmul_rate()
-    elbo = summary(*race(contenders, args.repeats), args.examples, batch, 1, rate)
+    rates = {"float32": matmul_rate(), BF16: matmul_rate(precision="medium")}
+    elbo = summary(race(contenders, args.repeats), args.examples, batch, 1, rates)
     results = {
         "command": "python " + " ".join(sys.argv),
         "machine": {
@@ -329,7 +425,7 @@ def main(argv=None) -> dict:
             "load_average_at_start": load_at_start,
         },
         "batch_size": batch,
-        "matmul_gflops": rate / 1e9,
+        "matmul_gflops": {name: rate / 1e9 for name, rate in rates.items()},
         "elbo": elbo,
     }
     if not args.no_iwae:
@@ -342,9 +438,14 @@ def main(argv=None) -> dict:
             ),
             "idiomatic PyTorch IWAE (DataLoader)": idiomatic_iwae_epoch(few, batch, 0, k),
         }
+        if not args.no_bf16:
+            contenders[f"latentvi, matmul_precision={BF16}"] = latentvi_epoch(
+                few, batch, 0, matmul_precision=BF16, **iwae
+            )
         results[f"iwae_k{k}"] = summary(
-            *race(contenders, args.repeats), args.iwae_examples, batch, k, rate
+            race(contenders, args.repeats), args.iwae_examples, batch, k, rates
         )
+    results["first_layer_product_microseconds"] = first_layer_probe()
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
     return save_results(args.out, results)
 

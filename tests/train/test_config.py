@@ -34,6 +34,7 @@ from latentvi.train import TrainConfig
         ("progress", "yes", "True or False"),
         ("out", "", "folder path"),
         ("epochs", 1.5, "1 or more"),
+        ("matmul_precision", "float16", "float32, bfloat16"),
     ],
 )
 def test_invalid_values_name_the_field_and_the_fix(field, value, fix):

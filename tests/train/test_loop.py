@@ -258,18 +258,21 @@ def test_move_to_and_batch_size_handle_nested_batches():
     assert batch_size((torch.tensor(1.0),)) is None
 
 
-def test_gradient_norm_clips_and_names_the_bad_parameter():
+@pytest.mark.parametrize("listed", [False, True])
+def test_gradient_norm_clips_and_names_the_bad_parameter(listed):
+    """Given the module, or its named parameters listed once (as `fit` passes them)."""
     from latentvi.train.optim import gradient_norm
 
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    target = list(model.named_parameters()) if listed else model
     for index, parameter in enumerate(model.parameters()):
         parameter.grad = torch.full_like(parameter, 3.0 if index == 0 else 0.0)
-    norm, bad = gradient_norm(model, clip=1.0)
+    norm, bad = gradient_norm(target, clip=1.0)
     assert bad is None and norm == pytest.approx(6.0)  # four entries of 3
     clipped = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert clipped.item() == pytest.approx(1.0, abs=1e-5)
     model[1].bias.grad[0] = float("inf")
-    norm, bad = gradient_norm(model, clip=1.0)
+    norm, bad = gradient_norm(target, clip=1.0)
     assert bad == "gradient of 1.bias" and not math.isfinite(norm)
     assert torch.isfinite(model[0].weight.grad).all()  # left untouched
 
@@ -296,3 +299,39 @@ def test_subnormals_are_flushed_only_while_training_and_only_when_asked(flush):
     fit(model, data, 3, _config(max_steps=3, flush_denormal=flush))
     assert model.survived == [not flush] * 3
     assert (torch.full((1,), 1e-39) * 1.0).item() != 0  # back to PyTorch's default afterwards
+
+
+class _PrecisionProbe(nn.Module):
+    """Records the float32 matmul precision that each training step runs under."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1))
+        self.seen: list[str] = []
+
+    def loss(self, batch):
+        self.seen.append(torch.get_float32_matmul_precision())
+        return (self.weight * batch[0]).pow(2).mean(), {}
+
+
+@pytest.mark.parametrize(("precision", "inside"), [("float32", "highest"), ("bfloat16", "medium")])
+def test_matmul_precision_holds_while_training_and_is_restored(precision, inside):
+    model = _PrecisionProbe()
+    data = lambda epoch, generator: [(torch.ones(2),)] * 3  # noqa: E731
+    before = torch.get_float32_matmul_precision()
+    fit(model, data, 3, _config(max_steps=3, matmul_precision=precision))
+    assert model.seen == [inside] * 3
+    assert torch.get_float32_matmul_precision() == before
+
+
+def test_the_default_optimizer_is_fused_adamw_where_the_parameters_allow():
+    from latentvi.train.optim import default_optimizer
+
+    config = TrainConfig(lr=0.01, weight_decay=0.1)
+    optimizer = default_optimizer(nn.Linear(3, 2), config)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"]
+    assert optimizer.defaults["lr"] == 0.01 and optimizer.defaults["weight_decay"] == 0.1
+    with torch.no_grad():
+        integer = nn.Module()
+        integer.count = nn.Parameter(torch.zeros(2, dtype=torch.int64), requires_grad=False)
+    assert not default_optimizer(integer, config).defaults["fused"]

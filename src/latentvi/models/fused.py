@@ -33,8 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentvi.distributions import softplus
-
 __all__ = ["applies", "fused_elbo", "fused_iwae"]
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
@@ -121,12 +119,35 @@ def _bernoulli_terms(logits: Tensor, x: Tensor, hidden: Tensor, last) -> Tensor:
     """log p(x|z) = Σ_pixels x ℓ − softplus(ℓ) for ``logits ℓ [S, B, D] = hidden V^T + c``,
     ``x [B, D]``, ``hidden [S·B, H]``, ``last = (V, c)`` -> ``[S, B]``.
 
-    Σ x ℓ is computed as hidden · (V^T x) + c · x, on ``[S, B, H]`` instead of ``[S, B, D]``."""
-    weight, bias = last
+    With many samples (S ≥ ``_PROJECT_FROM``) Σ x ℓ is computed as hidden · (V^T x) + c · x, on
+    ``[S, B, H]`` instead of ``[S, B, D]``: one ``[B, D] × [D, H]`` matmul instead of S passes
+    over the logits. With few it is the direct Σ x ℓ, which is cheaper than that matmul."""
     samples, batch, _ = logits.shape
-    projected = torch.mm(x, weight)  # (B, H)
-    data_term = torch.linalg.vecdot(hidden.view(samples, batch, -1), projected)
-    return data_term.add_(torch.mv(x, bias)).sub_(softplus(logits).sum(-1))
+    if samples < _PROJECT_FROM:
+        data_term = torch.linalg.vecdot(logits, x)
+    else:
+        weight, bias = last
+        projected = torch.mm(x, weight)  # (B, H)
+        data_term = torch.linalg.vecdot(hidden.view(samples, batch, -1), projected)
+        data_term = data_term.add_(torch.mv(x, bias))
+    return data_term.sub_(_sum_softplus(logits))
+
+
+def _sum_softplus(logits: Tensor) -> Tensor:
+    """Σ_last softplus(ℓ) as Σ max(ℓ, 0) + Σ log(1 + e^−|ℓ|): ``[*S, D] -> [*S]``.
+
+    Exact for every ℓ (no linear cut-off), and on the CPU ≈ 1.5× faster than ``F.softplus``
+    (whose log1p is the slow part: 70 against 108 µs on ``[100, 784]``). log(1 + e) instead of
+    log1p(e) loses at most float resolution of 1 (6e-8 nats a pixel in float32, 1e-16 in
+    float64), far below the resolution of the summed log-density."""
+    tails = logits.abs().neg_().exp_().add_(1.0).log_().sum(-1)
+    return tails.add_(logits.clamp_min(0.0).sum(-1))
+
+
+# Measured (forward + backward, 784-200-200-50 VAE, batch 100, 1 thread, CPU time): the direct sum
+# is faster up to S = 16 (S = 1: 2.92 against 3.11 ms; S = 16: 26.0 against 26.7 ms), the
+# projection at K = 50 (77.4 against 79.9 ms).
+_PROJECT_FROM = 32
 
 
 # Subnormal floats make every later matmul of the backward many times slower on x86 CPUs. Two
@@ -142,47 +163,104 @@ def _sigmoid_minus(logits: Tensor, x: Tensor) -> Tensor:
     return logits.clamp_min(_LOGIT_FLOOR).sigmoid_().sub_(x)
 
 
+def _elbo_forward(x, noise, relu: bool, min_scale: float, encoder_layers: int, params):
+    """The ELBO pass: ``(recon, kl, saved)``, ``saved`` the tensors :func:`_elbo_backward` needs."""
+    encoder, decoder = _split(params, encoder_layers)
+    samples, batch, latent = noise.shape
+    activations, loc, raw, scale = _encode(x, encoder, relu, latent, min_scale)
+    z = torch.addcmul(loc, noise, scale)  # (S, B, Z)
+    decoded = _mlp_forward(z.reshape(samples * batch, latent), decoder, relu)
+    logits = decoded.pop().view(samples, batch, -1)  # (S, B, D)
+    log_likelihood = _bernoulli_terms(logits, x, decoded[-1], decoder[-1])  # (S, B)
+    kl = torch.addcmul(scale.log().neg_(), scale, scale, value=0.5)
+    kl = torch.addcmul(kl, loc, loc, value=0.5).sum(-1).sub_(0.5 * latent)  # (B,)
+    saved = (x, noise, loc, raw, scale, logits, *activations, *decoded, *params)
+    return -log_likelihood.mean(), kl.mean(), saved
+
+
+def _elbo_backward(grad_recon, grad_kl, relu: bool, encoder_layers: int, saved):
+    """The parameter gradients ``[∂W, ∂b, …]`` (encoder then decoder) of
+    ``grad_recon · recon + grad_kl · kl``, from the ``saved`` tensors of :func:`_elbo_forward`."""
+    x, noise, loc, raw, scale, logits, *rest = saved
+    count = encoder_layers
+    decoded = len(rest) // 3 - count  # rest: the activations of both MLPs, then 2 params a layer
+    encoder_acts, decoder_acts = rest[:count], rest[count : count + decoded]
+    encoder, decoder = _split(tuple(rest[count + decoded :]), count)
+    samples, batch, latent = noise.shape
+    # ∂(−mean log p)/∂logits = (sigmoid − x) / (S B)
+    dlogits = _sigmoid_minus(logits, x).mul_(grad_recon / (samples * batch))
+    decoder_grads, dz = _mlp_backward(
+        dlogits.view(samples * batch, -1), decoder_acts, decoder, relu, True
+    )
+    dz = dz.view(samples, batch, latent)
+    kl_weight = grad_kl / batch
+    dloc = dz.sum(0).add_(loc * kl_weight)
+    dscale = torch.linalg.vecdot(dz.movedim(0, -1), noise.movedim(0, -1))
+    dscale = dscale.add_((scale - scale.reciprocal()) * kl_weight)
+    draw = dscale.mul_(torch.sigmoid(raw))
+    encoder_grads, _ = _mlp_backward(torch.cat([dloc, draw], 1), encoder_acts, encoder, relu, False)
+    return [*encoder_grads, *decoder_grads]
+
+
 class _ELBO(torch.autograd.Function):
     """(−mean_B E_q log p(x|z), mean_B KL(q ‖ N(0, I))) for ``x [B, D]``, ``noise [S, B, Z]``."""
 
     @staticmethod
     def forward(ctx, x, noise, relu, min_scale, encoder_layers, *params):
-        encoder, decoder = _split(params, encoder_layers)
-        samples, batch, latent = noise.shape
-        activations, loc, raw, scale = _encode(x, encoder, relu, latent, min_scale)
-        z = torch.addcmul(loc, noise, scale)  # (S, B, Z)
-        decoded = _mlp_forward(z.reshape(samples * batch, latent), decoder, relu)
-        logits = decoded.pop().view(samples, batch, -1)  # (S, B, D)
-        log_likelihood = _bernoulli_terms(logits, x, decoded[-1], decoder[-1])  # (S, B)
-        kl = torch.addcmul(scale.log().neg_(), scale, scale, value=0.5)
-        kl = torch.addcmul(kl, loc, loc, value=0.5).sum(-1).sub_(0.5 * latent)  # (B,)
-        ctx.save_for_backward(x, noise, loc, raw, scale, logits, *activations, *decoded, *params)
-        ctx.layers = relu, len(activations), len(decoded)
-        return -log_likelihood.mean(), kl.mean()
+        recon, kl, saved = _elbo_forward(x, noise, relu, min_scale, encoder_layers, params)
+        ctx.save_for_backward(*saved)
+        ctx.layers = relu, encoder_layers
+        return recon, kl
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_recon, grad_kl):
-        x, noise, loc, raw, scale, logits, *saved = ctx.saved_tensors
-        relu, count, decoded = ctx.layers
-        encoder_acts, decoder_acts = saved[:count], saved[count : count + decoded]
-        encoder, decoder = _split(tuple(saved[count + decoded :]), count)
-        samples, batch, latent = noise.shape
-        # ∂(−mean log p)/∂logits = (sigmoid − x) / (S B)
-        dlogits = _sigmoid_minus(logits, x).mul_(grad_recon / (samples * batch))
-        decoder_grads, dz = _mlp_backward(
-            dlogits.view(samples * batch, -1), decoder_acts, decoder, relu, True
-        )
-        dz = dz.view(samples, batch, latent)
-        kl_weight = grad_kl / batch
-        dloc = dz.sum(0).add_(loc, alpha=kl_weight)
-        dscale = torch.linalg.vecdot(dz.movedim(0, -1), noise.movedim(0, -1))
-        dscale = dscale.add_(scale - scale.reciprocal(), alpha=kl_weight)
-        draw = dscale.mul_(torch.sigmoid(raw))
-        encoder_grads, _ = _mlp_backward(
-            torch.cat([dloc, draw], 1), encoder_acts, encoder, relu, False
-        )
-        return None, None, None, None, None, *encoder_grads, *decoder_grads
+        relu, encoder_layers = ctx.layers
+        grads = _elbo_backward(grad_recon, grad_kl, relu, encoder_layers, ctx.saved_tensors)
+        return None, None, None, None, None, *grads
+
+
+def _iwae_forward(x, noise, relu: bool, min_scale: float, encoder_layers: int, params):
+    """The IWAE pass: ``(−mean bound, bound [B], saved)``."""
+    encoder, decoder = _split(params, encoder_layers)
+    samples, batch, latent = noise.shape
+    activations, loc, raw, scale = _encode(x, encoder, relu, latent, min_scale)
+    z = torch.addcmul(loc, noise, scale)  # (K, B, Z)
+    decoded = _mlp_forward(z.reshape(samples * batch, latent), decoder, relu)
+    logits = decoded.pop().view(samples, batch, -1)  # (K, B, D)
+    # log w = log p(x|z) + log p(z) − log q(z|x); the 2π terms cancel.
+    log_prior_ratio = torch.linalg.vecdot(noise, noise).sub_(torch.linalg.vecdot(z, z))
+    log_weights = _bernoulli_terms(logits, x, decoded[-1], decoder[-1])
+    log_weights = log_weights.add_(log_prior_ratio, alpha=0.5)
+    log_weights = log_weights.add_(scale.log().sum(-1))  # (K, B)
+    bound = torch.logsumexp(log_weights, 0).sub_(math.log(samples))  # (B,)
+    saved = (x, noise, raw, scale, z, logits, log_weights, *activations, *decoded, *params)
+    return -bound.mean(), bound, saved
+
+
+def _iwae_backward(grad_loss, relu: bool, encoder_layers: int, saved):
+    """The parameter gradients of ``grad_loss · (−mean bound)`` from :func:`_iwae_forward`'s
+    ``saved`` tensors."""
+    x, noise, raw, scale, z, logits, log_weights, *rest = saved
+    count = encoder_layers
+    decoded = len(rest) // 3 - count
+    encoder_acts, decoder_acts = rest[:count], rest[count : count + decoded]
+    encoder, decoder = _split(tuple(rest[count + decoded :]), count)
+    samples, batch, latent = noise.shape
+    # weights = −∂loss/∂log w_k = w̃_k / B (times the upstream gradient)
+    weights = torch.softmax(log_weights, 0)  # (K, B)
+    weights = weights.masked_fill_(weights < _WEIGHT_FLOOR, 0).mul_(grad_loss / batch)
+    dlogits = _sigmoid_minus(logits, x).mul_(weights.unsqueeze(-1))
+    decoder_grads, dz = _mlp_backward(
+        dlogits.view(samples * batch, -1), decoder_acts, decoder, relu, True
+    )
+    dz = dz.view(samples, batch, latent).addcmul_(z, weights.unsqueeze(-1))  # log p(z)
+    dloc = dz.sum(0)
+    dscale = torch.linalg.vecdot(dz.movedim(0, -1), noise.movedim(0, -1))
+    dscale = dscale.sub_(weights.sum(0).unsqueeze(-1) / scale)  # log q(z|x)
+    draw = dscale.mul_(torch.sigmoid(raw))
+    encoder_grads, _ = _mlp_backward(torch.cat([dloc, draw], 1), encoder_acts, encoder, relu, False)
+    return [*encoder_grads, *decoder_grads]
 
 
 class _IWAE(torch.autograd.Function):
@@ -190,49 +268,18 @@ class _IWAE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, noise, relu, min_scale, encoder_layers, *params):
-        encoder, decoder = _split(params, encoder_layers)
-        samples, batch, latent = noise.shape
-        activations, loc, raw, scale = _encode(x, encoder, relu, latent, min_scale)
-        z = torch.addcmul(loc, noise, scale)  # (K, B, Z)
-        decoded = _mlp_forward(z.reshape(samples * batch, latent), decoder, relu)
-        logits = decoded.pop().view(samples, batch, -1)  # (K, B, D)
-        # log w = log p(x|z) + log p(z) − log q(z|x); the 2π terms cancel.
-        log_prior_ratio = torch.linalg.vecdot(noise, noise).sub_(torch.linalg.vecdot(z, z))
-        log_weights = _bernoulli_terms(logits, x, decoded[-1], decoder[-1])
-        log_weights = log_weights.add_(log_prior_ratio, alpha=0.5)
-        log_weights = log_weights.add_(scale.log().sum(-1))  # (K, B)
-        bound = torch.logsumexp(log_weights, 0).sub_(math.log(samples))  # (B,)
-        ctx.save_for_backward(
-            x, noise, raw, scale, z, logits, log_weights, *activations, *decoded, *params
-        )
-        ctx.layers = relu, len(activations), len(decoded)
+        loss, bound, saved = _iwae_forward(x, noise, relu, min_scale, encoder_layers, params)
+        ctx.save_for_backward(*saved)
+        ctx.layers = relu, encoder_layers
         ctx.mark_non_differentiable(bound)
-        return -bound.mean(), bound
+        return loss, bound
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, _grad_bound):
-        x, noise, raw, scale, z, logits, log_weights, *saved = ctx.saved_tensors
-        relu, count, decoded = ctx.layers
-        encoder_acts, decoder_acts = saved[:count], saved[count : count + decoded]
-        encoder, decoder = _split(tuple(saved[count + decoded :]), count)
-        samples, batch, latent = noise.shape
-        # weights = −∂loss/∂log w_k = w̃_k / B (times the upstream gradient)
-        weights = torch.softmax(log_weights, 0)  # (K, B)
-        weights = weights.masked_fill_(weights < _WEIGHT_FLOOR, 0).mul_(grad_loss / batch)
-        dlogits = _sigmoid_minus(logits, x).mul_(weights.unsqueeze(-1))
-        decoder_grads, dz = _mlp_backward(
-            dlogits.view(samples * batch, -1), decoder_acts, decoder, relu, True
-        )
-        dz = dz.view(samples, batch, latent).addcmul_(z, weights.unsqueeze(-1))  # log p(z)
-        dloc = dz.sum(0)
-        dscale = torch.linalg.vecdot(dz.movedim(0, -1), noise.movedim(0, -1))
-        dscale = dscale.sub_(weights.sum(0).unsqueeze(-1) / scale)  # log q(z|x)
-        draw = dscale.mul_(torch.sigmoid(raw))
-        encoder_grads, _ = _mlp_backward(
-            torch.cat([dloc, draw], 1), encoder_acts, encoder, relu, False
-        )
-        return None, None, None, None, None, *encoder_grads, *decoder_grads
+        relu, encoder_layers = ctx.layers
+        grads = _iwae_backward(grad_loss, relu, encoder_layers, ctx.saved_tensors)
+        return None, None, None, None, None, *grads
 
 
 def _run(function, model: nn.Module, x: Tensor, num_samples: int):

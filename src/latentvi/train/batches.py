@@ -142,5 +142,8 @@ def loss_values(loss: Any, metrics: Any) -> dict[str, float]:
             tensors.append(value.detach().reshape(()).to(loss.device))
         else:
             numbers[name] = float(value)
-    values = torch.stack([tensor.double() for tensor in tensors]).cpu().tolist()
+    if loss.device.type == "cpu":  # no sync to save: read each value directly (same floats)
+        values = [tensor.item() for tensor in tensors]
+    else:
+        values = torch.stack([tensor.double() for tensor in tensors]).cpu().tolist()
     return {**dict(zip(names, values, strict=True)), **numbers}

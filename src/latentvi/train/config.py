@@ -16,9 +16,10 @@ import torch
 from latentvi.config import option, require
 from latentvi.train.schedule import SCHEDULES
 
-__all__ = ["DEVICES", "TrainConfig"]
+__all__ = ["DEVICES", "MATMUL_PRECISIONS", "TrainConfig"]
 
 DEVICES = ("auto", "cpu", "cuda")
+MATMUL_PRECISIONS = ("float32", "bfloat16")
 
 # numpy's global generator takes 32-bit seeds; the same bound keeps every derived seed in range.
 _SEED_LIMIT = 2**32
@@ -60,6 +61,14 @@ class TrainConfig:
         True,
         "treat subnormal floats as zero on the CPU while training (torch.set_flush_denormal): "
         "steps stay fast when gradients underflow, e.g. IWAE weights of hopeless samples",
+    )
+    matmul_precision: str = option(
+        "float32",
+        "float32: exact float32 matmuls; bfloat16: float32 matmuls may round their inputs to "
+        "bfloat16 and accumulate in float32 (oneDNN on CPUs with AMX/AVX512-BF16, TF32 or bf16 "
+        "on CUDA; torch.set_float32_matmul_precision('medium')) while training; weights, "
+        "activations and the optimizer stay float32",
+        choices=MATMUL_PRECISIONS,
     )
     out: str | None = option(
         None, "run folder for config.json, metrics and checkpoints (left out: nothing is written)"
@@ -127,6 +136,12 @@ class TrainConfig:
         require(isinstance(self.progress, bool), "progress", self.progress, "use True or False")
         require(
             isinstance(self.tensorboard, bool), "tensorboard", self.tensorboard, "use True or False"
+        )
+        require(
+            self.matmul_precision in MATMUL_PRECISIONS,
+            "matmul_precision",
+            self.matmul_precision,
+            f"use one of {', '.join(MATMUL_PRECISIONS)}",
         )
         require(
             self.out is None or (isinstance(self.out, str) and self.out.strip() != ""),

@@ -21,7 +21,9 @@ partial window), validates and checkpoints; callbacks run only every ``log_every
 that a run stopped early and resumed calls them at the same steps as one that never stopped.
 
 With ``flush_denormal`` (the default) subnormal floats count as zero during training (the calling
-thread's CPU flag, set back to PyTorch's default, off, when ``fit`` returns).
+thread's CPU flag, set back to PyTorch's default, off, when ``fit`` returns). With
+``matmul_precision="bfloat16"``, float32 matmuls may round their inputs to bfloat16 while ``fit``
+trains and validates (``torch.set_float32_matmul_precision("medium")``, restored when it returns).
 
 Randomness: python/numpy/torch are seeded from ``config.seed`` (rank r > 0: a seed mixed from
 (seed, r)); resume restores them from the checkpoint, so a run stopped at step s and resumed is
@@ -282,9 +284,13 @@ def fit(
 
     train_metrics: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
+    named_parameters = list(model.named_parameters())  # walked once, not every step
     # Subnormal operands make CPU matmuls many times slower; they arise as training goes on
     # (e.g. exp of very negative log-weights) and carry nothing at float32 resolution.
     flush = config.flush_denormal and torch.set_flush_denormal(True)
+    precision = torch.get_float32_matmul_precision()
+    if config.matmul_precision == "bfloat16":
+        torch.set_float32_matmul_precision("medium")
     try:
         while not finished():
             batches = epoch_batches(make_batches, epoch, config.seed, in_epoch, info)
@@ -300,7 +306,7 @@ def fit(
                 loss, metrics = compute_loss(batch)
                 values = loss_values(loss, metrics)  # also checks the shapes
                 loss.backward()
-                grad_norm, bad = gradient_norm(model, config.grad_clip)
+                grad_norm, bad = gradient_norm(named_parameters, config.grad_clip)
                 if not math.isfinite(values[TOTAL]):
                     bad = "loss"
                 if any_across_ranks(bad is not None, info):
@@ -373,6 +379,7 @@ def fit(
     finally:
         if flush:
             torch.set_flush_denormal(False)  # PyTorch's default (it offers no way to read it)
+        torch.set_float32_matmul_precision(precision)
         bar.close()
         if metrics_logger is not None:
             metrics_logger.close()
