@@ -173,7 +173,6 @@ def train_vae(
         batches.num_batches,
         train,
         make_valid_batches=make_valid_batches,
-        optimizer_factory=_adamw(train),
         resume=resume,
         extra_config=spec,
     )
@@ -184,21 +183,6 @@ def train_vae(
         "metrics": result.metrics,
         "last_checkpoint": str(result.last_checkpoint),
     }
-
-
-def _adamw(train: TrainConfig):
-    """AdamW with the fused CPU/GPU kernel where this PyTorch has it (same maths, fewer passes)."""
-
-    def factory(model: torch.nn.Module) -> torch.optim.Optimizer:
-        kwargs = {"lr": train.lr, "betas": train.betas, "eps": train.eps}
-        try:
-            return torch.optim.AdamW(
-                model.parameters(), weight_decay=train.weight_decay, fused=True, **kwargs
-            )
-        except (RuntimeError, TypeError):
-            return torch.optim.AdamW(model.parameters(), weight_decay=train.weight_decay, **kwargs)
-
-    return factory
 
 
 def _read_spec(run_dir: str | os.PathLike) -> dict[str, Any]:
