@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 
 from latentvi.config import check_positive_int
-from latentvi.train.storage import fsync_dir
+from latentvi.train.storage import replace_file
 
 __all__ = ["Episode", "EpisodeRunner", "EpisodeStore", "load_episode", "save_episode"]
 
@@ -83,17 +82,7 @@ def save_episode(path: str | os.PathLike, episode: Episode) -> Path:
     """Write ``episode`` (arrays as in the module docstring) to ``path`` atomically."""
     path = Path(path)
     episode = _check_episode(episode, str(path))
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez_compressed(stream, **episode)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    replace_file(path, lambda stream: np.savez_compressed(stream, **episode))
     return path
 
 

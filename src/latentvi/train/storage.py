@@ -17,9 +17,9 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import safetensors.torch
 import torch
@@ -33,6 +33,7 @@ __all__ = [
     "fsync_dir",
     "read_json",
     "read_tensors",
+    "replace_file",
     "replace_text",
     "write_bytes",
     "write_json",
@@ -71,13 +72,14 @@ def write_json(path: Path, value: Any) -> None:
     write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
 
 
-def replace_text(path: Path, text: str) -> None:
-    """Atomically make `text` the content of `path`: temp file in the same folder, fsync,
-    ``os.replace``, fsync the folder. Readers see the old or the new content, never a mix."""
+def replace_file(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Atomically make what ``write(stream)`` writes the content of `path`: a temp file in the
+    same folder, fsync, ``os.replace``, fsync the folder. Readers see the old or the new content,
+    never a mix; on an error the temp file is removed and `path` is left as it was."""
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp, path)
@@ -85,6 +87,11 @@ def replace_text(path: Path, text: str) -> None:
         Path(temp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Atomically make `text` the content of `path` (see :func:`replace_file`)."""
+    replace_file(path, lambda stream: stream.write(text.encode()))
 
 
 def file_digest(path: Path) -> dict[str, Any]:
