@@ -36,7 +36,7 @@ def train(images: torch.Tensor, seed: int, epochs: int, precision: str) -> tuple
     started = time.perf_counter()
     fit(
         model,
-        lambda epoch, generator, start=0: batches.iterate(generator, start=start),
+        batches.make_batches,
         batches.num_batches,
         config,
     )

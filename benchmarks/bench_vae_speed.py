@@ -72,7 +72,7 @@ def latentvi_epoch(
     def run() -> None:
         fit(
             model,
-            lambda epoch, generator, start=0: batches.iterate(generator, start=start),
+            batches.make_batches,
             batches.num_batches,
             config,
         )

@@ -38,6 +38,7 @@ def child(examples: int) -> dict[str, float]:
     config = TrainConfig(epochs=1, progress=False, tensorboard=False, log_every=10**9)
 
     def epoch(model, factory) -> None:
+        # Not Batches.make_batches: the trees compared may predate it.
         fit(
             model,
             lambda epoch, generator, start=0: batches.iterate(generator, start=start),

@@ -69,7 +69,7 @@ def _bimodal(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _train(model, x, y, steps=1500):
     batches = Batches(x, y, batch_size=128)
     config = TrainConfig(max_steps=steps, lr=3e-3, progress=False, tensorboard=False, log_every=500)
-    fit(model, lambda epoch, g, start=0: batches.iterate(g, start=start), batches, config)
+    fit(model, batches.make_batches, batches, config)
     return model.eval()
 
 

@@ -141,8 +141,7 @@ def test_training_through_fit_resumes_bitwise_on_the_fused_path(tmp_path, object
                 max_steps=stop, lr=0.01, seed=1, checkpoint_every=3, progress=False,
                 tensorboard=False, out=str(out), matmul_precision=precision,
             )  # fmt: skip
-            make = lambda epoch, generator, start=0: batches.iterate(generator, start=start)  # noqa: E731
-            fit(model, make, batches.num_batches, config, resume=index > 0)
+            fit(model, batches.make_batches, batches.num_batches, config, resume=index > 0)
         return model
 
     whole, resumed = train(tmp_path / "a", [6]), train(tmp_path / "b", [3, 6])

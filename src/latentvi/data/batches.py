@@ -170,6 +170,14 @@ class Batches:
         every call, so a resumed run repeats exactly the rest of an interrupted epoch."""
         return self.iterate(torch.Generator().manual_seed(epoch_seed(seed, epoch)), start=start)
 
+    def make_batches(
+        self, epoch: int, generator: torch.Generator, *, start: int = 0
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """:func:`latentvi.train.fit`'s batch factory: ``fit(model, batches.make_batches,
+        batches, config)`` draws each epoch from the generator ``fit`` seeds for it, resuming at
+        batch ``start`` (:meth:`iterate`; ``epoch`` is already in the generator's seed)."""
+        return self.iterate(generator, start=start)
+
     def iterate(
         self, generator: torch.Generator | None = None, *, start: int = 0
     ) -> Iterator[tuple[torch.Tensor, ...]]:

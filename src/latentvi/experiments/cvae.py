@@ -88,7 +88,7 @@ def _fit(model, x, y, data: CVAEDataConfig, train: TrainConfig, out: Path, spec:
     start = time.perf_counter()
     fit(
         model,
-        lambda epoch, g, start=0: batches.iterate(g, start=start),
+        batches.make_batches,
         batches,
         config,
         extra_config=spec,

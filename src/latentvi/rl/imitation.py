@@ -347,7 +347,7 @@ def train_policy(
     start = time.perf_counter()
     fit(
         model,
-        lambda epoch, g, start=0: batches.iterate(g, start=start),
+        batches.make_batches,
         batches,
         train,
         extra_config={"policy": to_dict(config)},
