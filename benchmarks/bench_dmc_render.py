@@ -13,29 +13,21 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from latentvi.rl.dmc import DMCEnv
-from results_io import save_results
+from results_io import median_seconds, save_results
 
 RESULTS = Path(__file__).parent / "results"
 TASKS = (("cartpole", "swingup"), ("reacher", "easy"), ("cheetah", "run"), ("pendulum", "swingup"))
 
 
 def median_ms(function, repeats: int) -> float:
-    for _ in range(5):
-        function()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return 1e3 * statistics.median(times)
+    """Median milliseconds of ``function()`` after 5 untimed calls."""
+    return 1e3 * median_seconds(function, repeats, warmup=5)
 
 
 def main() -> None:

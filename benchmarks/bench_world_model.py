@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +38,7 @@ from latentvi.experiments.world_model import (
 from latentvi.models.ssm import RSSMConfig
 from latentvi.rl.episodes import EpisodeStore
 from latentvi.rl.world_model_agent import ModelTrainingConfig
-from results_io import save_results
+from results_io import median_seconds, save_results
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -51,16 +49,6 @@ def configs(agent: str, preset: str, **run_values):
     training = preset_config(ModelTrainingConfig, preset)
     agent_config = preset_config(AGENTS[agent][0], preset)
     return run, model, training, agent_config
-
-
-def median_seconds(function, repeats: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def throughput_one(agent_name: str, preset: str, args, folder: Path) -> dict:

@@ -1,8 +1,11 @@
-"""Shared by the benchmark scripts: write a result as JSON and echo it."""
+"""Shared by the benchmark scripts: time a call, write a result as JSON and echo it."""
 
 from __future__ import annotations
 
 import json
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,3 +17,16 @@ def save_results(path: str | Path, results: dict[str, Any]) -> dict[str, Any]:
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     return results
+
+
+def median_seconds(function: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall-clock seconds of ``function()`` over ``repeats`` calls, after ``warmup``
+    untimed calls."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
