@@ -37,10 +37,9 @@ def parse_value(text: str):
 
 
 def oracle(run, state_cost: float) -> dict:
-    """The same MPC on the true state (cos θ, sin θ, θ̇) of the pendulum, same trials' starts."""
-    import numpy as np
-
-    from latentvi.rl.lqr import MPC
+    """The same MPC on the true state (cos θ, sin θ, θ̇) of the pendulum; starts drawn as the
+    model's trials are (:func:`start_states`), from seed 0."""
+    from latentvi.experiments.e2c import start_states, successes, swing_up_controller
 
     def pendulum(x, u):  # gymnasium's Pendulum-v1, action_repeat steps of dt = 0.05
         theta, velocity = torch.atan2(x[..., 1], x[..., 0]), x[..., 2]
@@ -50,32 +49,17 @@ def oracle(run, state_cost: float) -> dict:
             theta = theta + velocity * 0.05
         return torch.stack([torch.cos(theta), torch.sin(theta), velocity], -1)
 
-    rng = np.random.default_rng(0)
-    theta = torch.tensor(np.pi + rng.uniform(-run.start_noise, run.start_noise, run.trials))
-    velocity = torch.tensor(rng.uniform(-run.start_noise, run.start_noise, run.trials))
+    theta, velocity = (torch.tensor(v) for v in start_states(run, 0))
     x = torch.stack([theta.cos(), theta.sin(), velocity], -1).float()
-    eye = torch.eye(3)
-    controller = MPC(
-        pendulum,
-        torch.tensor([1.0, 0.0, 0.0]),
-        state_cost * eye,
-        run.action_cost * torch.eye(1),
-        run.final_cost * eye,
-        horizon=run.horizon,
-        action_dim=1,
-        low=-1.0,
-        high=1.0,
-        iterations=run.iterations,
-    )
+    controller = swing_up_controller(run, pendulum, torch.tensor([1.0, 0.0, 0.0]), state_cost)
     angles = []
     for _ in range(run.episode_steps):
         x = pendulum(x, controller(x))
         angles.append(torch.atan2(x[:, 1], x[:, 0]).abs())
     angles = torch.stack(angles, 1)
-    success = (angles[:, -run.success_steps :] < run.success_angle).all(1)
     return {
         "state_cost": state_cost,
-        "success_rate": success.float().mean().item(),
+        "success_rate": float(successes(angles.numpy(), run).mean()),
         "final_abs_angle_mean": angles[:, -1].mean().item(),
     }
 

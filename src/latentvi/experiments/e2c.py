@@ -32,11 +32,13 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from latentvi.config import check_positive_int, option, require, to_dict
 from latentvi.models.e2c import E2C, E2CConfig
@@ -305,22 +307,30 @@ def open_loop_error(
     return errors
 
 
-@torch.no_grad()
-def control(model: E2C, run: E2CRunConfig, seed: int) -> dict[str, Any]:
-    """Swing up from the bottom in ``run.trials`` episodes (batched); see the module docstring."""
+def start_states(run: E2CRunConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(θ, θ̇) of the ``run.trials`` control trials, each ``[trials]``: hanging down, θ = π and
+    θ̇ = 0, each moved by a uniform draw in ±``start_noise`` from ``seed``."""
     rng = np.random.default_rng(seed)
-    pendulum = PendulumPixels(run.image_size, run.action_repeat)
-    trials = run.trials
-    theta = np.pi + rng.uniform(-run.start_noise, run.start_noise, trials)
-    velocity = rng.uniform(-run.start_noise, run.start_noise, trials)
-    upright = pendulum.frame(0.0)
-    goal = model.encode(to_input(np.concatenate([upright, upright])[None])).mean[0]
-    z_dim = model.latent_dim
-    eye = torch.eye(z_dim)
-    controller = MPC(
-        model.step,
+    theta = np.pi + rng.uniform(-run.start_noise, run.start_noise, run.trials)
+    velocity = rng.uniform(-run.start_noise, run.start_noise, run.trials)
+    return theta, velocity
+
+
+def swing_up_controller(
+    run: E2CRunConfig,
+    step: Callable[[Tensor, Tensor], Tensor],
+    goal: Tensor,
+    state_cost: float,
+    linearize: Callable | None = None,
+) -> MPC:
+    """The run's receding-horizon iLQR toward ``goal [X]`` under dynamics ``step(x, u)``:
+    stage cost ``state_cost · I`` on the state, ``action_cost`` on the torque in [-1, 1],
+    ``final_cost · I`` at the horizon (``linearize``: the model's own Jacobians, or autograd)."""
+    eye = torch.eye(goal.shape[-1])
+    return MPC(
+        step,
         goal,
-        run.state_cost * eye,
+        state_cost * eye,
         run.action_cost * torch.eye(1),
         run.final_cost * eye,
         horizon=run.horizon,
@@ -328,6 +338,29 @@ def control(model: E2C, run: E2CRunConfig, seed: int) -> dict[str, Any]:
         low=-1.0,
         high=1.0,
         iterations=run.iterations,
+        linearize=linearize,
+    )
+
+
+def successes(angles: np.ndarray, run: E2CRunConfig) -> np.ndarray:
+    """Which trials succeeded: ``|angle| < success_angle`` at each of the last ``success_steps``
+    steps; ``angles [trials, steps]`` (radians from upright) -> ``bool [trials]``."""
+    return (np.abs(angles[:, -run.success_steps :]) < run.success_angle).all(axis=1)
+
+
+@torch.no_grad()
+def control(model: E2C, run: E2CRunConfig, seed: int) -> dict[str, Any]:
+    """Swing up from the bottom in ``run.trials`` episodes (batched); see the module docstring."""
+    pendulum = PendulumPixels(run.image_size, run.action_repeat)
+    trials = run.trials
+    theta, velocity = start_states(run, seed)
+    upright = pendulum.frame(0.0)
+    goal = model.encode(to_input(np.concatenate([upright, upright])[None])).mean[0]
+    controller = swing_up_controller(
+        run,
+        model.step,
+        goal,
+        run.state_cost,
         linearize=model.linearization if run.linearization == "e2c" else None,
     )
     previous = np.stack([pendulum.frame(t) for t in theta])  # at rest: both frames equal
@@ -350,10 +383,8 @@ def control(model: E2C, run: E2CRunConfig, seed: int) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     pendulum.close()
     angles_array = np.stack(angles, axis=1)  # (trials, steps)
-    upright_at_end = np.abs(angles_array[:, -run.success_steps :]) < run.success_angle
-    success = upright_at_end.all(axis=1)
     return {
-        "success": success,
+        "success": successes(angles_array, run),
         "angles": angles_array,
         "torques": np.stack(torques, axis=1),
         "strip": np.stack(strip),
