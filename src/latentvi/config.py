@@ -39,6 +39,12 @@ def require(condition: bool, field: str, value: Any, fix: str) -> None:
         raise ValueError(f"{field} = {value!r} is invalid: {fix}")
 
 
+def require_int(value: Any, field: str, minimum: int, fix: str) -> None:
+    """:func:`require` that ``value`` is an integer (not a bool) >= ``minimum``."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    require(ok, field, value, fix)
+
+
 def require_layer_sizes(field: str, sizes: Any, example: str) -> None:
     """:func:`require` that ``sizes`` is one or more positive layer sizes (e.g. ``"200,200"``)."""
     require(

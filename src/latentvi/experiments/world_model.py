@@ -44,7 +44,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from latentvi.config import option, require, to_dict
+from latentvi.config import option, require, require_int, to_dict
 from latentvi.models.ssm import RSSMConfig
 from latentvi.rl.dreamer import DreamerAgent, DreamerConfig
 from latentvi.rl.episodes import EpisodeRunner, EpisodeStore
@@ -103,13 +103,7 @@ class WorldModelRunConfig:
             "eval_episodes", "checkpoint_every", "keep_checkpoints", "open_loop_context",
             "open_loop_horizon",
         ):  # fmt: skip
-            value = getattr(self, name)
-            require(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                name,
-                value,
-                "use a positive integer",
-            )
+            require_int(getattr(self, name), name, 1, "use a positive integer")
         require(
             self.device in ("cpu", "cuda", "auto"), "device", self.device, "use cpu, cuda or auto"
         )

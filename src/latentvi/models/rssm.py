@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, OneHotCategoricalStraightThrough
 
-from latentvi.config import option, require
+from latentvi.config import option, require, require_int
 from latentvi.distributions import diagonal_gaussian, positive_scale
 
 __all__ = ["RSSM", "RSSMConfig", "State", "stack_states"]
@@ -80,21 +80,9 @@ class RSSMConfig:
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
         for name in ("action_dim", "deter_dim", "stoch_dim", "hidden"):
-            value = getattr(self, name)
-            require(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                name,
-                value,
-                "use a positive integer",
-            )
+            require_int(getattr(self, name), name, 1, "use a positive integer")
         for name in ("classes", "embed_dim", "overshooting"):
-            value = getattr(self, name)
-            require(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-                name,
-                value,
-                "use a non-negative integer (0 turns it off)",
-            )
+            require_int(getattr(self, name), name, 0, "use a non-negative integer (0 turns it off)")
         require(self.classes != 1, "classes", self.classes, "use 0 (Gaussian) or >= 2 classes")
         require(0.0 <= self.unimix < 1.0, "unimix", self.unimix, "use a probability in [0, 1)")
         shape = tuple(self.obs_shape)

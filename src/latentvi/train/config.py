@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from latentvi.config import option, require
+from latentvi.config import option, require, require_int
 from latentvi.train.schedule import SCHEDULES
 
 __all__ = ["DEVICES", "MATMUL_PRECISIONS", "TrainConfig"]
@@ -75,9 +75,9 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        _require_int(self.epochs, "epochs", 1, "use 1 or more passes over the data")
+        require_int(self.epochs, "epochs", 1, "use 1 or more passes over the data")
         if self.max_steps is not None:
-            _require_int(self.max_steps, "max_steps", 1, "use 1 or more steps, or None")
+            require_int(self.max_steps, "max_steps", 1, "use 1 or more steps, or None")
         require(
             _is_number(self.lr) and self.lr > 0 and math.isfinite(self.lr),
             "lr",
@@ -117,7 +117,7 @@ class TrainConfig:
                 self.grad_clip,
                 "use a positive finite norm such as 1.0, or None for no clipping",
             )
-        _require_int(self.seed, "seed", 0, f"use an integer in [0, {_SEED_LIMIT})")
+        require_int(self.seed, "seed", 0, f"use an integer in [0, {_SEED_LIMIT})")
         require(self.seed < _SEED_LIMIT, "seed", self.seed, f"use an integer in [0, {_SEED_LIMIT})")
         require(self.device in DEVICES, "device", self.device, f"use one of {DEVICES}")
         require(
@@ -127,12 +127,12 @@ class TrainConfig:
             "CUDA is not available on this machine (torch.cuda.is_available() is False); "
             "use device='cpu' or 'auto'",
         )
-        _require_int(self.log_every, "log_every", 1, "use 1 or more steps between logs")
-        _require_int(self.eval_every, "eval_every", 0, "use 0 (end of each epoch) or more steps")
-        _require_int(
+        require_int(self.log_every, "log_every", 1, "use 1 or more steps between logs")
+        require_int(self.eval_every, "eval_every", 0, "use 0 (end of each epoch) or more steps")
+        require_int(
             self.checkpoint_every, "checkpoint_every", 0, "use 0 (only at the end) or more steps"
         )
-        _require_int(self.keep_checkpoints, "keep_checkpoints", 1, "keep at least 1 checkpoint")
+        require_int(self.keep_checkpoints, "keep_checkpoints", 1, "keep at least 1 checkpoint")
         require(isinstance(self.progress, bool), "progress", self.progress, "use True or False")
         require(
             isinstance(self.tensorboard, bool), "tensorboard", self.tensorboard, "use True or False"
@@ -159,8 +159,3 @@ class TrainConfig:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _require_int(value: object, field: str, minimum: int, fix: str) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-    require(ok, field, value, fix)
