@@ -163,8 +163,10 @@ def _sigmoid_minus(logits: Tensor, x: Tensor) -> Tensor:
     return logits.clamp_min(_LOGIT_FLOOR).sigmoid_().sub_(x)
 
 
-def _elbo_forward(x, noise, relu: bool, min_scale: float, encoder_layers: int, params):
-    """The ELBO pass: ``(recon, kl, saved)``, ``saved`` the tensors :func:`_elbo_backward` needs."""
+def _sample_and_decode(x, noise, relu: bool, min_scale: float, encoder_layers: int, params):
+    """The start both passes share: encode ``x [B, D]``, ``z = loc + noise · scale [S, B, Z]``,
+    decode. Returns ``(encoder activations, loc, raw, scale, z, decoder activations, logits
+    [S, B, D], log p(x|z) [S, B])``."""
     encoder, decoder = _split(params, encoder_layers)
     samples, batch, latent = noise.shape
     activations, loc, raw, scale = _encode(x, encoder, relu, latent, min_scale)
@@ -172,6 +174,15 @@ def _elbo_forward(x, noise, relu: bool, min_scale: float, encoder_layers: int, p
     decoded = _mlp_forward(z.reshape(samples * batch, latent), decoder, relu)
     logits = decoded.pop().view(samples, batch, -1)  # (S, B, D)
     log_likelihood = _bernoulli_terms(logits, x, decoded[-1], decoder[-1])  # (S, B)
+    return activations, loc, raw, scale, z, decoded, logits, log_likelihood
+
+
+def _elbo_forward(x, noise, relu: bool, min_scale: float, encoder_layers: int, params):
+    """The ELBO pass: ``(recon, kl, saved)``, ``saved`` the tensors :func:`_elbo_backward` needs."""
+    activations, loc, raw, scale, _, decoded, logits, log_likelihood = _sample_and_decode(
+        x, noise, relu, min_scale, encoder_layers, params
+    )
+    latent = noise.shape[-1]
     kl = torch.addcmul(scale.log().neg_(), scale, scale, value=0.5)
     kl = torch.addcmul(kl, loc, loc, value=0.5).sum(-1).sub_(0.5 * latent)  # (B,)
     saved = (x, noise, loc, raw, scale, logits, *activations, *decoded, *params)
@@ -222,16 +233,13 @@ class _ELBO(torch.autograd.Function):
 
 def _iwae_forward(x, noise, relu: bool, min_scale: float, encoder_layers: int, params):
     """The IWAE pass: ``(−mean bound, bound [B], saved)``."""
-    encoder, decoder = _split(params, encoder_layers)
-    samples, batch, latent = noise.shape
-    activations, loc, raw, scale = _encode(x, encoder, relu, latent, min_scale)
-    z = torch.addcmul(loc, noise, scale)  # (K, B, Z)
-    decoded = _mlp_forward(z.reshape(samples * batch, latent), decoder, relu)
-    logits = decoded.pop().view(samples, batch, -1)  # (K, B, D)
+    activations, _, raw, scale, z, decoded, logits, log_likelihood = _sample_and_decode(
+        x, noise, relu, min_scale, encoder_layers, params
+    )
+    samples = noise.shape[0]
     # log w = log p(x|z) + log p(z) − log q(z|x); the 2π terms cancel.
     log_prior_ratio = torch.linalg.vecdot(noise, noise).sub_(torch.linalg.vecdot(z, z))
-    log_weights = _bernoulli_terms(logits, x, decoded[-1], decoder[-1])
-    log_weights = log_weights.add_(log_prior_ratio, alpha=0.5)
+    log_weights = log_likelihood.add_(log_prior_ratio, alpha=0.5)
     log_weights = log_weights.add_(scale.log().sum(-1))  # (K, B)
     bound = torch.logsumexp(log_weights, 0).sub_(math.log(samples))  # (B,)
     saved = (x, noise, raw, scale, z, logits, log_weights, *activations, *decoded, *params)
