@@ -52,6 +52,7 @@ from latentvi.rl.pixels import make_env
 from latentvi.rl.planet import PlanetAgent, PlanetConfig
 from latentvi.rl.world_model_agent import ModelTrainingConfig, WorldModelAgent
 from latentvi.train.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from latentvi.train.config import resolve_device
 from latentvi.train.errors import TrainingDivergedError
 from latentvi.train.metrics import MetricsLogger
 from latentvi.train.rng import isolated_rng, mixed_seed, seed_everything
@@ -225,12 +226,6 @@ def make_run_env(run: WorldModelRunConfig) -> gym.Env:
     return env
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def train_world_model(
     agent_name: str,
     run: WorldModelRunConfig,
@@ -273,7 +268,7 @@ def train_world_model(
         training.chunk_length,
         "use at most the observations of one episode",
     )
-    device = _device(run.device)
+    device = resolve_device(run.device)
     seed_everything(run.seed)
     agent = factory(model_config, training, agent_config).to(device)
     store = EpisodeStore(out / "episodes", seed=mixed_seed(run.seed, 1))

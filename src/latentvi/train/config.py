@@ -16,7 +16,7 @@ import torch
 from latentvi.config import option, require, require_int
 from latentvi.train.schedule import SCHEDULES
 
-__all__ = ["DEVICES", "MATMUL_PRECISIONS", "TrainConfig"]
+__all__ = ["DEVICES", "MATMUL_PRECISIONS", "TrainConfig", "resolve_device"]
 
 DEVICES = ("auto", "cpu", "cuda")
 MATMUL_PRECISIONS = ("float32", "bfloat16")
@@ -151,10 +151,15 @@ class TrainConfig:
         )
 
     def resolved_device(self) -> torch.device:
-        """The device to train on: ``auto`` becomes ``cuda`` when CUDA is available, else ``cpu``."""
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        """The device to train on (:func:`resolve_device` of ``device``)."""
+        return resolve_device(self.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` becomes ``cuda`` when CUDA is available, else ``cpu``; other names as they are."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def _is_number(value: object) -> bool:
