@@ -14,6 +14,10 @@ random policy's return to the state agent's at the same step count, and above th
     python benchmarks/bench_latent_q.py probe [--frames 5000] [--updates 1000]
     python benchmarks/bench_latent_q.py table --env Pendulum-v1
 
+``--agent NAME=VALUE`` (repeatable) sets a LatentQConfig option in ``full`` and ``curve`` runs,
+and ``--tag`` names them apart (run folders, result files, and the ``table`` that gathers them):
+``curve --variant vae --agent critic_norm=true --tag=-critic-norm``.
+
 ``throughput`` times the training phase (act, store, one update per agent step) of every
 variant on both pixel environments; ``curve`` runs one seed of one variant. Runs go to
 ``--runs`` (default runs/bench-latent-q); results to benchmarks/results/latent_q_*.json.
@@ -31,6 +35,7 @@ of the encoder means across frames, and the R² of a linear probe from z to cos 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -67,23 +72,49 @@ def machine() -> dict:
     }
 
 
-def run_config(env: str, variant: str, seed: int, steps: int, runs: Path, **extra) -> RunConfig:
+def run_config(
+    env: str, variant: str, seed: int, steps: int, runs: Path, tag: str = "", **extra
+) -> RunConfig:
     return RunConfig(
         env=env,
         action_repeat=ACTION_REPEAT.get(env, 2),
         steps=steps,
         seed=seed,
-        out=str(runs / f"{env}-{variant}-seed{seed}"),
+        out=str(runs / f"{env}-{variant}{tag}-seed{seed}"),
         progress=False,
         **extra,
     )
 
 
-def one_run(env: str, variant: str, seed: int, steps: int, runs: Path, resume: bool, **extra):
-    config = run_config(env, variant, seed, steps, runs, **extra)
+def agent_options(pairs: list[str]) -> dict:
+    """``["critic_norm=true", "lr=1e-3"]`` -> LatentQConfig field values, typed by each field's
+    default (bool, int, float or str)."""
+    fields = {f.name: f for f in dataclasses.fields(LatentQConfig)}
+    options = {}
+    for pair in pairs:
+        name, _, text = pair.partition("=")
+        if name not in fields or not text:
+            raise SystemExit(f"--agent {pair!r}: use NAME=VALUE with NAME one of {sorted(fields)}")
+        default = fields[name].default
+        if isinstance(default, bool):
+            options[name] = text.lower() in ("1", "true", "yes")
+        elif isinstance(default, int | float):
+            options[name] = type(default)(text)
+        else:
+            options[name] = text
+    return options
+
+
+def one_run(
+    env: str, variant: str, seed: int, steps: int, runs: Path, resume: bool,
+    agent: dict | None = None, tag: str = "", **extra,
+):  # fmt: skip
+    config = run_config(env, variant, seed, steps, runs, tag, **extra)
     resume = resume and (Path(config.out) / "checkpoints").is_dir()
     started = time.perf_counter()
-    summary = run_latent_q(LatentQConfig(variant=variant), config, resume=resume)
+    agent_config = LatentQConfig(variant=variant, **(agent or {}))
+    summary = run_latent_q(agent_config, config, resume=resume)
+    summary["agent_options"] = dict(agent or {})
     summary["seconds"] = time.perf_counter() - started
     with open(Path(config.out) / "curve.csv") as handle:
         rows = [line.split(",") for line in handle.read().splitlines()[1:]]
@@ -119,12 +150,15 @@ def full(args) -> dict:
     for env in args.envs:
         per_variant = {}
         for variant in args.variants:
+            # fmt: off
             summaries = [
                 one_run(
-                    env, variant, seed, args.steps, runs, args.resume, eval_every=args.eval_every
+                    env, variant, seed, args.steps, runs, args.resume, agent_options(args.agent),
+                    args.tag, eval_every=args.eval_every,
                 )
                 for seed in range(args.seeds)
             ]
+            # fmt: on
             finals = [s["final_return_mean"] for s in summaries]
             per_variant[variant] = {
                 "final_returns": finals,
@@ -173,7 +207,7 @@ def table(args) -> dict:
     """The ``full`` summary from the ``curve`` results in benchmarks/results for ``--env``."""
     per_variant = {}
     for variant in VARIANTS:
-        paths = sorted(RESULTS.glob(f"latent_q_curve_{args.env}_{variant}_seed*.json"))
+        paths = sorted(RESULTS.glob(f"latent_q_curve_{args.env}_{variant}{args.tag}_seed*.json"))
         summaries = [json.loads(p.read_text()) for p in paths]
         if not summaries:
             continue
@@ -200,10 +234,12 @@ def table(args) -> dict:
     plot_learning_curves(
         {f"{v} ({len(r['seeds'])} seed{'s' * (len(r['seeds']) > 1)})": r["curve"]
          for v, r in per_variant.items()},
-        RESULTS / f"latent_q_{name}_curves.png",
+        RESULTS / f"latent_q_{name}{args.tag}_curves.png",
         f"{args.env}: mean ± std over seeds (pixels; state: the true state)",
     )  # fmt: skip
-    return save_results(RESULTS / f"latent_q_{name}_table.json", {"env": args.env, **entry})
+    return save_results(
+        RESULTS / f"latent_q_{name}{args.tag}_table.json", {"env": args.env, **entry}
+    )
 
 
 def _steps(env, agent, buffer, generator, n: int, learn: bool, batch_size: int, every: int) -> int:
@@ -268,10 +304,10 @@ def throughput(args) -> dict:
 def curve(args) -> dict:
     summary = one_run(
         args.env, args.variant, args.seed, args.steps, Path(args.runs), args.resume,
-        eval_every=args.eval_every,
+        agent_options(args.agent), args.tag, eval_every=args.eval_every,
     )  # fmt: skip
     summary["machine"] = machine()
-    name = f"latent_q_curve_{args.env}_{args.variant}_seed{args.seed}.json"
+    name = f"latent_q_curve_{args.env}_{args.variant}{args.tag}_seed{args.seed}.json"
     return save_results(RESULTS / name, summary)
 
 
@@ -375,6 +411,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", default="runs/bench-latent-q")
     parser.add_argument("--resume", action="store_true", help="continue runs found in --runs")
+    parser.add_argument(
+        "--agent", action="append", default=[], metavar="NAME=VALUE",
+        help="full, curve: a LatentQConfig option for every run (repeatable), e.g. critic_norm=true",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tag", default="",
+        help="full, curve, table: suffix of the run folders and result names, e.g. --tag=-critic-norm",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     modes = {"full": full, "throughput": throughput, "curve": curve, "probe": probe, "table": table}

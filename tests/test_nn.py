@@ -27,6 +27,19 @@ def test_mlp_activation_between_layers_only():
     assert kinds == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
 
 
+def test_mlp_layer_norm_normalizes_each_hidden_layer_whatever_the_input_scale():
+    """With ``layer_norm`` each hidden layer's pre-activations have mean 0 and variance 1 per
+    example (the norm's initial affine map is the identity), for inputs 1e-3 or 1e3 in scale."""
+    torch.manual_seed(0)
+    mlp = MLP(4, (7, 9), 2, activation=nn.ReLU, layer_norm=True)
+    kinds = [type(m) for m in mlp]
+    assert kinds == [nn.Linear, nn.LayerNorm, nn.ReLU, nn.Linear, nn.LayerNorm, nn.ReLU, nn.Linear]
+    for scale in (1e-3, 1e3):
+        hidden = mlp[1](mlp[0](scale * torch.randn(5, 4)))
+        torch.testing.assert_close(hidden.mean(-1), torch.zeros(5), atol=1e-5, rtol=0)
+        torch.testing.assert_close(hidden.var(-1, unbiased=False), torch.ones(5), atol=1e-2, rtol=0)
+
+
 @pytest.mark.parametrize("batch", BATCHES)
 def test_gaussian_head_shapes_and_values(batch):
     torch.manual_seed(0)

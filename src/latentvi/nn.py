@@ -34,6 +34,8 @@ class MLP(nn.Sequential):
         hidden: sizes of the hidden layers, e.g. ``(64,)`` or ``(256, 256)``; ``()`` is one linear map.
         out_features: size of the output's last dimension.
         activation: a factory for the nonlinearity, e.g. ``nn.Tanh`` (default) or ``nn.ReLU``.
+        layer_norm: a ``LayerNorm`` after each hidden linear layer, before its activation (as in
+            the critics of Ball et al. 2023, RLPD).
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class MLP(nn.Sequential):
         hidden: Sequence[int],
         out_features: int,
         activation: Activation = nn.Tanh,
+        layer_norm: bool = False,
     ) -> None:
         check_positive_int("in_features", in_features)
         check_positive_int("out_features", out_features)
@@ -52,6 +55,8 @@ class MLP(nn.Sequential):
         layers: list[nn.Module] = []
         for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
             if i > 0:
+                if layer_norm:
+                    layers.append(nn.LayerNorm(fan_in))
                 layers.append(activation())
             layers.append(nn.Linear(fan_in, fan_out))
         super().__init__(*layers)

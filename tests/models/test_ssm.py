@@ -156,15 +156,38 @@ def test_observe_loss_and_open_loop_shapes(latent):
 
 @pytest.mark.parametrize("latent", LATENTS)
 def test_plain_loss_is_minus_elbo_per_step(latent):
-    """No free nats, balancing or overshooting, unit weights: loss = −ELBO / T averaged over B."""
+    """No free nats, balancing or overshooting, unit weights: loss = −ELBO / T averaged over B,
+    except that the reward term leaves out t = 0 (its r_{t−1} precedes the sequence); the
+    ``elbo`` metric is the full ELBO per step."""
     model = tiny(**latent)
     obs, actions, rewards = sequences()
     torch.manual_seed(7)
     loss, metrics, _ = model.loss(obs, actions, rewards)
     torch.manual_seed(7)
     elbo = model.elbo(obs, actions, rewards)
-    torch.testing.assert_close(loss, -elbo.mean() / obs.shape[0], atol=1e-10, rtol=0)
-    assert metrics["elbo"] == pytest.approx(-loss.item(), abs=1e-9)
+    torch.manual_seed(7)
+    terms, _, _ = model.step_terms(obs, actions, rewards)
+    expected = -(terms["recon"].mean() + terms["reward"][1:].mean() - terms["kl"].mean())
+    torch.testing.assert_close(loss, expected, atol=1e-10, rtol=0)
+    assert metrics["elbo"] == pytest.approx(elbo.mean().item() / obs.shape[0], abs=1e-9)
+    # with a single step the reward term is kept: loss = −ELBO exactly
+    torch.manual_seed(7)
+    one, _, _ = model.loss(obs[:1], actions[:1], rewards[:1])
+    torch.manual_seed(7)
+    torch.testing.assert_close(one, -model.elbo(obs[:1], actions[:1], rewards[:1]).mean())
+
+
+def test_the_reward_before_the_sequence_is_not_fitted():
+    """rewards[0] (for the action before the chunk) does not enter the loss; rewards[1] does."""
+    model = tiny()
+    obs, actions, rewards = sequences()
+    losses = []
+    for index, shift in ((0, 0.0), (0, 5.0), (1, 5.0)):
+        changed = rewards.clone()
+        changed[index] += shift
+        torch.manual_seed(7)
+        losses.append(model.loss(obs, actions, changed)[0].item())
+    assert losses[1] == losses[0] and losses[2] != pytest.approx(losses[0])
 
 
 def test_categorical_latents_are_one_hot_with_straight_through_gradient():

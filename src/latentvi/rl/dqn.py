@@ -60,6 +60,7 @@ class DQN(nn.Module):
         target_update_every: updates between copies of the online network into the target.
         grad_clip: global gradient-norm clip of each update.
         extra_parameters: further parameters the TD loss trains (an encoder trained end to end).
+        layer_norm: LayerNorm in the Q-network's hidden layers (see :class:`latentvi.nn.MLP`).
     """
 
     def __init__(
@@ -73,10 +74,11 @@ class DQN(nn.Module):
         target_update_every: int = 500,
         grad_clip: float = 10.0,
         extra_parameters: Iterable[nn.Parameter] = (),
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         self.num_actions = check_positive_int("num_actions", num_actions)
-        self.q = MLP(feature_dim, hidden, num_actions, nn.ReLU)
+        self.q = MLP(feature_dim, hidden, num_actions, nn.ReLU, layer_norm)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.discount, self.grad_clip = discount, grad_clip
         self.target_update_every = check_positive_int("target_update_every", target_update_every)

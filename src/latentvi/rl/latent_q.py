@@ -81,6 +81,9 @@ class LatentQConfig:
     )
     vae_lr: float = option(1e-3, "Adam learning rate of the VAE")
     hidden: tuple[int, ...] = option((256, 256), "hidden sizes of the Q-network / actor / critics")
+    critic_norm: bool = option(
+        False, "LayerNorm in the hidden layers of the Q-network / critics (Ball et al. 2023)"
+    )
     lr: float = option(3e-4, "Adam learning rate of the Q-network, actor and critics")
     discount: float = option(0.99, "discount γ per agent step")
     tau: float = option(0.01, "Polyak rate of SAC's target critics")
@@ -290,6 +293,7 @@ class LatentQAgent(nn.Module):
                 discount=c.discount,
                 target_update_every=c.target_update_every,
                 extra_parameters=encoder_parameters,
+                layer_norm=c.critic_norm,
             )
         elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
             self.head = SAC(
@@ -303,6 +307,7 @@ class LatentQAgent(nn.Module):
                 tau=c.tau,
                 init_temperature=c.init_temperature,
                 extra_parameters=encoder_parameters,
+                critic_layer_norm=c.critic_norm,
             )
         else:
             raise ValueError(

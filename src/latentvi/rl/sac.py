@@ -90,12 +90,19 @@ class TanhGaussianPolicy(nn.Module):
 
 
 class TwinQ(nn.Module):
-    """Two critics ``Q_i(z, a)``: ``(z [B, F], a [B, A]) -> ([B], [B])``."""
+    """Two critics ``Q_i(z, a)``: ``(z [B, F], a [B, A]) -> ([B], [B])`` (``layer_norm``: a
+    LayerNorm after each hidden layer, see :class:`latentvi.nn.MLP`)."""
 
-    def __init__(self, feature_dim: int, action_dim: int, hidden: Sequence[int] = (256, 256)):
+    def __init__(
+        self,
+        feature_dim: int,
+        action_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        layer_norm: bool = False,
+    ) -> None:
         super().__init__()
-        self.q1 = MLP(feature_dim + action_dim, hidden, 1, nn.ReLU)
-        self.q2 = MLP(feature_dim + action_dim, hidden, 1, nn.ReLU)
+        self.q1 = MLP(feature_dim + action_dim, hidden, 1, nn.ReLU, layer_norm)
+        self.q2 = MLP(feature_dim + action_dim, hidden, 1, nn.ReLU, layer_norm)
 
     def forward(self, features: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         inputs = torch.cat([features, action], -1)
@@ -113,6 +120,8 @@ class SAC(nn.Module):
         discount: γ per agent step; ``tau``: Polyak rate of the target critics.
         init_temperature: initial α.
         extra_parameters: further parameters the critic loss trains (an encoder trained end to end).
+        critic_layer_norm: LayerNorm in the critics' hidden layers (Ball et al. 2023); it bounds
+            the critics' hidden activations whatever the scale of the features.
     """
 
     def __init__(
@@ -128,11 +137,12 @@ class SAC(nn.Module):
         tau: float = 0.01,
         init_temperature: float = 0.1,
         extra_parameters: Iterable[nn.Parameter] = (),
+        critic_layer_norm: bool = False,
     ) -> None:
         super().__init__()
         self.actor = TanhGaussianPolicy(feature_dim, low, high, hidden)
         action_dim = self.actor.centre.shape[0]
-        self.critic = TwinQ(feature_dim, action_dim, hidden)
+        self.critic = TwinQ(feature_dim, action_dim, hidden, critic_layer_norm)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_temperature)))
         self.target_entropy = -float(action_dim)
