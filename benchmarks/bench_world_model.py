@@ -3,6 +3,7 @@
     python benchmarks/bench_world_model.py throughput [--presets debug,default,paper]
         [--agents planet,dreamer] [--updates 10] [--act-steps 20] [--repeats 3]
     python benchmarks/bench_world_model.py collect --run runs/bench-world-model/dreamer-default-seed0
+    python benchmarks/bench_world_model.py open-loop --run RUN [--episodes 10] [--horizon 45]
     python benchmarks/bench_world_model.py curve --agent dreamer --preset default --steps 50000
         [--eval-every N] [--eval-episodes N] [--seed 0] [--runs runs/bench-world-model] [--resume]
 
@@ -15,7 +16,10 @@ run's schedule (``train_steps`` updates, then one 200-step episode of 100 agent 
 training, environment stepping and acting, and the hours that 50k environment steps would take
 (without evaluation episodes). ``curve`` runs ``latentvi world-model train`` and stores its
 curve and summary; ``collect`` stores the evaluations logged so far by a run folder (a run that is
-still going or was stopped: its metrics.jsonl ``eval/*`` rows). Results:
+still going or was stopped: its metrics.jsonl ``eval/*`` rows); ``open-loop`` measures the
+open-loop prediction of a run's latest checkpoint on fresh episodes
+(:mod:`latentvi.experiments.open_loop`: per-step frame error and, on Pendulum, the rod-angle
+error and the number of steps it stays under 30°). Results:
 benchmarks/results/world_model_*.json.
 """
 
@@ -28,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latentvi.experiments.open_loop import open_loop_report
 from latentvi.experiments.world_model import (
     AGENTS,
     WorldModelRunConfig,
@@ -201,10 +206,27 @@ def collect(args) -> dict:
     }
 
 
+def open_loop(args) -> dict:
+    """Open-loop errors of the run's latest checkpoint on ``--episodes`` fresh episodes; the
+    figures go to results/ beside the JSON."""
+    tag = Path(args.run).name
+    summary = open_loop_report(args.run, episodes=args.episodes, horizon=args.horizon,
+                               out=Path(args.runs) / f"open-loop-{tag}")  # fmt: skip
+    step = summary["checkpoint_step"]
+    for suffix in ("", "_errors"):
+        source = Path(args.runs) / f"open-loop-{tag}" / f"open_loop_report{suffix}.png"
+        (RESULTS / f"world_model_open_loop_{tag}_{step}{suffix}.png").write_bytes(
+            source.read_bytes()
+        )
+    return {"mode": "open-loop", "loadavg": os.getloadavg(), **summary}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("throughput", "curve", "collect"))
-    parser.add_argument("--run", default=None, help="collect: the run folder")
+    parser.add_argument("mode", choices=("throughput", "curve", "collect", "open-loop"))
+    parser.add_argument("--run", default=None, help="collect, open-loop: the run folder")
+    parser.add_argument("--episodes", type=int, default=10, help="open-loop: fresh episodes")
+    parser.add_argument("--horizon", type=int, default=45, help="open-loop: steps predicted")
     parser.add_argument("--presets", default="debug,default,paper")
     parser.add_argument("--agents", default="planet,dreamer")
     parser.add_argument("--updates", type=int, default=10)
@@ -227,6 +249,9 @@ def main() -> None:
     elif args.mode == "collect":
         result = collect(args)
         name = f"world_model_partial_{Path(args.run).name}.json"
+    elif args.mode == "open-loop":
+        result = open_loop(args)
+        name = f"world_model_open_loop_{Path(args.run).name}_{result['checkpoint_step']}.json"
     else:
         result = curve(args)
         name = f"world_model_curve_{args.agent}_{args.preset}_seed{args.seed}.json"

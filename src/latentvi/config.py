@@ -20,6 +20,7 @@ __all__ = [
     "add_arguments",
     "check_positive_int",
     "from_arguments",
+    "from_dict",
     "option",
     "require",
     "to_dict",
@@ -142,6 +143,13 @@ def from_arguments(config_type: type[T], arguments: argparse.Namespace) -> T:
     """Build ``config_type`` from parsed arguments (its ``__post_init__`` validates)."""
     values = {f.name: getattr(arguments, f.name) for f in dataclasses.fields(config_type) if f.init}
     return config_type(**values)
+
+
+def from_dict(config_type: type[T], values: dict[str, Any]) -> T:
+    """``config_type`` from a :func:`to_dict` dict read back from JSON: lists become tuples
+    (JSON has no tuples) and fields the dict lacks keep their defaults; an unknown key is a
+    ``TypeError`` (validated by ``config_type``'s ``__post_init__``)."""
+    return config_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from latentvi.cli import main
-from latentvi.experiments.world_model import PRESETS, WorldModelRunConfig, with_preset
+from latentvi.experiments.world_model import PRESETS, WorldModelRunConfig, load_run, with_preset
 from latentvi.models.ssm import RSSMConfig
 from latentvi.rl.dreamer import DreamerAgent, DreamerConfig
 from latentvi.rl.episodes import EpisodeStore
@@ -71,19 +71,9 @@ def test_debug_agent_runs_writes_outputs_and_resumes(agent, tmp_path, capsys):
     for before, after in zip(first, store.episodes[:2], strict=True):
         for key in before:
             np.testing.assert_array_equal(before[key], after[key])
-    loaded = load_checkpoint(out, _agent_like(out, agent), restore_rng=False)
-    assert loaded["step"] == 600 and loaded["counters"]["episodes"] == 3
-
-
-def _agent_like(out, agent):
-    config = json.loads((out / "config.json").read_text())
-    model = RSSMConfig(**{k: tuple(v) if isinstance(v, list) else v
-                          for k, v in config["model"].items()})  # fmt: skip
-    training = ModelTrainingConfig(**config["training"])
-    if agent == "planet":
-        return PlanetAgent(model, training, PlanetConfig(**config["planet"]))
-    dreamer = {k: tuple(v) if isinstance(v, list) else v for k, v in config["dreamer"].items()}
-    return DreamerAgent(model, training, DreamerConfig(**dreamer))
+    name, _, _, step = load_run(out)
+    assert name == agent and step == 600
+    assert load_checkpoint(out, load_run(out)[1], restore_rng=False)["counters"]["episodes"] == 3
 
 
 @pytest.mark.slow  # two more runs, ~15 s

@@ -44,7 +44,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from latentvi.config import option, require, require_int, to_dict
+from latentvi.config import from_dict, option, require, require_int, to_dict
 from latentvi.models.ssm import RSSMConfig
 from latentvi.rl.dreamer import DreamerAgent, DreamerConfig
 from latentvi.rl.episodes import EpisodeRunner, EpisodeStore
@@ -62,6 +62,7 @@ __all__ = [
     "AGENTS",
     "PRESETS",
     "WorldModelRunConfig",
+    "load_run",
     "preset_config",
     "train_world_model",
     "with_preset",
@@ -200,6 +201,32 @@ def with_preset(config: Any, preset: str) -> Any:
     """``config`` with the preset's values in place of fields left at their defaults."""
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
     return preset_config(type(config), preset, values)
+
+
+def load_run(
+    run_dir: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[str, WorldModelAgent, WorldModelRunConfig, int]:
+    """``(agent name, agent in eval mode, run config, environment step)`` of a run folder's latest
+    checkpoint (safetensors + JSON: loading runs no code from the folder)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: {str(run_dir)!r} is not a world-model run folder")
+    try:
+        spec = json.loads(path.read_text())
+        agent_name = spec["agent"]
+        check_agent(agent_name)
+        config_type, factory = AGENTS[agent_name]
+        run = from_dict(WorldModelRunConfig, spec["run"])
+        model = from_dict(RSSMConfig, spec["model"])
+        training = from_dict(ModelTrainingConfig, spec["training"])
+        agent_config = from_dict(config_type, spec[agent_name])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is corrupt ({error}); restore it from the run") from None
+    if find_latest(run_dir) is None:
+        raise ValueError(f"{str(run_dir)!r} holds no checkpoint yet: wait for the first one")
+    agent = factory(model, training, agent_config)
+    loaded = load_checkpoint(run_dir, agent, map_location=map_location, restore_rng=False)
+    return agent_name, agent.eval(), run, int(loaded["counters"]["env_steps"])
 
 
 def check_agent(agent: str) -> None:

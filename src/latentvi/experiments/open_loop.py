@@ -1,0 +1,174 @@
+"""How long a world model's open-loop predictions stay recognizable, measured on fresh episodes.
+
+From ``context`` observed frames the model filters a posterior state, then imagines ``horizon``
+steps with its prior under the actions the episode actually took, and decodes each imagined
+state (:meth:`latentvi.models.ssm.WorldModel.open_loop`). Per step ahead, over a batch of
+episodes:
+
+* the mean squared error of the predicted frame (pixels in [0, 1]) beside that of the mean
+  context frame (a model that predicts nothing moves);
+* on Pendulum-v1, the **rod angle** read off each frame (:func:`pendulum_angle`): the absolute
+  error of the predicted frame's angle to the true frame's, beside that of holding the last
+  context frame. A prediction is *recognizable* at a step when the median angle error over the
+  episodes is below ``threshold`` (default π/6 = 30°); ``recognizable_steps`` is the number of
+  steps ahead before it first is not.
+
+:func:`open_loop_report` does this for a run folder's latest checkpoint (`latentvi world-model
+train` runs), with episodes of the trained agent acting without noise.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from latentvi.models.ssm import align_episode
+
+__all__ = ["open_loop_errors", "open_loop_report", "pendulum_angle", "recognizable_steps"]
+
+RECOGNIZABLE_ANGLE = math.pi / 6
+REPORT_SEED = 5_000_000
+
+
+def pendulum_angle(frames: Tensor) -> Tensor:
+    """Gymnasium Pendulum's angle θ (0 upright, counter-clockwise positive) read off rendered
+    frames ``[*B, C, H, W]`` (uint8, or floats in [0, 1]; one or more channels): the direction
+    from the image centre (the pivot) to the centroid of the darkness ``1 − pixel`` on the white
+    background. On 64×64 grayscale renders it is within 0.02 rad of the true θ on average
+    (``tests/experiments/test_open_loop.py``). Returns ``[*B]`` radians in (−π, π]."""
+    pixels = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+    darkness = (1.0 - pixels.mean(-3)).clamp_min(0.0)  # [*B, H, W]
+    height, width = darkness.shape[-2:]
+    rows = torch.arange(height, dtype=darkness.dtype) - (height - 1) / 2
+    columns = torch.arange(width, dtype=darkness.dtype) - (width - 1) / 2
+    right = (darkness * columns).sum((-2, -1))
+    down = (darkness * rows[:, None]).sum((-2, -1))
+    # upright: the rod points up (down < 0) → θ = 0; the image x axis is θ's clockwise side
+    return torch.atan2(-right, -down)
+
+
+def wrapped_difference(a: Tensor, b: Tensor) -> Tensor:
+    """``a − b`` wrapped into [−π, π)."""
+    return torch.remainder(a - b + math.pi, 2 * math.pi) - math.pi
+
+
+@torch.no_grad()
+def open_loop_errors(
+    model, obs: Tensor, actions: Tensor, context: int, horizon: int, pendulum: bool
+) -> dict[str, np.ndarray]:
+    """Per-step errors ``[horizon]`` of the open-loop prediction of aligned episodes ``obs
+    [T, B, C, H, W]`` (uint8) and ``actions [T, B, A]`` (actions[t] led to obs[t]): ``mse`` and
+    ``mean_context_frame_mse`` averaged over the B episodes; with ``pendulum`` also
+    ``angle_error`` and ``last_context_angle_error`` (median over episodes, radians). Also
+    ``predicted``: the predicted frames ``[horizon, B, C, H, W]`` in [0, 1]."""
+    if obs.shape[0] < context + horizon:
+        raise ValueError(
+            f"episodes of {obs.shape[0]} observations are too short for context {context} + "
+            f"horizon {horizon}: use a shorter horizon"
+        )
+    device = next(model.parameters()).device
+    predicted = model.open_loop(
+        obs[:context].to(device),
+        actions[:context].to(device),
+        actions[context : context + horizon].to(device),
+    ).cpu()  # [H, B, C, H, W]
+    truth = obs[context : context + horizon].float() / 255.0
+    mean_frame = obs[:context].float().mean(0) / 255.0  # [B, C, H, W]
+    result = {
+        "mse": (predicted - truth).pow(2).mean((2, 3, 4)).mean(1).numpy(),
+        "mean_context_frame_mse": (mean_frame - truth).pow(2).mean((2, 3, 4)).mean(1).numpy(),
+        "predicted": predicted,
+    }
+    if pendulum:
+        true_angle = pendulum_angle(truth)  # [H, B]
+        last = pendulum_angle(obs[context - 1].float() / 255.0)  # [B]
+        error = wrapped_difference(pendulum_angle(predicted), true_angle).abs()
+        still = wrapped_difference(last[None], true_angle).abs()
+        result["angle_error"] = error.median(1).values.numpy()
+        result["last_context_angle_error"] = still.median(1).values.numpy()
+    return result
+
+
+def recognizable_steps(angle_error: np.ndarray, threshold: float = RECOGNIZABLE_ANGLE) -> int:
+    """Steps ahead before the (median) angle error first reaches ``threshold``."""
+    above = np.flatnonzero(np.asarray(angle_error) >= threshold)
+    return int(above[0]) if above.size else len(angle_error)
+
+
+def open_loop_report(
+    run_dir: str | os.PathLike,
+    episodes: int = 10,
+    context: int = 5,
+    horizon: int = 45,
+    out: str | os.PathLike | None = None,
+    threshold: float = RECOGNIZABLE_ANGLE,
+) -> dict[str, Any]:
+    """Open-loop errors of a world-model run's latest checkpoint on ``episodes`` fresh episodes of
+    its agent acting without noise (reset seeds apart from training's and evaluation's). Writes
+    ``open_loop_report.csv``, ``open_loop_report.png`` (true frames above the predictions of the
+    first episode) and ``open_loop_report_errors.png`` to ``out`` (default: the run folder) and
+    returns the summary (JSON-ready)."""
+    from latentvi.experiments.world_model import load_run, make_run_env
+    from latentvi.plots import plot_image_grid, plot_prediction_errors
+    from latentvi.rl.episodes import EpisodeRunner
+
+    agent_name, agent, run, step = load_run(run_dir)
+    out = Path(out) if out is not None else Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = make_run_env(run)
+    runner = EpisodeRunner(env, {"model": 0.0, "env": 0.0, "act": 0.0})
+    observed, taken = [], []
+    try:
+        for index in range(episodes):
+            episode, _, _ = runner.run(REPORT_SEED + index, agent, explore=False)
+            obs = torch.as_tensor(episode["obs"])
+            action = torch.as_tensor(episode["action"])
+            aligned_obs, aligned_action, _ = align_episode(obs, action, action[:, 0])
+            observed.append(aligned_obs)
+            taken.append(aligned_action)
+    finally:
+        env.close()
+    obs, actions = torch.stack(observed, 1), torch.stack(taken, 1)
+    horizon = min(horizon, obs.shape[0] - context)
+    pendulum = run.env.startswith("Pendulum")
+    errors = open_loop_errors(agent.model, obs, actions, context, horizon, pendulum)
+    columns = [k for k in errors if k != "predicted"]
+    with open(out / "open_loop_report.csv", "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["step", *columns])
+        for t in range(horizon):
+            writer.writerow([t + 1, *(f"{errors[k][t]:.6g}" for k in columns)])
+    every = max(1, horizon // 15)
+    shown = list(range(every - 1, horizon, every))
+    truth = obs[context : context + horizon, 0].float() / 255.0
+    grid = torch.cat([truth[shown], errors["predicted"][shown, 0]])
+    title = f"{agent_name} at step {step}: true (top) | open loop after {context} frames"
+    plot_image_grid(grid, out / "open_loop_report.png", title, columns=len(shown))
+    plot_prediction_errors(
+        errors["mse"], errors["mean_context_frame_mse"], out / "open_loop_report_errors.png"
+    )
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "agent": agent_name,
+        "checkpoint_step": step,
+        "episodes": episodes,
+        "context": context,
+        "horizon": horizon,
+        "per_step": {k: [float(v) for v in errors[k]] for k in columns},
+    }
+    if pendulum:
+        summary["angle_threshold_rad"] = threshold
+        summary["recognizable_steps"] = recognizable_steps(errors["angle_error"], threshold)
+        summary["last_context_recognizable_steps"] = recognizable_steps(
+            errors["last_context_angle_error"], threshold
+        )
+    (out / "open_loop_report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

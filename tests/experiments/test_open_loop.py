@@ -1,0 +1,98 @@
+"""Open-loop prediction errors: the pendulum angle read off frames, the per-step errors against
+their baselines, and the report of a trained run's checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from latentvi.cli import main
+from latentvi.experiments.open_loop import (
+    open_loop_errors,
+    open_loop_report,
+    pendulum_angle,
+    recognizable_steps,
+)
+from latentvi.experiments.world_model import load_run
+from latentvi.rl.pixels import make_env
+
+
+def _pendulum_frames(steps=60, seed=0):
+    """Rendered 64×64 grayscale frames uint8 [T, 1, 64, 64] and the true θ at each."""
+    env = make_env("Pendulum-v1", pixels=True, size=64, grayscale=True, action_repeat=1)
+    obs, _ = env.reset(seed=seed)
+    generator = np.random.default_rng(seed)
+    frames, angles = [], []
+    for _ in range(steps):
+        frames.append(obs)
+        angles.append(float(env.unwrapped.state[0]))
+        obs, *_ = env.step(generator.uniform(-2, 2, (1,)).astype(np.float32))
+    env.close()
+    return torch.as_tensor(np.stack(frames)), torch.tensor(angles)
+
+
+def test_pendulum_angle_reads_the_true_angle_off_rendered_frames():
+    frames, angles = _pendulum_frames()
+    error = torch.remainder(pendulum_angle(frames) - angles + math.pi, 2 * math.pi) - math.pi
+    assert error.abs().mean() < 0.05 and error.abs().max() < 0.15
+    # floats in [0, 1] and uint8 give the same angles
+    torch.testing.assert_close(pendulum_angle(frames.float() / 255), pendulum_angle(frames))
+
+
+class _Replay(nn.Module):
+    """A stand-in world model whose open-loop 'prediction' is a given set of frames."""
+
+    def __init__(self, frames: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.frames = frames
+
+    def open_loop(self, obs_context, actions_context, actions_future):
+        return self.frames[: actions_future.shape[0]]
+
+
+def test_errors_of_a_perfect_and_of_a_still_prediction():
+    frames, _ = _pendulum_frames(40)
+    obs = torch.stack([frames, frames.flip(0)], 1)  # two 'episodes' [T, 2, 1, 64, 64]
+    actions = torch.zeros(40, 2, 1)
+    context, horizon = 5, 30
+    truth = obs[context : context + horizon].float() / 255
+    perfect = open_loop_errors(_Replay(truth), obs, actions, context, horizon, pendulum=True)
+    np.testing.assert_allclose(perfect["mse"], 0.0, atol=1e-12)
+    np.testing.assert_allclose(perfect["angle_error"], 0.0, atol=1e-5)
+    assert recognizable_steps(perfect["angle_error"]) == horizon
+    still = (obs[context - 1].float() / 255)[None].expand(horizon, -1, -1, -1, -1)
+    held = open_loop_errors(_Replay(still), obs, actions, context, horizon, pendulum=True)
+    np.testing.assert_allclose(held["angle_error"], held["last_context_angle_error"], atol=1e-6)
+    assert held["mse"][0] > 0 and perfect["mean_context_frame_mse"][0] > 0
+    with pytest.raises(ValueError, match="too short"):
+        open_loop_errors(_Replay(truth), obs, actions, context, 40, pendulum=True)
+
+
+def test_recognizable_steps_counts_until_the_first_miss():
+    assert recognizable_steps(np.array([0.1, 0.2, 0.6, 0.1]), 0.5) == 2
+    assert recognizable_steps(np.array([0.7]), 0.5) == 0
+
+
+def test_report_of_a_debug_run(tmp_path, capsys):
+    out = tmp_path / "dreamer"
+    argv = ["world-model", "train", "--agent", "dreamer", "--preset", "debug", "--steps", "400",
+            "--eval-episodes", "1", "--no-progress", "--no-tensorboard", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    name, agent, run, step = load_run(out)
+    assert not agent.training
+    assert name == "dreamer" and step == 400 and run.image_size == 32
+    summary = open_loop_report(out, episodes=2, horizon=30, out=tmp_path / "report")
+    assert summary["checkpoint_step"] == 400 and summary["horizon"] == 30
+    assert all(len(v) == 30 for v in summary["per_step"].values())
+    assert 0 <= summary["recognizable_steps"] <= 30
+    for name in ("open_loop_report.csv", "open_loop_report.png", "open_loop_report_errors.png"):
+        assert (tmp_path / "report" / name).is_file(), name
+    assert json.loads((tmp_path / "report" / "open_loop_report.json").read_text()) == summary
+    with pytest.raises(ValueError, match="not a world-model run folder"):
+        load_run(tmp_path / "nothing")
