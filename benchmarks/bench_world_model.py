@@ -1,4 +1,5 @@
-"""Latent state-space models and model-based RL (issue 6): PlaNet and Dreamer throughput and curves.
+"""Latent state-space models and model-based RL (issue 6): PlaNet, Dreamer and SLAC throughput and
+curves.
 
     python benchmarks/bench_world_model.py throughput [--presets debug,default,paper]
         [--agents planet,dreamer] [--updates 10] [--act-steps 20] [--repeats 3]
@@ -7,8 +8,9 @@
         [--eval-every N] [--eval-episodes N] [--seed 0] [--runs runs/bench-world-model] [--resume]
 
 ``throughput``, per preset and agent, on pixel Pendulum-v1 with the preset's sizes: world-model
-updates per second (one batch of chunks each; Dreamer's include its actor-critic step), agent
-steps per second while acting (filtering + planning or the actor; PlaNet: a full CEM per step),
+updates per second (one batch of chunks each; Dreamer's and SLAC's include their actor-critic
+step — SLAC's timed with ``model_only_updates`` = 0, so every update has it), agent steps per
+second while acting (filtering + planning or the actor; PlaNet: a full CEM per step),
 and environment steps per second (rendering included), each the median of ``--repeats`` timed
 repeats after one warm-up. From these it derives the share of wall time of one iteration of the
 run's schedule (``train_steps`` updates, then one 200-step episode of 100 agent steps) in model
@@ -16,12 +18,14 @@ training, environment stepping and acting, and the hours that 50k environment st
 (without evaluation episodes). ``curve`` runs ``latentvi world-model train`` and stores its
 curve and summary; ``collect`` stores the evaluations logged so far by a run folder (a run that is
 still going or was stopped: its metrics.jsonl ``eval/*`` rows). Results:
-benchmarks/results/world_model_*.json.
+benchmarks/results/world_model_*.json (throughput of other agents than planet,dreamer:
+``world_model_throughput_AGENTS_Nt.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -44,15 +48,17 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def configs(agent: str, preset: str, **run_values):
-    run = preset_config(WorldModelRunConfig, preset, run_values)
-    model = preset_config(RSSMConfig, preset)
-    training = preset_config(ModelTrainingConfig, preset)
-    agent_config = preset_config(AGENTS[agent][0], preset)
+    run = preset_config(WorldModelRunConfig, preset, run_values, agent)
+    model = preset_config(RSSMConfig, preset, agent=agent)
+    training = preset_config(ModelTrainingConfig, preset, agent=agent)
+    agent_config = preset_config(AGENTS[agent][0], preset, agent=agent)
     return run, model, training, agent_config
 
 
 def throughput_one(agent_name: str, preset: str, args, folder: Path) -> dict:
     run, model_config, training, agent_config = configs(agent_name, preset, out=str(folder))
+    if hasattr(agent_config, "model_only_updates"):  # SLAC: time the full update
+        agent_config = dataclasses.replace(agent_config, model_only_updates=0)
     env = make_run_env(run)
     model_config = RSSMConfig(
         **{
@@ -223,7 +229,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.mode == "throughput":
         result = throughput(args)
-        name = f"world_model_throughput_{args.threads}t.json"
+        agents = "" if args.agents == "planet,dreamer" else args.agents.replace(",", "-") + "_"
+        name = f"world_model_throughput_{agents}{args.threads}t.json"
     elif args.mode == "collect":
         result = collect(args)
         name = f"world_model_partial_{Path(args.run).name}.json"

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from latentvi.cli import main
+from latentvi.experiments.world_model import preset_config
 from latentvi.models.ssm import RSSMConfig
 from latentvi.rl.episodes import EpisodeStore
 from latentvi.rl.slac import SlacAgent, SlacConfig, history_windows
@@ -209,3 +210,15 @@ def test_debug_run_through_the_cli_resumes_with_its_episodes(tmp_path, capsys):
     assert {"model", "critic", "actor", "alpha"} <= set(optimizers)
     assert optimizers["model"]["state"][0]["step"] == 10
     assert optimizers["critic"]["state"][0]["step"] == 8
+
+
+def test_the_paper_preset_gives_slac_its_batch_and_leaves_the_others_alone():
+    slac = preset_config(ModelTrainingConfig, "paper", agent="slac")
+    assert (slac.batch_size, slac.chunk_length) == (32, 9)  # 32 sequences of 8 steps
+    assert preset_config(ModelTrainingConfig, "paper", agent="dreamer") == ModelTrainingConfig()
+    config = preset_config(SlacConfig, "paper", agent="slac")
+    assert (config.history, config.sac_hidden, config.sac_lr, config.sac_discount) == (
+        8, (256, 256), 3e-4, 0.99,
+    )  # fmt: skip
+    # an explicit value wins over the agent's preset value
+    assert preset_config(ModelTrainingConfig, "paper", {"batch_size": 7}, "slac").batch_size == 7
