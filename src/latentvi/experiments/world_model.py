@@ -440,7 +440,7 @@ def _diverged(error: FloatingPointError, state: dict, out: Path) -> TrainingDive
     return TrainingDivergedError(
         f"training diverged after {state['updates']} updates ({state['env_steps']} environment "
         f"steps): {error}; that step was not taken. {where}: resume it (--resume) or start again "
-        "with lower learning rates (--model-lr, --actor-lr, --critic-lr)",
+        "with lower learning rates (--model-lr; Dreamer: --actor-lr, --critic-lr; SLAC: --sac-lr)",
         step=state["updates"] + 1,
         metric=str(error),
         last_checkpoint=str(latest) if latest else None,
