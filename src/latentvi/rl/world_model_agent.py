@@ -5,8 +5,10 @@ tracks the latent state while acting.
 :meth:`~WorldModelAgent.update` takes a batch of chunks from
 :meth:`latentvi.rl.episodes.EpisodeStore.sample` (``obs [L, B, C, H, W]`` uint8 with the action and
 reward that led to each frame), minimizes the negative sequence ELBO ``WorldModel.loss`` for one
-step, and hands the posterior states to :meth:`~WorldModelAgent.learn_behaviour` (Dreamer's
-actor-critic; nothing for PlaNet). Acting, it filters: after a reset the state is the RSSM's
+step (:meth:`~WorldModelAgent.model_step`), and hands the posterior states to
+:meth:`~WorldModelAgent.learn_behaviour` (Dreamer's actor-critic; nothing for PlaNet; SLAC
+overrides ``update`` to learn from the batch's transitions and ``act`` to act on a frame history
+without the filter). Acting, it filters: after a reset the state is the RSSM's
 zero state and the previous action zero — exactly what ``observe`` assumes at the start of an
 episode — and each frame moves it one prior step under the previous action and one posterior
 step on the frame. :meth:`~WorldModelAgent.plan` (the subclass's) maps the posterior state to an
