@@ -1,4 +1,5 @@
-"""Latent state-space models and model-based RL (issue 6): PlaNet and Dreamer throughput and curves.
+"""Latent state-space models and model-based RL (issue 6): PlaNet, Dreamer and SLAC throughput and
+curves.
 
     python benchmarks/bench_world_model.py throughput [--presets debug,default,paper]
         [--agents planet,dreamer] [--updates 10] [--act-steps 20] [--repeats 3]
@@ -8,8 +9,9 @@
         [--eval-every N] [--eval-episodes N] [--seed 0] [--runs runs/bench-world-model] [--resume]
 
 ``throughput``, per preset and agent, on pixel Pendulum-v1 with the preset's sizes: world-model
-updates per second (one batch of chunks each; Dreamer's include its actor-critic step), agent
-steps per second while acting (filtering + planning or the actor; PlaNet: a full CEM per step),
+updates per second (one batch of chunks each; Dreamer's and SLAC's include their actor-critic
+step — SLAC's timed with ``model_only_updates`` = 0, so every update has it), agent steps per
+second while acting (filtering + planning or the actor; PlaNet: a full CEM per step),
 and environment steps per second (rendering included), each the median of ``--repeats`` timed
 repeats after one warm-up. From these it derives the share of wall time of one iteration of the
 run's schedule (``train_steps`` updates, then one 200-step episode of 100 agent steps) in model
@@ -20,12 +22,14 @@ still going or was stopped: its metrics.jsonl ``eval/*`` rows); ``open-loop`` me
 open-loop prediction of a run's latest checkpoint on fresh episodes
 (:mod:`latentvi.experiments.open_loop`: per-step frame error and, on Pendulum, the rod-angle
 error and the number of steps it stays under 30°). Results:
-benchmarks/results/world_model_*.json.
+benchmarks/results/world_model_*.json (throughput of other agents than planet,dreamer:
+``world_model_throughput_AGENTS_Nt.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -49,15 +53,17 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def configs(agent: str, preset: str, **run_values):
-    run = preset_config(WorldModelRunConfig, preset, run_values)
-    model = preset_config(RSSMConfig, preset)
-    training = preset_config(ModelTrainingConfig, preset)
-    agent_config = preset_config(AGENTS[agent][0], preset)
+    run = preset_config(WorldModelRunConfig, preset, run_values, agent)
+    model = preset_config(RSSMConfig, preset, agent=agent)
+    training = preset_config(ModelTrainingConfig, preset, agent=agent)
+    agent_config = preset_config(AGENTS[agent][0], preset, agent=agent)
     return run, model, training, agent_config
 
 
 def throughput_one(agent_name: str, preset: str, args, folder: Path) -> dict:
     run, model_config, training, agent_config = configs(agent_name, preset, out=str(folder))
+    if hasattr(agent_config, "model_only_updates"):  # SLAC: time the full update
+        agent_config = dataclasses.replace(agent_config, model_only_updates=0)
     env = make_run_env(run)
     model_config = RSSMConfig(
         **{
@@ -245,7 +251,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.mode == "throughput":
         result = throughput(args)
-        name = f"world_model_throughput_{args.threads}t.json"
+        agents = "" if args.agents == "planet,dreamer" else args.agents.replace(",", "-") + "_"
+        name = f"world_model_throughput_{agents}{args.threads}t.json"
     elif args.mode == "collect":
         result = collect(args)
         name = f"world_model_partial_{Path(args.run).name}.json"

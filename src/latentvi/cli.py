@@ -344,6 +344,7 @@ def _world_model_groups() -> list[tuple[str, type]]:
     from latentvi.models.ssm import RSSMConfig
     from latentvi.rl.dreamer import DreamerConfig
     from latentvi.rl.planet import PlanetConfig
+    from latentvi.rl.slac import SlacConfig
     from latentvi.rl.world_model_agent import ModelTrainingConfig
 
     return [
@@ -352,11 +353,24 @@ def _world_model_groups() -> list[tuple[str, type]]:
         ("world-model training", ModelTrainingConfig),
         ("planet", PlanetConfig),
         ("dreamer", DreamerConfig),
+        ("slac", SlacConfig),
     ]
 
 
+def _e2c_groups() -> list[tuple[str, type]]:
+    """The ``--e2c-*`` option groups of ``world-model train --agent e2c``."""
+    from latentvi.experiments.e2c import E2CRunConfig
+    from latentvi.models.e2c import E2CConfig
+
+    return [("e2c run (--agent e2c)", E2CRunConfig), ("e2c model (--agent e2c)", E2CConfig)]
+
+
+# E2C fields set by the shared options of world-model train (--seed, --progress), not --e2c-*.
+_E2C_SHARED = ("seed", "progress")
+
+
 def _run_rssm_agent(arguments: argparse.Namespace) -> dict:
-    """PlaNet or Dreamer: an RSSM world model and a way to act with it."""
+    """PlaNet, Dreamer or SLAC: an RSSM world model and a way to act with it."""
     from latentvi.experiments.world_model import AGENTS, train_world_model
 
     configs = {config_type: config for config_type, config in _world_model_configs(arguments)}
@@ -372,10 +386,42 @@ def _run_rssm_agent(arguments: argparse.Namespace) -> dict:
     )
 
 
+def _run_e2c_agent(arguments: argparse.Namespace) -> dict:
+    """E2C (Watter et al. 2015) on its pixel pendulum (:func:`latentvi.experiments.e2c.run_e2c`):
+    --preset picks E2C's preset of the same name, --out, --seed and --progress carry over, the
+    --e2c-* options set its fields; the other options do not apply."""
+    import dataclasses
+
+    from latentvi.config import argument_values
+    from latentvi.experiments.e2c import preset, run_e2c
+
+    if arguments.env != "Pendulum-v1":
+        raise ValueError(
+            f"env = {arguments.env!r} is invalid: --agent e2c runs only on Pendulum-v1 (it sets "
+            "the pendulum's state to collect its data); drop --env"
+        )
+    if arguments.resume:
+        raise ValueError("resume = True is invalid: --agent e2c runs cannot resume; drop --resume")
+    if arguments.out is None:
+        raise ValueError("out = None is invalid: give a run folder, e.g. --out runs/e2c")
+    changed = {}  # --e2c-* options set away from their defaults; the preset fills the rest
+    for _, config_type in _e2c_groups():
+        defaults = {f.name: f.default for f in dataclasses.fields(config_type)}
+        for name, value in argument_values(config_type, arguments, "e2c").items():
+            if value != defaults[name]:
+                changed[name] = value
+    run, model = preset(
+        arguments.preset, seed=arguments.seed, progress=arguments.progress, **changed
+    )
+    return run_e2c(run, arguments.out, model)
+
+
 # world-model agents: name -> runner(parsed arguments) -> summary
 WORLD_MODEL_AGENTS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "planet": _run_rssm_agent,
     "dreamer": _run_rssm_agent,
+    "slac": _run_rssm_agent,
+    "e2c": _run_e2c_agent,
 }
 
 
@@ -388,7 +434,8 @@ def _world_model_configs(arguments: argparse.Namespace) -> list[tuple[type, obje
     configs = []
     for _, config_type in _world_model_groups():
         values = {f.name: getattr(arguments, f.name) for f in dataclasses.fields(config_type)}
-        configs.append((config_type, preset_config(config_type, arguments.preset, values)))
+        preset = preset_config(config_type, arguments.preset, values, arguments.agent)
+        configs.append((config_type, preset))
     return configs
 
 
@@ -406,17 +453,20 @@ def _add_world_model(subparsers) -> None:
     )
     train = commands.add_parser(
         "train",
-        help="train an agent on a pixel environment (PlaNet, Dreamer)",
-        description="Train PlaNet (CEM planning in the learned latent space) or Dreamer (actor-"
-        "critic on imagined rollouts) from pixels. Writes curve.csv/png, open_loop.png/csv, "
+        help="train an agent on a pixel environment (PlaNet, Dreamer, SLAC, E2C)",
+        description="Train PlaNet (CEM planning in the learned latent space), Dreamer (actor-"
+        "critic on imagined rollouts) or SLAC (soft actor-critic: critics on the latent state, "
+        "actor on the frame history) from pixels. Writes curve.csv/png, open_loop.png/csv, "
         "open_loop_mse.png, frames.png, metrics, TensorBoard scalars, the episodes (episodes/) "
-        "and resumable checkpoints to --out.",
+        "and resumable checkpoints to --out. --agent e2c runs the E2C pixel-pendulum experiment "
+        "(Pendulum-v1 only; latent iLQR swing-up) with its --e2c-* options instead.",
     )
     train.add_argument(
         "--agent",
         default="planet",
         choices=tuple(WORLD_MODEL_AGENTS),
-        help="the agent (default: planet); only its own option group applies",
+        help="the agent (default: planet); only its own option group applies (e2c: --seed, "
+        "--out, --preset, --progress and the --e2c-* options)",
     )
     train.add_argument(
         "--preset",
@@ -427,6 +477,9 @@ def _add_world_model(subparsers) -> None:
     )
     for group_name, config_type in _world_model_groups():
         add_arguments(train.add_argument_group(group_name), config_type)
+    for group_name, config_type in _e2c_groups():
+        group = train.add_argument_group(group_name)
+        add_arguments(group, config_type, prefix="e2c", exclude=_E2C_SHARED)
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--json", action="store_true", help="print the summary as JSON")
     train.set_defaults(handler=_run_world_model)

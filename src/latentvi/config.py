@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "add_arguments",
+    "argument_values",
     "check_positive_int",
     "from_arguments",
     "from_dict",
@@ -77,16 +78,25 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
     return annotation, False
 
 
-def add_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
-    """Add one ``--option`` per field of the dataclass ``config_type`` (help: :func:`option`)."""
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    config_type: type,
+    prefix: str = "",
+    exclude: tuple[str, ...] = (),
+) -> None:
+    """Add one ``--option`` per field of the dataclass ``config_type`` (help: :func:`option`).
+
+    With a ``prefix`` (e.g. ``"e2c"``) the options are ``--e2c-field-name`` and their values
+    ``arguments.e2c_field_name`` (read back by :func:`from_arguments` with the same prefix), for a
+    config whose field names other option groups already use. Fields in ``exclude`` get none."""
     hints = typing.get_type_hints(config_type)
     for field in dataclasses.fields(config_type):
-        if not field.init:
+        if not field.init or field.name in exclude:
             continue
         kind, optional = _base_type(hints[field.name])
         help_text = field.metadata.get("help", "")
         choices = field.metadata.get("choices")
-        name = _option_name(field.name)
+        name = _option_name(f"{prefix}_{field.name}" if prefix else field.name)
         if typing.get_origin(kind) is tuple:
             item = typing.get_args(kind)[0]
             parser.add_argument(
@@ -139,10 +149,23 @@ def _none_or(kind: type):
     return parse
 
 
-def from_arguments(config_type: type[T], arguments: argparse.Namespace) -> T:
-    """Build ``config_type`` from parsed arguments (its ``__post_init__`` validates)."""
-    values = {f.name: getattr(arguments, f.name) for f in dataclasses.fields(config_type) if f.init}
-    return config_type(**values)
+def from_arguments(config_type: type[T], arguments: argparse.Namespace, prefix: str = "") -> T:
+    """Build ``config_type`` from parsed arguments (its ``__post_init__`` validates); ``prefix``
+    as given to :func:`add_arguments`."""
+    return config_type(**argument_values(config_type, arguments, prefix))
+
+
+def argument_values(
+    config_type: type, arguments: argparse.Namespace, prefix: str = ""
+) -> dict[str, Any]:
+    """The parsed values of ``config_type``'s options, by field name (fields without an option,
+    see ``exclude`` of :func:`add_arguments`, are left out)."""
+    start = f"{prefix}_" if prefix else ""
+    return {
+        f.name: getattr(arguments, start + f.name)
+        for f in dataclasses.fields(config_type)
+        if f.init and hasattr(arguments, start + f.name)
+    }
 
 
 def from_dict(config_type: type[T], values: dict[str, Any]) -> T:

@@ -1,10 +1,10 @@
-"""The job behind ``latentvi world-model train``: PlaNet or Dreamer on pixels.
+"""The job behind ``latentvi world-model train``: PlaNet, Dreamer or SLAC on pixels.
 
 A run (Hafner et al. 2019, PlaNet §5; Hafner et al. 2020, Dreamer §5):
 
 1. ``seed_episodes`` episodes of a uniform random policy;
 2. repeat until ``steps`` environment steps: ``train_steps`` updates (world model, and Dreamer's
-   actor-critic) on random chunks of the stored episodes, then one episode with the agent acting
+   or SLAC's actor-critic) on random chunks of the stored episodes, then one episode with the agent acting
    under exploration noise, stored on disk (:class:`latentvi.rl.episodes.EpisodeStore`);
 3. every ``eval_every`` environment steps, ``eval_episodes`` episodes without noise (fixed reset
    seeds apart from training's, under their own random state) → ``curve.csv`` / ``curve.png``.
@@ -50,6 +50,7 @@ from latentvi.rl.dreamer import DreamerAgent, DreamerConfig
 from latentvi.rl.episodes import EpisodeRunner, EpisodeStore
 from latentvi.rl.pixels import make_env
 from latentvi.rl.planet import PlanetAgent, PlanetConfig
+from latentvi.rl.slac import SlacAgent, SlacConfig
 from latentvi.rl.world_model_agent import ModelTrainingConfig, WorldModelAgent
 from latentvi.train.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from latentvi.train.config import resolve_device
@@ -60,6 +61,7 @@ from latentvi.train.storage import replace_text
 
 __all__ = [
     "AGENTS",
+    "AGENT_PRESETS",
     "PRESETS",
     "WorldModelRunConfig",
     "load_run",
@@ -116,6 +118,7 @@ AgentFactory = Callable[[RSSMConfig, ModelTrainingConfig, Any], WorldModelAgent]
 AGENTS: dict[str, tuple[type, AgentFactory]] = {
     "planet": (PlanetConfig, PlanetAgent),
     "dreamer": (DreamerConfig, DreamerAgent),
+    "slac": (SlacConfig, SlacAgent),
 }
 
 # A preset fills the options left at their defaults (field name -> value, over every config).
@@ -144,6 +147,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "top_k": 8,
         "imag_horizon": 5,
         "actor_hidden": (32, 32),
+        "history": 4,
+        "sac_hidden": (32, 32),
+        "model_only_updates": 2,  # so that a debug run takes both kinds of update
     },
     "default": {
         # pixel Pendulum-v1, 50k environment steps on 2 CPU cores
@@ -174,22 +180,43 @@ PRESETS: dict[str, dict[str, Any]] = {
         "critic_lr": 2e-4,
         # without an entropy bonus the actor collapsed to a constant torque (BENCHMARKS.md)
         "actor_entropy": 1.0,
+        # SLAC: the paper's K = 8 and 256-256 networks; the model alone for the first 300
+        # updates (10 episodes), as the paper pretrains it before SAC
+        "model_only_updates": 300,
     },
     "paper": {
         # PlaNet/Dreamer sizes (the config defaults), for a GPU
         "device": "auto",
         "steps": 500_000,
         "train_steps": 100,
+        # SLAC: the model alone for the first 10k updates (100 episodes): our choice of length
+        # for the pretraining the paper does before SAC starts
+        "model_only_updates": 10_000,
+    },
+}
+
+# Values of one agent's preset for fields the agents share (over PRESETS): agent -> preset -> values.
+AGENT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "slac": {
+        # SLAC's batch: 32 sequences of 8 steps, i.e. 9 observations (K = 8 frames of history at
+        # t and at t+1).
+        "paper": {"batch_size": 32, "chunk_length": 9},
     },
 }
 
 
-def preset_config(config_type: type, preset: str, values: dict[str, Any] | None = None) -> Any:
+def preset_config(
+    config_type: type,
+    preset: str,
+    values: dict[str, Any] | None = None,
+    agent: str | None = None,
+) -> Any:
     """``config_type(**values)`` with the preset's values for the fields ``values`` leaves out or
-    sets to their defaults (validated once, on the final values)."""
+    sets to their defaults (validated once, on the final values); ``agent``'s own values of the
+    preset (:data:`AGENT_PRESETS`) take precedence over the shared ones."""
     if preset not in PRESETS:
         raise ValueError(f"preset = {preset!r} is invalid: use one of {sorted(PRESETS)}")
-    chosen = PRESETS[preset]
+    chosen = {**PRESETS[preset], **AGENT_PRESETS.get(agent or "", {}).get(preset, {})}
     values = dict(values or {})
     for f in dataclasses.fields(config_type):
         if f.name in chosen and values.get(f.name, f.default) == f.default:
@@ -197,10 +224,11 @@ def preset_config(config_type: type, preset: str, values: dict[str, Any] | None 
     return config_type(**values)
 
 
-def with_preset(config: Any, preset: str) -> Any:
-    """``config`` with the preset's values in place of fields left at their defaults."""
+def with_preset(config: Any, preset: str, agent: str | None = None) -> Any:
+    """``config`` with the preset's values (``agent``'s, see :func:`preset_config`) in place of
+    fields left at their defaults."""
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
-    return preset_config(type(config), preset, values)
+    return preset_config(type(config), preset, values, agent)
 
 
 def load_run(
@@ -252,7 +280,7 @@ def make_run_env(run: WorldModelRunConfig) -> gym.Env:
     ):
         env.close()
         raise ValueError(
-            f"env = {run.env!r} has action space {space}; PlaNet and Dreamer need continuous "
+            f"env = {run.env!r} has action space {space}; the world-model agents need continuous "
             "actions in a bounded 1-D Box (e.g. Pendulum-v1)"
         )
     return env
@@ -439,7 +467,7 @@ def _diverged(error: FloatingPointError, state: dict, out: Path) -> TrainingDive
     return TrainingDivergedError(
         f"training diverged after {state['updates']} updates ({state['env_steps']} environment "
         f"steps): {error}; that step was not taken. {where}: resume it (--resume) or start again "
-        "with lower learning rates (--model-lr, --actor-lr, --critic-lr)",
+        "with lower learning rates (--model-lr; Dreamer: --actor-lr, --critic-lr; SLAC: --sac-lr)",
         step=state["updates"] + 1,
         metric=str(error),
         last_checkpoint=str(latest) if latest else None,

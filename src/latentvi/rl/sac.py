@@ -122,6 +122,11 @@ class SAC(nn.Module):
         extra_parameters: further parameters the critic loss trains (an encoder trained end to end).
         critic_layer_norm: LayerNorm in the critics' hidden layers (Ball et al. 2023); it bounds
             the critics' hidden activations whatever the scale of the features.
+        critic_feature_dim: size of the critics' features when they differ from the actor's
+            (SLAC: the critics see the latent state, the actor a history of frames); default
+            ``feature_dim``. Then ``critic_loss``'s ``next_features`` are the actor's and
+            ``next_target_features`` the critics', and ``actor_loss`` takes both.
+        eps: Adam's ε of the three optimizers.
     """
 
     def __init__(
@@ -138,20 +143,23 @@ class SAC(nn.Module):
         init_temperature: float = 0.1,
         extra_parameters: Iterable[nn.Parameter] = (),
         critic_layer_norm: bool = False,
+        critic_feature_dim: int | None = None,
+        eps: float = 1e-8,
     ) -> None:
         super().__init__()
         self.actor = TanhGaussianPolicy(feature_dim, low, high, hidden)
         action_dim = self.actor.centre.shape[0]
-        self.critic = TwinQ(feature_dim, action_dim, hidden, critic_layer_norm)
+        critic_features = feature_dim if critic_feature_dim is None else critic_feature_dim
+        self.critic = TwinQ(critic_features, action_dim, hidden, critic_layer_norm)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_temperature)))
         self.target_entropy = -float(action_dim)
         self.discount, self.tau = discount, tau
         self._critic_trained = [*self.critic.parameters(), *extra_parameters]
         self.optimizers = {
-            "critic": torch.optim.Adam(self._critic_trained, lr=lr),
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=lr),
-            "alpha": torch.optim.Adam([self.log_alpha], lr=alpha_lr, betas=(0.5, 0.999)),
+            "critic": torch.optim.Adam(self._critic_trained, lr=lr, eps=eps),
+            "actor": torch.optim.Adam(self.actor.parameters(), lr=lr, eps=eps),
+            "alpha": torch.optim.Adam([self.log_alpha], lr=alpha_lr, betas=(0.5, 0.999), eps=eps),
         }
 
     @property
@@ -178,13 +186,17 @@ class SAC(nn.Module):
         loss = (q1 - target).pow(2).mean() + (q2 - target).pow(2).mean()
         return loss, {"loss/critic": loss.detach(), "train/q": q1.mean().detach()}
 
-    def actor_loss(self, features: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """The actor's loss, the temperature's loss, and metrics (``features`` are detached)."""
+    def actor_loss(
+        self, features: Tensor, critic_features: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The actor's loss, the temperature's loss, and metrics. The actor sees ``features``, the
+        critics ``critic_features`` (default: the same); both are detached."""
         features = features.detach()
+        critic_features = features if critic_features is None else critic_features.detach()
         policy = self.actor(features)
         action = policy.rsample()
         log_prob = policy.log_prob(action)
-        q1, q2 = self.critic(features, action)
+        q1, q2 = self.critic(critic_features, action)
         actor = (self.alpha.detach() * log_prob - torch.minimum(q1, q2)).mean()
         temperature = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
         metrics = {

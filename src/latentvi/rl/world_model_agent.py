@@ -1,12 +1,14 @@
-"""What PlaNet and Dreamer share: a world model learned from episode chunks, and a filter that
+"""What PlaNet, Dreamer and SLAC share: a world model learned from episode chunks, and a filter that
 tracks the latent state while acting.
 
 :class:`WorldModelAgent` holds a :class:`latentvi.models.ssm.WorldModel` and its optimizer. Its
 :meth:`~WorldModelAgent.update` takes a batch of chunks from
 :meth:`latentvi.rl.episodes.EpisodeStore.sample` (``obs [L, B, C, H, W]`` uint8 with the action and
 reward that led to each frame), minimizes the negative sequence ELBO ``WorldModel.loss`` for one
-step, and hands the posterior states to :meth:`~WorldModelAgent.learn_behaviour` (Dreamer's
-actor-critic; nothing for PlaNet). Acting, it filters: after a reset the state is the RSSM's
+step (:meth:`~WorldModelAgent.model_step`), and hands the posterior states to
+:meth:`~WorldModelAgent.learn_behaviour` (Dreamer's actor-critic; nothing for PlaNet; SLAC
+overrides ``update`` to learn from the batch's transitions and ``act`` to act on a frame history
+without the filter). Acting, it filters: after a reset the state is the RSSM's
 zero state and the previous action zero — exactly what ``observe`` assumes at the start of an
 episode — and each frame moves it one prior step under the previous action and one posterior
 step on the frame. :meth:`~WorldModelAgent.plan` (the subclass's) maps the posterior state to an
@@ -31,7 +33,7 @@ __all__ = ["ModelTrainingConfig", "WorldModelAgent", "frozen"]
 
 @dataclasses.dataclass(frozen=True)
 class ModelTrainingConfig:
-    """How the world model is fitted (shared by PlaNet and Dreamer)."""
+    """How the world model is fitted (shared by PlaNet, Dreamer and SLAC)."""
 
     batch_size: int = option(50, "chunks per world-model update (B)")
     chunk_length: int = option(50, "steps per chunk (L)")
@@ -104,6 +106,13 @@ class WorldModelAgent(nn.Module):
     def update(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
         """One world-model step on ``batch`` (from ``EpisodeStore.sample``), then
         :meth:`learn_behaviour` on its posterior states. Returns metrics (floats)."""
+        metrics, posterior = self.model_step(batch)
+        metrics.update(self.learn_behaviour(posterior))
+        return metrics
+
+    def model_step(self, batch: Mapping[str, Tensor]) -> tuple[dict[str, float], State]:
+        """One world-model step on ``batch``: metrics (floats) and the posterior states
+        ``[L, B]`` (detached) of the batch under the model before the step."""
         device = self.device
         obs = batch["obs"].to(device)
         actions = batch["action"].to(device)
@@ -114,8 +123,7 @@ class WorldModelAgent(nn.Module):
         )
         metrics = {key: float(value) for key, value in metrics.items()}
         metrics["train/model_grad_norm"] = float(norm)
-        metrics.update(self.learn_behaviour(posterior.detach()))
-        return metrics
+        return metrics, posterior.detach()
 
     def learn_behaviour(self, posterior: State) -> dict[str, float]:
         """Learn from posterior states ``[L, B]`` (detached); PlaNet has nothing to learn."""
