@@ -128,7 +128,8 @@ def test_vae_loss_and_q_loss_train_disjoint_parameters_by_default(action_space):
 @pytest.mark.parametrize("action_space", [DISCRETE, CONTINUOUS], ids=["dqn", "sac"])
 def test_critic_norm_puts_layer_norm_in_the_q_networks_only(action_space):
     """``critic_norm``: LayerNorm in the Q-network (DQN) or both critics and their targets (SAC),
-    none in SAC's actor; off by default."""
+    none in SAC's actor; on by default."""
+    assert LatentQConfig().critic_norm
     torch.manual_seed(0)
 
     def norms(module):
