@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latentvi.config import to_dict
 from latentvi.experiments.latent_q import (
     RunConfig,
     make_run_env,
@@ -115,6 +116,7 @@ def one_run(
     agent_config = LatentQConfig(variant=variant, **(agent or {}))
     summary = run_latent_q(agent_config, config, resume=resume)
     summary["agent_options"] = dict(agent or {})
+    summary["agent_config"] = to_dict(agent_config)
     summary["seconds"] = time.perf_counter() - started
     with open(Path(config.out) / "curve.csv") as handle:
         rows = [line.split(",") for line in handle.read().splitlines()[1:]]
