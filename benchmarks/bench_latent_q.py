@@ -16,7 +16,7 @@ random policy's return to the state agent's at the same step count, and above th
 
 ``--agent NAME=VALUE`` (repeatable) sets a LatentQConfig option in ``full`` and ``curve`` runs,
 and ``--tag`` names them apart (run folders, result files, and the ``table`` that gathers them):
-``curve --variant vae --agent critic_norm=true --tag=-critic-norm``.
+``curve --variant vae --agent critic_norm=none --tag=-no-norm``.
 
 ``throughput`` times the training phase (act, store, one update per agent step) of every
 variant on both pixel environments; ``curve`` runs one seed of one variant. Runs go to
@@ -88,7 +88,7 @@ def run_config(
 
 
 def agent_options(pairs: list[str]) -> dict:
-    """``["critic_norm=true", "lr=1e-3"]`` -> LatentQConfig field values, typed by each field's
+    """``["critic_norm=none", "lr=1e-3"]`` -> LatentQConfig field values, typed by each field's
     default (bool, int, float or str)."""
     fields = {f.name: f for f in dataclasses.fields(LatentQConfig)}
     options = {}
@@ -415,7 +415,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue runs found in --runs")
     parser.add_argument(
         "--agent", action="append", default=[], metavar="NAME=VALUE",
-        help="full, curve: a LatentQConfig option for every run (repeatable), e.g. critic_norm=true",
+        help="full, curve: a LatentQConfig option for every run (repeatable), e.g. critic_norm=none",
     )  # fmt: skip
     parser.add_argument(
         "--tag", default="",

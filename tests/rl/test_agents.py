@@ -125,25 +125,25 @@ def test_vae_loss_and_q_loss_train_disjoint_parameters_by_default(action_space):
     assert not all(torch.equal(a, b) for a, b in zip(head, groups["head"], strict=True))
 
 
-@pytest.mark.parametrize("action_space", [DISCRETE, CONTINUOUS], ids=["dqn", "sac"])
-def test_critic_norm_puts_layer_norm_in_the_q_networks_only(action_space):
-    """``critic_norm``: LayerNorm in the Q-network (DQN) or both critics and their targets (SAC),
-    none in SAC's actor; on by default."""
-    assert LatentQConfig().critic_norm
+def test_critic_norm_puts_layer_norm_in_the_critics_it_names():
+    """``critic_norm``: ``sac`` (the default) in both SAC critics and their targets but not in
+    DQN's Q-network, ``all`` in both, ``none`` in neither; never in SAC's actor."""
     torch.manual_seed(0)
+    assert LatentQConfig().critic_norm == "sac"
 
     def norms(module):
         return sum(isinstance(m, torch.nn.LayerNorm) for m in module.modules())
 
-    for enabled in (False, True):
-        config = LatentQConfig(variant="state", critic_norm=enabled, hidden=(32, 32))
-        agent = LatentQAgent(config, gym.spaces.Box(-1, 1, (3,), np.float32), action_space)
-        head = agent.head
-        if isinstance(action_space, gym.spaces.Discrete):
-            assert norms(head.q) == norms(head.q_target) == 2 * enabled
-        else:
-            assert norms(head.critic) == norms(head.critic_target) == 4 * enabled
-            assert norms(head.actor) == 0
+    state = gym.spaces.Box(-1, 1, (3,), np.float32)
+    for setting, in_dqn, in_sac in (("sac", 0, 1), ("all", 1, 1), ("none", 0, 0)):
+        config = LatentQConfig(variant="state", critic_norm=setting, hidden=(32, 32))
+        dqn = LatentQAgent(config, state, DISCRETE).head
+        assert norms(dqn.q) == norms(dqn.q_target) == 2 * in_dqn
+        sac = LatentQAgent(config, state, CONTINUOUS).head
+        assert norms(sac.critic) == norms(sac.critic_target) == 4 * in_sac
+        assert norms(sac.actor) == 0
+    with pytest.raises(ValueError, match="critic_norm"):
+        LatentQConfig(critic_norm="yes")
 
 
 def test_finetuning_lets_the_q_loss_reach_the_encoder_but_not_the_decoder():

@@ -46,6 +46,7 @@ from latentvi.rl.sac import SAC, polyak_update
 __all__ = ["VARIANTS", "LatentQAgent", "LatentQConfig"]
 
 VARIANTS = ("state", "pixels", "vae", "vae-pretrained")
+CRITIC_NORMS = ("sac", "all", "none")
 PIXEL_VARIANTS = VARIANTS[1:]
 
 
@@ -81,10 +82,12 @@ class LatentQConfig:
     )
     vae_lr: float = option(1e-3, "Adam learning rate of the VAE")
     hidden: tuple[int, ...] = option((256, 256), "hidden sizes of the Q-network / actor / critics")
-    critic_norm: bool = option(
-        True,
-        "LayerNorm in the hidden layers of the Q-network / critics (Ball et al. 2023); it "
-        "steadied SAC on VAE latents on pixel Pendulum (BENCHMARKS.md, issue 5)",
+    critic_norm: str = option(
+        "sac",
+        "LayerNorm in the hidden layers of the critics (Ball et al. 2023): sac (SAC's critics "
+        "only: it steadied SAC on pixel Pendulum), all (DQN's Q-network too: it slowed state "
+        "DQN on CartPole) or none; BENCHMARKS.md, issue 5",
+        choices=CRITIC_NORMS,
     )
     lr: float = option(3e-4, "Adam learning rate of the Q-network, actor and critics")
     discount: float = option(0.99, "discount γ per agent step")
@@ -99,6 +102,12 @@ class LatentQConfig:
 
     def __post_init__(self) -> None:
         require(self.variant in VARIANTS, "variant", self.variant, f"choose one of {VARIANTS}")
+        require(
+            self.critic_norm in CRITIC_NORMS,
+            "critic_norm",
+            self.critic_norm,
+            f"choose one of {CRITIC_NORMS}",
+        )
         for name in ("latent_dim", "feature_dim", "batch_size", "target_update_every"):
             value = getattr(self, name)
             require(int(value) >= 1, name, value, "use a positive integer")
@@ -295,7 +304,7 @@ class LatentQAgent(nn.Module):
                 discount=c.discount,
                 target_update_every=c.target_update_every,
                 extra_parameters=encoder_parameters,
-                layer_norm=c.critic_norm,
+                layer_norm=c.critic_norm == "all",
             )
         elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
             self.head = SAC(
@@ -309,7 +318,7 @@ class LatentQAgent(nn.Module):
                 tau=c.tau,
                 init_temperature=c.init_temperature,
                 extra_parameters=encoder_parameters,
-                critic_layer_norm=c.critic_norm,
+                critic_layer_norm=c.critic_norm in ("sac", "all"),
             )
         else:
             raise ValueError(
