@@ -333,6 +333,56 @@ def _pendulum_frames(frames: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(np.stack(observations)), np.asarray(states)
 
 
+def still(args) -> dict:
+    """How much a 64×64 frame changes from one step to the next under a uniform random policy:
+    the share of steps whose newest frame equals the previous one exactly, the mean number of
+    pixels that change, and on CartPole the cart's and the pole tip's mean displacement per step
+    in 64×64 pixels (600 screen pixels span the 4.8 m track; the pole is 1 m long)."""
+    results = {"machine": machine(), "steps": args.frames, "envs": {}}
+    for env_id in args.envs:
+        config = run_config(env_id, "vae", 0, 1, Path("unused"))
+        env = make_run_env(config, pixels=True)
+        generator = np.random.default_rng(0)
+        same, changed, cart, tip, taken, episode = 0, [], [], [], 0, 0
+        obs, _ = env.reset(seed=episode)
+        channels = 1 if config.grayscale else 3
+        previous = newest_frame(obs, channels)
+        while taken < args.frames:
+            before = np.array(env.unwrapped.state, dtype=np.float64)
+            space = env.action_space
+            if hasattr(space, "n"):
+                action = int(generator.integers(space.n))
+            else:
+                action = generator.uniform(space.low, space.high).astype(np.float32)
+            obs, _, terminated, truncated, _ = env.step(action)
+            frame = newest_frame(obs, channels)
+            difference = frame.astype(np.int16) != previous.astype(np.int16)
+            same += not difference.any()
+            changed.append(int(difference.sum()))
+            if env_id.startswith("CartPole"):
+                after = np.array(env.unwrapped.state, dtype=np.float64)
+                pixels_per_metre = frame.shape[-1] / 4.8
+                cart.append(abs(after[0] - before[0]) * pixels_per_metre)
+                tip.append(abs(after[2] - before[2]) * pixels_per_metre)  # 1 m pole
+            previous, taken = frame, taken + 1
+            if terminated or truncated:
+                episode += 1
+                obs, _ = env.reset(seed=episode)
+                previous = newest_frame(obs, channels)
+        env.close()
+        entry = {
+            "share_unchanged": same / taken,
+            "mean_changed_pixels": float(np.mean(changed)),
+            "pixels_per_frame": int(np.prod(frame.shape)),
+        }
+        if cart:
+            entry["cart_pixels_per_step_mean"] = float(np.mean(cart))
+            entry["pole_tip_pixels_per_step_mean"] = float(np.mean(tip))
+        results["envs"][env_id] = entry
+        print(env_id, entry)
+    return save_results(RESULTS / "latent_q_still_frames.json", results)
+
+
 def _r2_linear_probe(features: np.ndarray, targets: np.ndarray, train: int) -> list[float]:
     """R² on ``features[train:]`` of least squares fitted on ``features[:train]``, per target."""
     design = np.c_[features, np.ones(len(features))]
@@ -397,7 +447,7 @@ def probe(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("full", "throughput", "curve", "probe", "table"))
+    parser.add_argument("mode", choices=("full", "throughput", "curve", "probe", "table", "still"))
     parser.add_argument("--envs", nargs="+", default=list(ENVS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--env", default="Pendulum-v1", help="curve, table: the environment")
@@ -423,7 +473,8 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    modes = {"full": full, "throughput": throughput, "curve": curve, "probe": probe, "table": table}
+    modes = {"full": full, "throughput": throughput, "curve": curve, "probe": probe, "table": table,
+             "still": still}  # fmt: skip
     modes[args.mode](args)
     print(json.dumps({"done": args.mode}))
 
