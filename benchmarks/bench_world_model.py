@@ -5,6 +5,7 @@ curves.
         [--agents planet,dreamer] [--updates 10] [--act-steps 20] [--repeats 3]
     python benchmarks/bench_world_model.py collect --run runs/bench-world-model/dreamer-default-seed0
     python benchmarks/bench_world_model.py open-loop --run RUN [--episodes 10] [--horizon 45]
+    python benchmarks/bench_world_model.py table --agent dreamer --preset default [--target -300]
     python benchmarks/bench_world_model.py curve --agent dreamer --preset default --steps 50000
         [--eval-every N] [--eval-episodes N] [--seed 0] [--runs runs/bench-world-model] [--resume]
 
@@ -227,9 +228,52 @@ def open_loop(args) -> dict:
     return {"mode": "open-loop", "loadavg": os.getloadavg(), **summary}
 
 
+def table(args) -> dict:
+    """Mean ± std over seeds at each evaluation step, from the ``curve`` results (or ``collect``
+    results of runs still going) of ``--agent``/``--preset`` in results/: the curve, the best
+    evaluation per seed, and the first step where the mean over seeds reaches ``--target``."""
+    import glob
+    import json
+    import statistics
+
+    # per seed, the curve or partial result that got further (a finished run's curve on a tie)
+    by_seed: dict[str, tuple[int, str, list]] = {}
+    patterns = (f"world_model_partial_{args.agent}-{args.preset}-seed*.json",
+                f"world_model_curve_{args.agent}_{args.preset}_seed*.json")  # fmt: skip
+    for pattern in patterns:
+        for path in sorted(glob.glob(str(RESULTS / pattern))):
+            seed = path.rsplit("seed", 1)[1].removesuffix(".json")
+            curve = json.loads(Path(path).read_text())["curve"]
+            last = max(int(r["env_step"]) for r in curve)
+            if seed not in by_seed or last >= by_seed[seed][0]:
+                by_seed[seed] = (last, path, curve)
+    curves = {path: curve for _, path, curve in by_seed.values()}
+    if not curves:
+        raise SystemExit(f"no curve or partial results for {args.agent} {args.preset} in {RESULTS}")
+    steps = sorted(set.intersection(*({int(r["env_step"]) for r in c} for c in curves.values())))
+    rows = []
+    for step in steps:
+        values = [next(r["return_mean"] for r in c if int(r["env_step"]) == step)
+                  for c in curves.values()]  # fmt: skip
+        rows.append({"env_step": step, "returns": values, "mean": statistics.fmean(values),
+                     "std": statistics.pstdev(values)})  # fmt: skip
+    reached = next((r["env_step"] for r in rows if r["mean"] >= args.target), None)
+    return {
+        "mode": "table",
+        "agent": args.agent,
+        "preset": args.preset,
+        "sources": sorted(Path(p).name for p in curves),
+        "target": args.target,
+        "first_step_mean_reaches_target": reached,
+        "best_per_seed": [max(r["return_mean"] for r in c) for c in curves.values()],
+        "rows": rows,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("throughput", "curve", "collect", "open-loop"))
+    parser.add_argument("mode", choices=("throughput", "curve", "collect", "open-loop", "table"))
+    parser.add_argument("--target", type=float, default=-300.0, help="table: the return bar")
     parser.add_argument("--run", default=None, help="collect, open-loop: the run folder")
     parser.add_argument("--episodes", type=int, default=10, help="open-loop: fresh episodes")
     parser.add_argument("--horizon", type=int, default=45, help="open-loop: steps predicted")
@@ -256,6 +300,9 @@ def main() -> None:
     elif args.mode == "collect":
         result = collect(args)
         name = f"world_model_partial_{Path(args.run).name}.json"
+    elif args.mode == "table":
+        result = table(args)
+        name = f"world_model_table_{args.agent}_{args.preset}.json"
     elif args.mode == "open-loop":
         result = open_loop(args)
         name = f"world_model_open_loop_{Path(args.run).name}_{result['checkpoint_step']}.json"
