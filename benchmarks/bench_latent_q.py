@@ -217,6 +217,7 @@ def table(args) -> dict:
         per_variant[variant] = {
             "seeds": [int(p.stem.rsplit("seed", 1)[1]) for p in paths],
             "env_steps": [s["env_steps"] for s in summaries],
+            "seconds": [s.get("seconds") for s in summaries],
             "final_returns": finals,
             "mean": statistics.fmean(finals),
             "std": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
