@@ -126,6 +126,14 @@ def one_run(
     return summary
 
 
+def random_action(env, generator: np.random.Generator):
+    """A uniform random action of ``env``: an int (Discrete) or a float32 array (Box)."""
+    space = env.action_space
+    if hasattr(space, "n"):
+        return int(generator.integers(space.n))
+    return generator.uniform(space.low, space.high).astype(np.float32)
+
+
 def random_policy_return(env_id: str, episodes: int) -> float:
     """Mean return of uniformly random actions over ``episodes`` seeded episodes."""
     env = make_run_env(run_config(env_id, "state", 0, 1, Path("unused")), pixels=False)
@@ -135,12 +143,7 @@ def random_policy_return(env_id: str, episodes: int) -> float:
         env.reset(seed=episode)
         total, done = 0.0, False
         while not done:
-            space = env.action_space
-            if hasattr(space, "n"):
-                action = int(generator.integers(space.n))
-            else:
-                action = generator.uniform(space.low, space.high).astype(np.float32)
-            _, reward, terminated, truncated, _ = env.step(action)
+            _, reward, terminated, truncated, _ = env.step(random_action(env, generator))
             total, done = total + float(reward), terminated or truncated
         returns.append(total)
     return float(np.mean(returns))
@@ -350,12 +353,7 @@ def still(args) -> dict:
         previous = newest_frame(obs, channels)
         while taken < args.frames:
             before = np.array(env.unwrapped.state, dtype=np.float64)
-            space = env.action_space
-            if hasattr(space, "n"):
-                action = int(generator.integers(space.n))
-            else:
-                action = generator.uniform(space.low, space.high).astype(np.float32)
-            obs, _, terminated, truncated, _ = env.step(action)
+            obs, _, terminated, truncated, _ = env.step(random_action(env, generator))
             frame = newest_frame(obs, channels)
             difference = frame.astype(np.int16) != previous.astype(np.int16)
             same += not difference.any()
