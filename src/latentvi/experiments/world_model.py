@@ -511,26 +511,22 @@ def _write_outputs(agent, agent_name, run, evaluator, state, out: Path) -> dict[
 
 
 def open_loop_figures(agent, episode, run: WorldModelRunConfig, out: Path) -> dict[str, str]:
-    """Open-loop prediction from a stored-layout episode: figure, per-step error CSV and plot."""
+    """Open-loop prediction from a stored-layout episode: figure, per-step error CSV and plot
+    (errors from :func:`latentvi.experiments.open_loop.open_loop_errors`)."""
+    from latentvi.experiments.open_loop import open_loop_errors
     from latentvi.models.ssm import align_episode
     from latentvi.plots import plot_image_grid, plot_prediction_errors
 
-    device = agent.device
     obs = torch.as_tensor(episode["obs"])[:, None]  # [T+1, 1, C, H, W]
     actions = torch.as_tensor(episode["action"])[:, None]
     rewards = torch.as_tensor(episode["reward"])[:, None]
     obs, actions, _ = align_episode(obs, actions, rewards)
     context = run.open_loop_context
     horizon = min(run.open_loop_horizon, obs.shape[0] - context)
-    predicted = agent.model.open_loop(
-        obs[:context].to(device),
-        actions[:context].to(device),
-        actions[context : context + horizon].to(device),
-    )[:, 0].cpu()  # [H, C, H, W] in [0, 1]
+    errors = open_loop_errors(agent.model, obs, actions, context, horizon, pendulum=False)
+    predicted = errors["predicted"][:, 0]  # [H, C, H, W] in [0, 1]
     truth = obs[context : context + horizon, 0].float() / 255.0
-    mse = (predicted - truth).pow(2).mean((1, 2, 3))
-    mean_frame = obs[:context, 0].float().mean(0) / 255.0
-    baseline = (mean_frame - truth).pow(2).mean((1, 2, 3))
+    mse, baseline = errors["mse"], errors["mean_context_frame_mse"]
     with open(out / "open_loop.csv", "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["step", "mse", "mean_context_frame_mse"])
@@ -541,7 +537,7 @@ def open_loop_figures(agent, episode, run: WorldModelRunConfig, out: Path) -> di
     grid = torch.cat([truth[shown], predicted[shown]])
     plot_image_grid(grid, out / "open_loop.png", f"true (top) | open-loop prediction, every "
                     f"{every} step(s) after {context} observed frames", columns=len(shown))  # fmt: skip
-    plot_prediction_errors(mse.numpy(), baseline.numpy(), out / "open_loop_mse.png")
+    plot_prediction_errors(mse, baseline, out / "open_loop_mse.png")
     return {
         "open_loop_png": str(out / "open_loop.png"),
         "open_loop_csv": str(out / "open_loop.csv"),
