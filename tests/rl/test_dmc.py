@@ -99,6 +99,28 @@ def test_make_env_gives_grayscale_stacks_with_action_repeat(cartpole):
         env.close()
 
 
+def test_make_env_renders_once_per_agent_step(cartpole, monkeypatch):
+    calls = []
+    render = DMCEnv.render
+    monkeypatch.setattr(DMCEnv, "render", lambda self: calls.append(1) or render(self))
+    env = make_env("dmc/cartpole-swingup-v0", pixels=True, grayscale=False, action_repeat=8)
+    direct = DMCEnv("cartpole", "swingup")
+    try:
+        observation, _ = env.reset(seed=3)
+        expected, _ = direct.reset(seed=3)
+        np.testing.assert_array_equal(observation, expected.transpose(2, 0, 1))
+        for _ in range(3):
+            observation, _, _, _, info = env.step(np.full(1, 0.5, np.float32))
+            for _ in range(8):
+                expected, *_ = direct.step(np.full(1, 0.5, np.float32))
+        assert info["env_steps"] == 8
+        np.testing.assert_array_equal(observation, expected.transpose(2, 0, 1))
+        assert len(calls) == 1 + 3 + 1 + 3 * 8  # make_env: reset + 3 steps; direct: every step
+    finally:
+        env.close()
+        direct.close()
+
+
 def test_state_observations_are_flat(cartpole):
     env = DMCEnv("reacher", "easy", from_pixels=False)
     try:

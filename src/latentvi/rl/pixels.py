@@ -226,6 +226,11 @@ def make_env(
 
         register_dmc()
     kwargs = dict(env_kwargs or {})
+    if env_id.startswith("dmc/") and pixels:
+        # Observe the (cheap) state and let PixelObservation render once per agent step, at the
+        # output size: a pixel DMCEnv would draw a frame at every repeated physics step.
+        kwargs.setdefault("from_pixels", False)
+        kwargs.setdefault("size", size)
     try:
         probe = gym.spec(env_id)
     except gym.error.Error as error:
