@@ -112,12 +112,14 @@ def one_run(
 ):  # fmt: skip
     config = run_config(env, variant, seed, steps, runs, tag, **extra)
     resume = resume and (Path(config.out) / "checkpoints").is_dir()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     agent_config = LatentQConfig(variant=variant, **(agent or {}))
     summary = run_latent_q(agent_config, config, resume=resume)
     summary["agent_options"] = dict(agent or {})
     summary["agent_config"] = to_dict(agent_config)
     summary["seconds"] = time.perf_counter() - started
+    # CPU time of this process: wall time under other jobs says little about the run's own cost
+    summary["cpu_seconds"] = time.process_time() - cpu_started
     with open(Path(config.out) / "curve.csv") as handle:
         rows = [line.split(",") for line in handle.read().splitlines()[1:]]
     summary["curve"] = [

@@ -156,6 +156,21 @@ def test_finetuning_lets_the_q_loss_reach_the_encoder_but_not_the_decoder():
     assert all(g is None for g in _grads(q_loss, list(vae.decoder.parameters())))
 
 
+def test_an_encoder_the_critic_trains_has_a_polyak_averaged_target_copy():
+    for variant, options in (("pixels", {}), ("vae", {"finetune_encoder": True})):
+        torch.manual_seed(0)
+        config = LatentQConfig(variant=variant, **options, **SMALL)
+        agent = LatentQAgent(config, PIXELS, CONTINUOUS)
+        before = [p.clone() for p in agent.target_representation.parameters()]
+        agent.update(_batch(CONTINUOUS))
+        online = list(agent.representation.parameters())
+        assert any(not torch.equal(o, b) for o, b in zip(online, before, strict=True))
+        for old, target, new in zip(before, agent.target_representation.parameters(), online):
+            torch.testing.assert_close(target, old + config.encoder_tau * (new - old))
+    default = LatentQAgent(LatentQConfig(variant="vae", **SMALL), PIXELS, CONTINUOUS)
+    assert not hasattr(default, "target_representation")  # the VAE loss alone moves it slowly
+
+
 def test_the_pixels_variant_trains_its_conv_encoder_with_the_critic():
     torch.manual_seed(0)
     agent = LatentQAgent(LatentQConfig(variant="pixels", **SMALL), PIXELS, CONTINUOUS)

@@ -92,7 +92,9 @@ class LatentQConfig:
     lr: float = option(3e-4, "Adam learning rate of the Q-network, actor and critics")
     discount: float = option(0.99, "discount γ per agent step")
     tau: float = option(0.01, "Polyak rate of SAC's target critics")
-    encoder_tau: float = option(0.05, "Polyak rate of the pixels variant's target encoder")
+    encoder_tau: float = option(
+        0.05, "Polyak rate of the target encoder (pixels, and vae with finetune_encoder)"
+    )
     init_temperature: float = option(0.1, "SAC's initial temperature α")
     target_update_every: int = option(500, "DQN: updates between target-network copies")
     epsilon_start: float = option(1.0, "DQN: ε of ε-greedy at the first update")
@@ -282,9 +284,11 @@ class LatentQAgent(nn.Module):
             self.representation = ConvRepresentation(shape, config.channels, config.feature_dim)
         else:
             self.representation = VAERepresentation(shape, config)
-        # Which representation parameters the critic's loss trains (none by default).
+        # Which representation parameters the critic's loss trains (none by default). Where it
+        # trains them, the bootstrap targets read a Polyak-averaged copy (SAC-AE, Yarats et al.
+        # 2021): pixels, and the VAE fine-tuned by the critic.
         critic_trains = config.variant == "pixels" or config.finetune_encoder
-        if config.variant == "pixels":
+        if critic_trains:
             self.target_representation = copy.deepcopy(self.representation).requires_grad_(False)
         encoder_parameters = []
         if critic_trains:
