@@ -165,7 +165,9 @@ def test_an_encoder_the_critic_trains_has_a_polyak_averaged_target_copy():
         agent.update(_batch(CONTINUOUS))
         online = list(agent.representation.parameters())
         assert any(not torch.equal(o, b) for o, b in zip(online, before, strict=True))
-        for old, target, new in zip(before, agent.target_representation.parameters(), online):
+        for old, target, new in zip(
+            before, agent.target_representation.parameters(), online, strict=True
+        ):
             torch.testing.assert_close(target, old + config.encoder_tau * (new - old))
     default = LatentQAgent(LatentQConfig(variant="vae", **SMALL), PIXELS, CONTINUOUS)
     assert not hasattr(default, "target_representation")  # the VAE loss alone moves it slowly
