@@ -212,9 +212,10 @@ def _entry(env: str, per_variant: dict, episodes: int) -> dict:
 
 def table(args) -> dict:
     """The ``full`` summary from the ``curve`` results in benchmarks/results for ``--env``."""
+    rows = dict(row.split("=", 1) for row in args.rows) or {v: f"{v}{args.tag}" for v in VARIANTS}
     per_variant = {}
-    for variant in VARIANTS:
-        paths = sorted(RESULTS.glob(f"latent_q_curve_{args.env}_{variant}{args.tag}_seed*.json"))
+    for variant, stem in rows.items():
+        paths = sorted(RESULTS.glob(f"latent_q_curve_{args.env}_{stem}_seed*.json"))
         summaries = [json.loads(p.read_text()) for p in paths]
         if not summaries:
             continue
@@ -237,6 +238,15 @@ def table(args) -> dict:
             }
             for i in range(steps)
         ]
+        curve = per_variant[variant]["curve"]
+        per_variant[variant]["results"] = stem
+        # less noisy than one evaluation: the seeds' mean over the last 3 evaluations
+        per_variant[variant]["last_3_evaluations_mean"] = float(
+            np.mean([row["return_mean"] for row in curve[-3:]])
+        )
+        if args.env == "Pendulum-v1":
+            reached = [row["env_step"] for row in curve if row["return_mean"] >= -400]
+            per_variant[variant]["first_step_mean_at_least_-400"] = reached[0] if reached else None
     entry = _entry(args.env, per_variant, args.episodes)
     name = args.env.split("-")[0].lower()
     plot_learning_curves(
@@ -467,6 +477,11 @@ def main() -> None:
     parser.add_argument(
         "--agent", action="append", default=[], metavar="NAME=VALUE",
         help="full, curve: a LatentQConfig option for every run (repeatable), e.g. critic_norm=none",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rows", nargs="+", default=[], metavar="NAME=RESULTS",
+        help="table: rows from other runs, e.g. vae=vae-finetune pixels=pixels-critic-norm "
+        "(RESULTS: the variant and tag in the curve results' names; checks use state, pixels, vae)",
     )  # fmt: skip
     parser.add_argument(
         "--tag", default="",
