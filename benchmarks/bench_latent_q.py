@@ -30,6 +30,12 @@ observations of a uniform random policy (with the true state of each newest fram
 VAE fitted for ``--updates`` batches with centred (the default) and uncentred frames, then on
 the last 20% of the frames: the reconstruction's squared error over the mean frame's, the spread
 of the encoder means across frames, and the R² of a linear probe from z to cos θ, sin θ, θ̇.
+
+``optimum`` is a reference for Pendulum's table: the return of a near-optimal controller on the
+same 10 evaluation episodes of each seed — finite-horizon dynamic programming on Pendulum-v1's
+own equations over a (θ, θ̇) grid with bilinear interpolation, one stage per agent step (action
+repeat 2), acting by one-step lookahead on the true state — beside the ``curve`` results' final
+returns per seed. It bounds how far any agent can be ahead of another there.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import torch
 
 from latentvi.config import to_dict
 from latentvi.experiments.latent_q import (
+    EVAL_SEED,
     RunConfig,
     make_run_env,
     new_replay_buffer,
@@ -56,6 +63,7 @@ from latentvi.experiments.latent_q import (
 )
 from latentvi.rl.latent_q import VARIANTS, LatentQAgent, LatentQConfig
 from latentvi.rl.pixels import newest_frame
+from latentvi.train.rng import mixed_seed
 from results_io import save_results
 
 RESULTS = Path(__file__).parent / "results"
@@ -456,9 +464,118 @@ def probe(args) -> dict:
     return save_results(RESULTS / "latent_q_vae_probe.json", results)
 
 
+# Pendulum-v1's equations (gymnasium 1.x): g = 10, m = l = 1, dt = 0.05, |θ̇| ≤ 8, |u| ≤ 2.
+def _pendulum_steps(theta, velocity, torque, repeat: int):
+    """``repeat`` environment steps from arrays of states under a held torque: the next
+    (θ, θ̇) and the summed cost (θ² + 0.1 θ̇² + 0.001 u², θ wrapped to [−π, π))."""
+    cost = 0.0
+    for _ in range(repeat):
+        wrapped = (theta + np.pi) % (2 * np.pi) - np.pi
+        cost = cost + wrapped**2 + 0.1 * velocity**2 + 0.001 * torque**2
+        velocity = np.clip(velocity + (15.0 * np.sin(theta) + 3.0 * torque) * 0.05, -8.0, 8.0)
+        theta = theta + velocity * 0.05
+    return theta, velocity, cost
+
+
+class PendulumDP:
+    """Finite-horizon dynamic programming for Pendulum-v1 on a periodic θ grid × a θ̇ grid,
+    ``stages`` decisions of ``repeat`` steps each; ``cost_to_go[k]`` has ``k`` decisions left."""
+
+    def __init__(self, stages: int, repeat: int, thetas=251, velocities=241, torques=41):
+        self.repeat = repeat
+        self.thetas = np.linspace(-np.pi, np.pi, thetas, endpoint=False)
+        self.velocities = np.linspace(-8.0, 8.0, velocities)
+        self.torques = np.linspace(-2.0, 2.0, torques)
+        theta, velocity, torque = np.meshgrid(
+            self.thetas, self.velocities, self.torques, indexing="ij"
+        )
+        next_theta, next_velocity, cost = _pendulum_steps(theta, velocity, torque, repeat)
+        self.cost_to_go = [np.zeros((thetas, velocities))]
+        for _ in range(stages):
+            after = self.interpolate(self.cost_to_go[-1], next_theta, next_velocity)
+            self.cost_to_go.append((cost + after).min(-1))
+
+    def interpolate(self, table, theta, velocity):
+        """Bilinear interpolation of ``table [θ, θ̇]`` at arrays ``theta``, ``velocity``."""
+        n, m = table.shape
+        step_t = 2 * np.pi / n
+        position = ((theta + np.pi) % (2 * np.pi)) / step_t
+        i0 = np.floor(position).astype(int) % n
+        wt = position - np.floor(position)
+        i1 = (i0 + 1) % n
+        step_v = 16.0 / (m - 1)
+        position = np.clip((velocity + 8.0) / step_v, 0, m - 1 - 1e-9)
+        j0 = np.floor(position).astype(int)
+        wv = position - j0
+        return ((1 - wt) * ((1 - wv) * table[i0, j0] + wv * table[i0, j0 + 1])
+                + wt * ((1 - wv) * table[i1, j0] + wv * table[i1, j0 + 1]))  # fmt: skip
+
+    def act(self, theta: float, velocity: float, left: int) -> float:
+        """The torque minimizing cost + cost-to-go with ``left`` decisions left (this one too),
+        over a grid 4× finer than the DP's."""
+        torques = np.linspace(-2.0, 2.0, 4 * (len(self.torques) - 1) + 1)
+        theta_next, velocity_next, cost = _pendulum_steps(
+            np.full_like(torques, theta), np.full_like(torques, velocity), torques, self.repeat
+        )
+        total = cost + self.interpolate(self.cost_to_go[left - 1], theta_next, velocity_next)
+        return float(torques[np.argmin(total)])
+
+
+def optimum(args) -> dict:
+    """The dynamic-programming controller's return on each seed's evaluation episodes, beside
+    the final returns of the ``curve`` results found for Pendulum (see the module docstring)."""
+    repeat = ACTION_REPEAT["Pendulum-v1"]
+    started = time.perf_counter()
+    dp = PendulumDP(stages=200 // repeat, repeat=repeat)
+    dp_seconds = time.perf_counter() - started
+    env = make_run_env(run_config("Pendulum-v1", "state", 0, 1, Path("unused")), pixels=False)
+    per_seed = {}
+    for seed in range(args.seeds):
+        returns = []
+        for episode in range(10):
+            env.reset(seed=mixed_seed(seed, EVAL_SEED, episode))
+            total, done, left = 0.0, False, 200 // repeat
+            while not done:
+                theta, velocity = env.unwrapped.state
+                action = np.array([dp.act(theta, velocity, left)], np.float32)
+                _, reward, terminated, truncated, _ = env.step(action)
+                total, left, done = total + float(reward), left - 1, terminated or truncated
+            returns.append(total)
+        agents = {}
+        for path in sorted(RESULTS.glob(f"latent_q_curve_Pendulum-v1_*_seed{seed}.json")):
+            stem = path.stem.removeprefix("latent_q_curve_Pendulum-v1_").rsplit("_seed", 1)[0]
+            agents[stem] = json.loads(path.read_text())["final_return_mean"]
+        per_seed[str(seed)] = {"dp_return_mean": float(np.mean(returns)), "dp_returns": returns,
+                               "agents_final_return": agents}  # fmt: skip
+    env.close()
+    rows = {}
+    for stem in sorted({s for r in per_seed.values() for s in r["agents_final_return"]}):
+        gaps = [r["dp_return_mean"] - r["agents_final_return"][stem]
+                for r in per_seed.values() if stem in r["agents_final_return"]]  # fmt: skip
+        rows[stem] = {"mean_gap_to_dp": float(np.mean(gaps)), "seeds": len(gaps)}
+    results = {
+        "machine": machine(),
+        "grid": {
+            "theta": len(dp.thetas),
+            "velocity": len(dp.velocities),
+            "torques": len(dp.torques),
+            "stages": len(dp.cost_to_go) - 1,
+        },
+        "dp_seconds": dp_seconds,
+        "dp_return_mean_over_seeds": float(
+            np.mean([r["dp_return_mean"] for r in per_seed.values()])
+        ),
+        "per_seed": per_seed,
+        "gap_to_dp_per_result": rows,
+    }
+    return save_results(RESULTS / "latent_q_pendulum_optimum.json", results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("full", "throughput", "curve", "probe", "table", "still"))
+    parser.add_argument(
+        "mode", choices=("full", "throughput", "curve", "probe", "table", "still", "optimum")
+    )
     parser.add_argument("--envs", nargs="+", default=list(ENVS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--env", default="Pendulum-v1", help="curve, table: the environment")
@@ -490,7 +607,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     modes = {"full": full, "throughput": throughput, "curve": curve, "probe": probe, "table": table,
-             "still": still}  # fmt: skip
+             "still": still, "optimum": optimum}  # fmt: skip
     modes[args.mode](args)
     print(json.dumps({"done": args.mode}))
 
