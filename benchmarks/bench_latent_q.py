@@ -524,17 +524,19 @@ class PendulumDP:
 def optimum(args) -> dict:
     """The dynamic-programming controller's return on each seed's evaluation episodes, beside
     the final returns of the ``curve`` results found for Pendulum (see the module docstring)."""
-    repeat = ACTION_REPEAT["Pendulum-v1"]
+    run = run_config("Pendulum-v1", "state", 0, 1, Path("unused"))
+    env = make_run_env(run, pixels=False)
+    # one DP stage per agent step of an episode (the evaluation episodes run to the time limit)
+    stages = env.spec.max_episode_steps // run.action_repeat
     started = time.perf_counter()
-    dp = PendulumDP(stages=200 // repeat, repeat=repeat)
+    dp = PendulumDP(stages=stages, repeat=run.action_repeat)
     dp_seconds = time.perf_counter() - started
-    env = make_run_env(run_config("Pendulum-v1", "state", 0, 1, Path("unused")), pixels=False)
     per_seed = {}
     for seed in range(args.seeds):
         returns = []
-        for episode in range(10):
+        for episode in range(run.eval_episodes):  # the episodes evaluate_policy runs
             env.reset(seed=mixed_seed(seed, EVAL_SEED, episode))
-            total, done, left = 0.0, False, 200 // repeat
+            total, done, left = 0.0, False, stages
             while not done:
                 theta, velocity = env.unwrapped.state
                 action = np.array([dp.act(theta, velocity, left)], np.float32)

@@ -221,16 +221,16 @@ def make_env(
     check_positive_int("action_repeat", action_repeat)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # headless pygame for classic control
     _register_toy_envs()
+    kwargs = dict(env_kwargs or {})
     if env_id.startswith("dmc/"):  # DeepMind Control Suite tasks (dm_control loads on first make)
         from latentvi.rl.dmc import register_dmc
 
         register_dmc()
-    kwargs = dict(env_kwargs or {})
-    if env_id.startswith("dmc/") and pixels:
-        # Observe the (cheap) state and let PixelObservation render once per agent step, at the
-        # output size: a pixel DMCEnv would draw a frame at every repeated physics step.
-        kwargs.setdefault("from_pixels", False)
-        kwargs.setdefault("size", size)
+        if pixels:
+            # Observe the (cheap) state and let PixelObservation render once per agent step, at
+            # the output size: a pixel DMCEnv would draw a frame at every repeated physics step.
+            kwargs.setdefault("from_pixels", False)
+            kwargs.setdefault("size", size)
     try:
         probe = gym.spec(env_id)
     except gym.error.Error as error:
