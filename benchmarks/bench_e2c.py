@@ -40,14 +40,10 @@ def oracle(run, state_cost: float) -> dict:
     """The same MPC on the true state (cos θ, sin θ, θ̇) of the pendulum; starts drawn as the
     model's trials are (:func:`start_states`), from seed 0."""
     from latentvi.experiments.e2c import start_states, successes, swing_up_controller
+    from latentvi.rl.pendulum import MAX_TORQUE, angle_of, step_features
 
-    def pendulum(x, u):  # gymnasium's Pendulum-v1, action_repeat steps of dt = 0.05
-        theta, velocity = torch.atan2(x[..., 1], x[..., 0]), x[..., 2]
-        for _ in range(run.action_repeat):
-            velocity = velocity + (15.0 * torch.sin(theta) + 6.0 * u[..., 0]) * 0.05
-            velocity = velocity.clamp(-8, 8)
-            theta = theta + velocity * 0.05
-        return torch.stack([torch.cos(theta), torch.sin(theta), velocity], -1)
+    def pendulum(x, u):  # u = torque / MAX_TORQUE, as the model's actions are
+        return step_features(x, MAX_TORQUE * u, repeat=run.action_repeat)
 
     theta, velocity = (torch.tensor(v) for v in start_states(run, 0))
     x = torch.stack([theta.cos(), theta.sin(), velocity], -1).float()
@@ -55,7 +51,7 @@ def oracle(run, state_cost: float) -> dict:
     angles = []
     for _ in range(run.episode_steps):
         x = pendulum(x, controller(x))
-        angles.append(torch.atan2(x[:, 1], x[:, 0]).abs())
+        angles.append(angle_of(x).abs())
     angles = torch.stack(angles, 1)
     return {
         "state_cost": state_cost,

@@ -62,6 +62,7 @@ from latentvi.experiments.latent_q import (
     run_latent_q,
 )
 from latentvi.rl.latent_q import VARIANTS, LatentQAgent, LatentQConfig
+from latentvi.rl.pendulum import MAX_SPEED, MAX_TORQUE, pendulum_step
 from latentvi.rl.pixels import newest_frame
 from latentvi.train.rng import mixed_seed
 from results_io import save_results
@@ -464,32 +465,20 @@ def probe(args) -> dict:
     return save_results(RESULTS / "latent_q_vae_probe.json", results)
 
 
-# Pendulum-v1's equations (gymnasium 1.x): g = 10, m = l = 1, dt = 0.05, |θ̇| ≤ 8, |u| ≤ 2.
-def _pendulum_steps(theta, velocity, torque, repeat: int):
-    """``repeat`` environment steps from arrays of states under a held torque: the next
-    (θ, θ̇) and the summed cost (θ² + 0.1 θ̇² + 0.001 u², θ wrapped to [−π, π))."""
-    cost = 0.0
-    for _ in range(repeat):
-        wrapped = (theta + np.pi) % (2 * np.pi) - np.pi
-        cost = cost + wrapped**2 + 0.1 * velocity**2 + 0.001 * torque**2
-        velocity = np.clip(velocity + (15.0 * np.sin(theta) + 3.0 * torque) * 0.05, -8.0, 8.0)
-        theta = theta + velocity * 0.05
-    return theta, velocity, cost
-
-
 class PendulumDP:
-    """Finite-horizon dynamic programming for Pendulum-v1 on a periodic θ grid × a θ̇ grid,
-    ``stages`` decisions of ``repeat`` steps each; ``cost_to_go[k]`` has ``k`` decisions left."""
+    """Finite-horizon dynamic programming for Pendulum-v1 (its equations:
+    :func:`latentvi.rl.pendulum.pendulum_step`) on a periodic θ grid × a θ̇ grid, ``stages``
+    decisions of ``repeat`` steps each; ``cost_to_go[k]`` has ``k`` decisions left."""
 
     def __init__(self, stages: int, repeat: int, thetas=251, velocities=241, torques=41):
         self.repeat = repeat
         self.thetas = np.linspace(-np.pi, np.pi, thetas, endpoint=False)
-        self.velocities = np.linspace(-8.0, 8.0, velocities)
-        self.torques = np.linspace(-2.0, 2.0, torques)
+        self.velocities = np.linspace(-MAX_SPEED, MAX_SPEED, velocities)
+        self.torques = np.linspace(-MAX_TORQUE, MAX_TORQUE, torques)
         theta, velocity, torque = np.meshgrid(
             self.thetas, self.velocities, self.torques, indexing="ij"
         )
-        next_theta, next_velocity, cost = _pendulum_steps(theta, velocity, torque, repeat)
+        next_theta, next_velocity, cost = pendulum_step(theta, velocity, torque, repeat)
         self.cost_to_go = [np.zeros((thetas, velocities))]
         for _ in range(stages):
             after = self.interpolate(self.cost_to_go[-1], next_theta, next_velocity)
@@ -503,8 +492,8 @@ class PendulumDP:
         i0 = np.floor(position).astype(int) % n
         wt = position - np.floor(position)
         i1 = (i0 + 1) % n
-        step_v = 16.0 / (m - 1)
-        position = np.clip((velocity + 8.0) / step_v, 0, m - 1 - 1e-9)
+        step_v = 2 * MAX_SPEED / (m - 1)
+        position = np.clip((velocity + MAX_SPEED) / step_v, 0, m - 1 - 1e-9)
         j0 = np.floor(position).astype(int)
         wv = position - j0
         return ((1 - wt) * ((1 - wv) * table[i0, j0] + wv * table[i0, j0 + 1])
@@ -513,8 +502,8 @@ class PendulumDP:
     def act(self, theta: float, velocity: float, left: int) -> float:
         """The torque minimizing cost + cost-to-go with ``left`` decisions left (this one too),
         over a grid 4× finer than the DP's."""
-        torques = np.linspace(-2.0, 2.0, 4 * (len(self.torques) - 1) + 1)
-        theta_next, velocity_next, cost = _pendulum_steps(
+        torques = np.linspace(-MAX_TORQUE, MAX_TORQUE, 4 * (len(self.torques) - 1) + 1)
+        theta_next, velocity_next, cost = pendulum_step(
             np.full_like(torques, theta), np.full_like(torques, velocity), torques, self.repeat
         )
         total = cost + self.interpolate(self.cost_to_go[left - 1], theta_next, velocity_next)

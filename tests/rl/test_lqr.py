@@ -8,6 +8,7 @@ import scipy.linalg
 import torch
 
 from latentvi.rl.lqr import MPC, ilqr, jacobians, lqr, quadratic_cost, rollout
+from latentvi.rl.pendulum import MAX_TORQUE, angle_of, step_features
 
 
 @pytest.fixture(autouse=True)
@@ -166,22 +167,6 @@ def test_jacobians_by_autograd_match_the_linear_map():
     torch.testing.assert_close(b, B0.expand(4, 3, 2))
 
 
-# Gymnasium's Pendulum-v1 (g = 10, m = l = 1, dt = 0.05, |u| ≤ 2, |θ̇| ≤ 8) on x = (cos θ, sin θ, θ̇).
-DT, MAX_TORQUE = 0.05, 2.0
-
-
-def pendulum(x, u):
-    theta = torch.atan2(x[..., 1], x[..., 0])
-    velocity = x[..., 2] + (15.0 * torch.sin(theta) + 3.0 * u[..., 0]) * DT
-    velocity = velocity.clamp(-8.0, 8.0)
-    theta = theta + velocity * DT
-    return torch.stack([torch.cos(theta), torch.sin(theta), velocity], dim=-1)
-
-
-def angle(x):
-    return torch.atan2(x[..., 1], x[..., 0])
-
-
 def test_ilqr_swings_up_the_true_pendulum():
     """From hanging down (slightly off, to break the symmetry), with |u| ≤ 2 (too weak to lift it
     directly: it has to pump energy), the planned trajectory ends upright and at rest."""
@@ -191,7 +176,7 @@ def test_ilqr_swings_up_the_true_pendulum():
     R = torch.tensor([[0.01]])
     goal = torch.tensor([1.0, 0.0, 0.0])
     result = ilqr(
-        pendulum,
+        step_features,
         x0,
         torch.zeros(1, 100, 1),
         goal,
@@ -202,9 +187,9 @@ def test_ilqr_swings_up_the_true_pendulum():
         high=MAX_TORQUE,
         iterations=100,
     )
-    states = rollout(pendulum, x0, result.actions)  # the plan, replayed
+    states = rollout(step_features, x0, result.actions)  # the plan, replayed
     assert result.actions.abs().max() <= MAX_TORQUE
-    assert abs(angle(states[0, -1])) < 0.05
+    assert abs(angle_of(states[0, -1])) < 0.05
     assert abs(states[0, -1, 2]) < 0.2
     assert (result.history[1:] <= result.history[:-1]).all()
 
@@ -217,7 +202,7 @@ def test_mpc_swings_up_and_balances_the_true_pendulum():
     starts = torch.tensor([math.pi - 0.1, math.pi + 0.1, math.pi - 0.02])
     x = torch.stack([torch.cos(starts), torch.sin(starts), torch.zeros(3)], -1)
     controller = MPC(
-        pendulum,
+        step_features,
         goal,
         Q,
         R,
@@ -230,7 +215,7 @@ def test_mpc_swings_up_and_balances_the_true_pendulum():
     )
     angles = []
     for _ in range(150):
-        x = pendulum(x, controller(x))
-        angles.append(angle(x))
+        x = step_features(x, controller(x))
+        angles.append(angle_of(x))
     angles = torch.stack(angles)
     assert (angles[-50:].abs() < 0.1).all()

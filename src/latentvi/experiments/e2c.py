@@ -44,6 +44,7 @@ from latentvi.config import check_positive_int, option, require, to_dict
 from latentvi.models.e2c import E2C, E2CConfig
 from latentvi.plots import plot_image_grid, save_figure
 from latentvi.rl.lqr import MPC
+from latentvi.rl.pendulum import MAX_SPEED, MAX_TORQUE
 from latentvi.rl.pixels import make_env
 from latentvi.train import TrainConfig, fit
 from latentvi.train.rng import mixed_seed
@@ -64,8 +65,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MAX_TORQUE = 2.0
-MAX_SPEED = 8.0
 TRIAL_SEED = 3_000_000
 LINEARIZATIONS = ("e2c", "autograd")
 
