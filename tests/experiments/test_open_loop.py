@@ -19,6 +19,7 @@ from latentvi.experiments.open_loop import (
     recognizable_steps,
 )
 from latentvi.experiments.world_model import load_run
+from latentvi.rl.episodes import EpisodeStore
 from latentvi.rl.pixels import make_env
 
 
@@ -87,6 +88,10 @@ def test_report_of_a_debug_run(tmp_path, capsys):
     name, agent, run, step = load_run(out)
     assert not agent.training
     assert name == "dreamer" and step == 400 and run.image_size == 32
+    # the loaded agent trains on: its fitting config is not nn.Module's train/eval flag
+    metrics = agent.train().update(EpisodeStore(out / "episodes").sample(2, 8))
+    assert math.isfinite(metrics["loss"])
+    agent.eval()
     summary = open_loop_report(out, episodes=2, horizon=30, out=tmp_path / "report")
     assert summary["checkpoint_step"] == 400 and summary["horizon"] == 30
     assert all(len(v) == 30 for v in summary["per_step"].values())

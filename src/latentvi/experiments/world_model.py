@@ -235,7 +235,8 @@ def load_run(
     run_dir: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[str, WorldModelAgent, WorldModelRunConfig, int]:
     """``(agent name, agent in eval mode, run config, environment step)`` of a run folder's latest
-    checkpoint (safetensors + JSON: loading runs no code from the folder)."""
+    checkpoint, optimizer states included (safetensors + JSON: loading runs no code from the
+    folder)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise ValueError(f"{path} is missing: {str(run_dir)!r} is not a world-model run folder")
@@ -254,6 +255,7 @@ def load_run(
         raise ValueError(f"{str(run_dir)!r} holds no checkpoint yet: wait for the first one")
     agent = factory(model, training, agent_config)
     loaded = load_checkpoint(run_dir, agent, map_location=map_location, restore_rng=False)
+    agent.load_optimizer_state(loaded["optimizers"])  # so that it can train on from here
     return agent_name, agent.eval(), run, int(loaded["counters"]["env_steps"])
 
 

@@ -92,7 +92,7 @@ class WorldModelAgent(nn.Module):
 
     def __init__(self, model_config: RSSMConfig, training: ModelTrainingConfig) -> None:
         super().__init__()
-        self.model_config, self.training = model_config, training
+        self.model_config, self.model_training = model_config, training
         self.action_dim = model_config.action_dim
         self.model = WorldModel(model_config)
         self.optimizers: dict[str, torch.optim.Optimizer] = {
@@ -119,7 +119,7 @@ class WorldModelAgent(nn.Module):
         rewards = batch["reward"].to(device)
         loss, metrics, posterior = self.model.loss(obs, actions, rewards)
         norm = clip_and_step(
-            self.optimizers["model"], loss, self.training.grad_clip, "world-model loss"
+            self.optimizers["model"], loss, self.model_training.grad_clip, "world-model loss"
         )
         metrics = {key: float(value) for key, value in metrics.items()}
         metrics["train/model_grad_norm"] = float(norm)
