@@ -5,6 +5,8 @@ curves.
         [--agents planet,dreamer] [--updates 10] [--act-steps 20] [--repeats 3]
     python benchmarks/bench_world_model.py collect --run runs/bench-world-model/dreamer-default-seed0
     python benchmarks/bench_world_model.py open-loop --run RUN [--episodes 10] [--horizon 45]
+        [--draws 5]
+    python benchmarks/bench_world_model.py overshooting --run RUN [--distance 10] [--updates 1000]
     python benchmarks/bench_world_model.py table --agent dreamer --preset default [--target -300]
     python benchmarks/bench_world_model.py curve --agent dreamer --preset default --steps 50000
         [--eval-every N] [--eval-episodes N] [--seed 0] [--runs runs/bench-world-model] [--resume]
@@ -22,7 +24,12 @@ curve and summary; ``collect`` stores the evaluations logged so far by a run fol
 still going or was stopped: its metrics.jsonl ``eval/*`` rows); ``open-loop`` measures the
 open-loop prediction of a run's latest checkpoint on fresh episodes
 (:mod:`latentvi.experiments.open_loop`: per-step frame error and, on Pendulum, the rod-angle
-error and the number of steps it stays under 30°). Results:
+error and the number of steps it stays under 30°, each episode predicted ``--draws`` times from a
+fixed seed); ``overshooting`` is a probe of PlaNet's latent overshooting on a finished run: it
+fine-tunes the world model of the run's latest checkpoint (with its Adam state) for ``--updates``
+steps on the run's stored episodes twice, the same batches each time, without and with
+overshooting to ``--distance`` steps, and measures the open-loop prediction of the checkpoint and
+of both copies on the same fresh episodes of the checkpoint's agent. Results:
 benchmarks/results/world_model_*.json (throughput of other agents than planet,dreamer:
 ``world_model_throughput_AGENTS_Nt.json``).
 """
@@ -37,17 +44,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentvi.experiments.open_loop import open_loop_report
+from latentvi.experiments.open_loop import (
+    open_loop_errors,
+    open_loop_report,
+    recognizable_steps,
+    report_episodes,
+)
 from latentvi.experiments.world_model import (
     AGENTS,
     WorldModelRunConfig,
+    load_run,
     make_run_env,
     preset_config,
     train_world_model,
 )
-from latentvi.models.ssm import RSSMConfig
+from latentvi.models.ssm import RSSMConfig, WorldModel
 from latentvi.rl.episodes import EpisodeStore
-from latentvi.rl.world_model_agent import ModelTrainingConfig
+from latentvi.rl.world_model_agent import ModelTrainingConfig, clip_and_step
 from results_io import median_seconds, save_results
 
 RESULTS = Path(__file__).parent / "results"
@@ -218,7 +231,7 @@ def open_loop(args) -> dict:
     figures go to results/ beside the JSON."""
     tag = Path(args.run).name
     summary = open_loop_report(args.run, episodes=args.episodes, horizon=args.horizon,
-                               out=Path(args.runs) / f"open-loop-{tag}")  # fmt: skip
+                               out=Path(args.runs) / f"open-loop-{tag}", draws=args.draws)  # fmt: skip
     step = summary["checkpoint_step"]
     for suffix in ("", "_errors"):
         source = Path(args.runs) / f"open-loop-{tag}" / f"open_loop_report{suffix}.png"
@@ -226,6 +239,64 @@ def open_loop(args) -> dict:
             source.read_bytes()
         )
     return {"mode": "open-loop", "loadavg": os.getloadavg(), **summary}
+
+
+def overshooting(args) -> dict:
+    """The ``overshooting`` probe (see the module docstring)."""
+    import copy
+    import time
+
+    agent_name, agent, run, step = load_run(args.run)
+    training = agent.model_training
+    obs, actions = report_episodes(agent, run, args.episodes)
+    horizon = min(args.horizon, obs.shape[0] - 5)
+
+    def measure(model) -> dict:
+        errors = open_loop_errors(model.eval(), obs, actions, 5, horizon, True, args.draws)
+        return {
+            "recognizable_steps": recognizable_steps(errors["angle_error"]),
+            "angle_error": [float(v) for v in errors["angle_error"]],
+            "mse": [float(v) for v in errors["mse"]],
+        }
+
+    rows = {"checkpoint": {"updates": 0, **measure(agent.model)}}
+    for distance in (0, args.distance):
+        model = WorldModel(dataclasses.replace(agent.model.config, overshooting=distance))
+        model.load_state_dict(agent.model.state_dict())
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters())  # the checkpoint's Adam, continued:
+        optimizer.load_state_dict(copy.deepcopy(agent.optimizers["model"].state_dict()))
+        store = EpisodeStore(Path(args.run) / "episodes", seed=args.seed)  # the same batches
+        started, losses = time.process_time(), []
+        for _ in range(args.updates):
+            batch = store.sample(training.batch_size, training.chunk_length)
+            loss, metrics, _ = model.loss(batch["obs"], batch["action"], batch["reward"])
+            clip_and_step(optimizer, loss, training.grad_clip, "world-model loss")
+            losses.append(metrics)
+        seconds = time.process_time() - started
+        keys = losses[-1] if losses else {}
+        last = {key: float(np.mean([m[key] for m in losses[-100:]])) for key in keys}
+        rows[f"finetuned_distance_{distance}"] = {
+            "updates": args.updates,
+            "cpu_seconds": seconds,
+            "last_100_updates": last,
+            **measure(model),
+        }
+        print(distance, {k: v for k, v in rows[f"finetuned_distance_{distance}"].items()
+                         if k in ("recognizable_steps", "cpu_seconds")})  # fmt: skip
+    return {
+        "mode": "overshooting",
+        "run": str(args.run),
+        "agent": agent_name,
+        "checkpoint_step": step,
+        "episodes": args.episodes,
+        "context": 5,
+        "horizon": horizon,
+        "draws": args.draws,
+        "distance": args.distance,
+        "loadavg": os.getloadavg(),
+        "rows": rows,
+    }
 
 
 def table(args) -> dict:
@@ -272,14 +343,20 @@ def table(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("throughput", "curve", "collect", "open-loop", "table"))
+    parser.add_argument(
+        "mode", choices=("throughput", "curve", "collect", "open-loop", "overshooting", "table")
+    )
+    parser.add_argument("--distance", type=int, default=10, help="overshooting: distance D")
     parser.add_argument("--target", type=float, default=-300.0, help="table: the return bar")
     parser.add_argument("--run", default=None, help="collect, open-loop: the run folder")
     parser.add_argument("--episodes", type=int, default=10, help="open-loop: fresh episodes")
     parser.add_argument("--horizon", type=int, default=45, help="open-loop: steps predicted")
+    parser.add_argument(
+        "--draws", type=int, default=5, help="open-loop, overshooting: predictions per episode"
+    )
     parser.add_argument("--presets", default="debug,default,paper")
     parser.add_argument("--agents", default="planet,dreamer")
-    parser.add_argument("--updates", type=int, default=10)
+    parser.add_argument("--updates", type=int, default=10, help="throughput, overshooting")
     parser.add_argument("--act-steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--agent", default="dreamer", choices=tuple(AGENTS))
@@ -303,6 +380,9 @@ def main() -> None:
     elif args.mode == "table":
         result = table(args)
         name = f"world_model_table_{args.agent}_{args.preset}.json"
+    elif args.mode == "overshooting":
+        result = overshooting(args)
+        name = f"world_model_overshooting_{Path(args.run).name}_{result['checkpoint_step']}.json"
     elif args.mode == "open-loop":
         result = open_loop(args)
         name = f"world_model_open_loop_{Path(args.run).name}_{result['checkpoint_step']}.json"

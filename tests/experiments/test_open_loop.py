@@ -75,6 +75,39 @@ def test_errors_of_a_perfect_and_of_a_still_prediction():
         open_loop_errors(_Replay(truth), obs, actions, context, 40, pendulum=True)
 
 
+class _Noisy(nn.Module):
+    """A stand-in whose prediction is the last context frame plus noise from torch's RNG."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def open_loop(self, obs_context, actions_context, actions_future):
+        last = obs_context[-1].float() / 255
+        noise = 0.1 * torch.randn(actions_future.shape[0], *last.shape)
+        return (last + noise).clamp(0, 1)
+
+
+def test_draws_repeat_each_episode_and_the_seed_makes_them_reproducible():
+    frames, _ = _pendulum_frames(40)
+    obs = torch.stack([frames, frames.flip(0)], 1)
+    actions = torch.zeros(40, 2, 1)
+    torch.manual_seed(1)
+    before = torch.random.get_rng_state()
+    one = open_loop_errors(_Noisy(), obs, actions, 5, 20, pendulum=True, draws=3)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG is untouched
+    assert one["predicted"].shape == (20, 6, 1, 64, 64)
+    again = open_loop_errors(_Noisy(), obs, actions, 5, 20, pendulum=True, draws=3)
+    np.testing.assert_array_equal(one["mse"], again["mse"])
+    other = open_loop_errors(_Noisy(), obs, actions, 5, 20, pendulum=True, draws=3, seed=7)
+    assert not np.array_equal(one["mse"], other["mse"])
+    # the baselines do not depend on the draws: the same as with one draw
+    single = open_loop_errors(_Noisy(), obs, actions, 5, 20, pendulum=True)
+    np.testing.assert_allclose(single["mean_context_frame_mse"], one["mean_context_frame_mse"])
+    with pytest.raises(ValueError, match="draws"):
+        open_loop_errors(_Noisy(), obs, actions, 5, 20, pendulum=True, draws=0)
+
+
 def test_recognizable_steps_counts_until_the_first_miss():
     assert recognizable_steps(np.array([0.1, 0.2, 0.6, 0.1]), 0.5) == 2
     assert recognizable_steps(np.array([0.7]), 0.5) == 0

@@ -30,9 +30,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from latentvi.config import check_positive_int
 from latentvi.models.ssm import align_episode
 
-__all__ = ["open_loop_errors", "open_loop_report", "pendulum_angle", "recognizable_steps"]
+__all__ = [
+    "open_loop_errors",
+    "open_loop_report",
+    "pendulum_angle",
+    "recognizable_steps",
+    "report_episodes",
+]
 
 RECOGNIZABLE_ANGLE = math.pi / 6
 REPORT_SEED = 5_000_000
@@ -62,24 +69,41 @@ def wrapped_difference(a: Tensor, b: Tensor) -> Tensor:
 
 @torch.no_grad()
 def open_loop_errors(
-    model, obs: Tensor, actions: Tensor, context: int, horizon: int, pendulum: bool
+    model,
+    obs: Tensor,
+    actions: Tensor,
+    context: int,
+    horizon: int,
+    pendulum: bool,
+    draws: int = 1,
+    seed: int = REPORT_SEED,
 ) -> dict[str, np.ndarray]:
     """Per-step errors ``[horizon]`` of the open-loop prediction of aligned episodes ``obs
     [T, B, C, H, W]`` (uint8) and ``actions [T, B, A]`` (actions[t] led to obs[t]): ``mse`` and
     ``mean_context_frame_mse`` averaged over the B episodes; with ``pendulum`` also
     ``angle_error`` and ``last_context_angle_error`` (median over episodes, radians). Also
-    ``predicted``: the predicted frames ``[horizon, B, C, H, W]`` in [0, 1]."""
+    ``predicted``: the predicted frames ``[horizon, B·draws, C, H, W]`` in [0, 1].
+
+    The prior is sampled, so each episode is predicted ``draws`` times (episode b's draws at
+    b, b + B, …) and the averages and medians run over all B·draws predictions; torch's random
+    state is forked and seeded with ``seed``, so the figures are reproducible and the caller's
+    random state is left as it was."""
     if obs.shape[0] < context + horizon:
         raise ValueError(
             f"episodes of {obs.shape[0]} observations are too short for context {context} + "
             f"horizon {horizon}: use a shorter horizon"
         )
+    check_positive_int("draws", draws)
+    obs = obs.repeat(1, draws, *(1,) * (obs.dim() - 2))
+    actions = actions.repeat(1, draws, 1)
     device = next(model.parameters()).device
-    predicted = model.open_loop(
-        obs[:context].to(device),
-        actions[:context].to(device),
-        actions[context : context + horizon].to(device),
-    ).cpu()  # [H, B, C, H, W]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        predicted = model.open_loop(
+            obs[:context].to(device),
+            actions[:context].to(device),
+            actions[context : context + horizon].to(device),
+        ).cpu()  # [H, B·draws, C, H, W]
     truth = obs[context : context + horizon].float() / 255.0
     mean_frame = obs[:context].float().mean(0) / 255.0  # [B, C, H, W]
     result = {
@@ -103,6 +127,33 @@ def recognizable_steps(angle_error: np.ndarray, threshold: float = RECOGNIZABLE_
     return int(above[0]) if above.size else len(angle_error)
 
 
+def report_episodes(agent, run, episodes: int) -> tuple[Tensor, Tensor]:
+    """``episodes`` fresh episodes of ``agent`` acting without noise in ``run``'s environment (reset
+    seeds ``REPORT_SEED`` + i, apart from training's and evaluation's; torch's random state,
+    which the agent's filter samples from, forked and seeded with ``REPORT_SEED``), aligned for
+    :func:`open_loop_errors`: ``obs [T, B, C, H, W]`` (uint8) and ``actions [T, B, A]``."""
+    from latentvi.experiments.world_model import make_run_env
+    from latentvi.rl.episodes import EpisodeRunner
+
+    env = make_run_env(run)
+    runner = EpisodeRunner(env, {"model": 0.0, "env": 0.0, "act": 0.0})
+    device = agent.device
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(REPORT_SEED)
+            runs = [runner.run(REPORT_SEED + i, agent, explore=False)[0] for i in range(episodes)]
+    finally:
+        env.close()
+    observed, taken = [], []
+    for episode in runs:
+        obs = torch.as_tensor(episode["obs"])
+        action = torch.as_tensor(episode["action"])
+        aligned_obs, aligned_action, _ = align_episode(obs, action, action[:, 0])
+        observed.append(aligned_obs)
+        taken.append(aligned_action)
+    return torch.stack(observed, 1), torch.stack(taken, 1)
+
+
 def open_loop_report(
     run_dir: str | os.PathLike,
     episodes: int = 10,
@@ -110,36 +161,24 @@ def open_loop_report(
     horizon: int = 45,
     out: str | os.PathLike | None = None,
     threshold: float = RECOGNIZABLE_ANGLE,
+    draws: int = 1,
 ) -> dict[str, Any]:
     """Open-loop errors of a world-model run's latest checkpoint on ``episodes`` fresh episodes of
     its agent acting without noise (reset seeds apart from training's and evaluation's). Writes
     ``open_loop_report.csv``, ``open_loop_report.png`` (true frames above the predictions of the
     first episode) and ``open_loop_report_errors.png`` to ``out`` (default: the run folder) and
-    returns the summary (JSON-ready)."""
-    from latentvi.experiments.world_model import load_run, make_run_env
+    returns the summary (JSON-ready). ``draws``: predictions per episode (see
+    :func:`open_loop_errors`)."""
+    from latentvi.experiments.world_model import load_run
     from latentvi.plots import plot_image_grid, plot_prediction_errors
-    from latentvi.rl.episodes import EpisodeRunner
 
     agent_name, agent, run, step = load_run(run_dir)
     out = Path(out) if out is not None else Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    env = make_run_env(run)
-    runner = EpisodeRunner(env, {"model": 0.0, "env": 0.0, "act": 0.0})
-    observed, taken = [], []
-    try:
-        for index in range(episodes):
-            episode, _, _ = runner.run(REPORT_SEED + index, agent, explore=False)
-            obs = torch.as_tensor(episode["obs"])
-            action = torch.as_tensor(episode["action"])
-            aligned_obs, aligned_action, _ = align_episode(obs, action, action[:, 0])
-            observed.append(aligned_obs)
-            taken.append(aligned_action)
-    finally:
-        env.close()
-    obs, actions = torch.stack(observed, 1), torch.stack(taken, 1)
+    obs, actions = report_episodes(agent, run, episodes)
     horizon = min(horizon, obs.shape[0] - context)
     pendulum = run.env.startswith("Pendulum")
-    errors = open_loop_errors(agent.model, obs, actions, context, horizon, pendulum)
+    errors = open_loop_errors(agent.model, obs, actions, context, horizon, pendulum, draws)
     columns = [k for k in errors if k != "predicted"]
     with open(out / "open_loop_report.csv", "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
@@ -162,6 +201,7 @@ def open_loop_report(
         "episodes": episodes,
         "context": context,
         "horizon": horizon,
+        "draws": draws,
         "per_step": {k: [float(v) for v in errors[k]] for k in columns},
     }
     if pendulum:
