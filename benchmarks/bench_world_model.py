@@ -249,10 +249,11 @@ def overshooting(args) -> dict:
     agent_name, agent, run, step = load_run(args.run)
     training = agent.model_training
     obs, actions = report_episodes(agent, run, args.episodes)
-    horizon = min(args.horizon, obs.shape[0] - 5)
+    context = 5  # as open_loop_report's
+    horizon = min(args.horizon, obs.shape[0] - context)
 
     def measure(model) -> dict:
-        errors = open_loop_errors(model.eval(), obs, actions, 5, horizon, True, args.draws)
+        errors = open_loop_errors(model.eval(), obs, actions, context, horizon, True, args.draws)
         return {
             "recognizable_steps": recognizable_steps(errors["angle_error"]),
             "angle_error": [float(v) for v in errors["angle_error"]],
@@ -290,7 +291,7 @@ def overshooting(args) -> dict:
         "agent": agent_name,
         "checkpoint_step": step,
         "episodes": args.episodes,
-        "context": 5,
+        "context": context,
         "horizon": horizon,
         "draws": args.draws,
         "distance": args.distance,

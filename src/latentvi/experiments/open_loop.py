@@ -32,6 +32,7 @@ from torch import Tensor
 
 from latentvi.config import check_positive_int
 from latentvi.models.ssm import align_episode
+from latentvi.train.rng import isolated_rng
 
 __all__ = [
     "open_loop_errors",
@@ -85,9 +86,9 @@ def open_loop_errors(
     ``predicted``: the predicted frames ``[horizon, B·draws, C, H, W]`` in [0, 1].
 
     The prior is sampled, so each episode is predicted ``draws`` times (episode b's draws at
-    b, b + B, …) and the averages and medians run over all B·draws predictions; torch's random
-    state is forked and seeded with ``seed``, so the figures are reproducible and the caller's
-    random state is left as it was."""
+    b, b + B, …) and the averages and medians run over all B·draws predictions; the random
+    generators are seeded with ``seed`` inside :func:`latentvi.train.rng.isolated_rng`, so the
+    figures are reproducible and the caller's random state is left as it was."""
     if obs.shape[0] < context + horizon:
         raise ValueError(
             f"episodes of {obs.shape[0]} observations are too short for context {context} + "
@@ -97,8 +98,7 @@ def open_loop_errors(
     obs = obs.repeat(1, draws, *(1,) * (obs.dim() - 2))
     actions = actions.repeat(1, draws, 1)
     device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with isolated_rng(seed):
         predicted = model.open_loop(
             obs[:context].to(device),
             actions[:context].to(device),
@@ -129,18 +129,16 @@ def recognizable_steps(angle_error: np.ndarray, threshold: float = RECOGNIZABLE_
 
 def report_episodes(agent, run, episodes: int) -> tuple[Tensor, Tensor]:
     """``episodes`` fresh episodes of ``agent`` acting without noise in ``run``'s environment (reset
-    seeds ``REPORT_SEED`` + i, apart from training's and evaluation's; torch's random state,
-    which the agent's filter samples from, forked and seeded with ``REPORT_SEED``), aligned for
+    seeds ``REPORT_SEED`` + i, apart from training's and evaluation's; the random generators,
+    which the agent's filter samples from, isolated and seeded with ``REPORT_SEED``), aligned for
     :func:`open_loop_errors`: ``obs [T, B, C, H, W]`` (uint8) and ``actions [T, B, A]``."""
     from latentvi.experiments.world_model import make_run_env
     from latentvi.rl.episodes import EpisodeRunner
 
     env = make_run_env(run)
     runner = EpisodeRunner(env, {"model": 0.0, "env": 0.0, "act": 0.0})
-    device = agent.device
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(REPORT_SEED)
+        with isolated_rng(REPORT_SEED):
             runs = [runner.run(REPORT_SEED + i, agent, explore=False)[0] for i in range(episodes)]
     finally:
         env.close()
