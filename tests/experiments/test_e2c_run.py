@@ -11,11 +11,14 @@ from latentvi.experiments.e2c import (
     E2CRunConfig,
     PendulumPixels,
     collect_transitions,
+    decoder_metric,
     evaluate_run,
     preset,
     run_e2c,
+    start_states,
     wrap,
 )
+from latentvi.models.e2c import E2C
 
 
 def test_frames_show_the_angle():
@@ -27,6 +30,48 @@ def test_frames_show_the_angle():
     # the rod is the bright part: above the pivot when upright, below it when hanging down
     assert up[:14].sum() > 5 * up[18:].sum()
     assert down[18:].sum() > 5 * down[:14].sum()
+
+
+def test_zoom_draws_the_rod_across_the_frame():
+    plain, zoomed = PendulumPixels(32, 2), PendulumPixels(32, 2, zoom=2)
+    try:
+        small, large = (1.0 - p.frame(0.3)[0] / 255.0 for p in (plain, zoomed))
+        hanging = 1.0 - zoomed.frame(math.pi)[0] / 255.0
+    finally:
+        plain.close()
+        zoomed.close()
+    assert small.shape == large.shape == (32, 32)
+    # twice the length and twice the width: about four times the ink, still centred on the pivot
+    assert 3.0 < large.sum() / small.sum() < 5.0
+    assert large[:14].sum() > 5 * large[18:].sum()
+    rows = np.nonzero(hanging.sum(1) > 0.5)[0]
+    assert rows.max() >= 29 and rows.min() >= 13  # reaches the bottom edge, starts at the pivot
+
+
+def test_start_angle_zero_starts_upright():
+    theta, velocity = start_states(E2CRunConfig(start_angle=0.0, start_noise=0.1, trials=50), 0)
+    assert np.abs(theta).max() <= 0.1 and np.abs(velocity).max() <= 0.1
+    theta, _ = start_states(E2CRunConfig(trials=50), 0)
+    assert np.abs(theta - math.pi).max() <= 0.2
+
+
+def test_decoder_metric_is_the_pulled_back_image_distance():
+    torch.manual_seed(0)
+    model = E2C((2, 8, 8), 1, preset("debug")[1]).eval()
+    z = torch.randn(3)
+    metric = decoder_metric(model, z)
+    torch.testing.assert_close(metric, metric.T)
+    assert metric.trace().item() == pytest.approx(3.0, rel=1e-5)
+    assert torch.linalg.eigvalsh(metric).min() > -1e-6
+    # For small steps the squared image distance is δᵀ M δ up to one scale shared by all δ.
+    with torch.no_grad():
+        center = model.decode(z).mean
+        ratios = []
+        for _ in range(4):
+            delta = 1e-3 * torch.randn(3)
+            image = ((model.decode(z + delta).mean - center) ** 2).sum()
+            ratios.append((image / (delta @ metric @ delta)).item())
+    assert max(ratios) == pytest.approx(min(ratios), rel=1e-2)
 
 
 def test_transitions_share_their_middle_frame_and_follow_the_dynamics():
@@ -53,6 +98,10 @@ def test_wrap_maps_angles_into_minus_pi_pi():
 def test_bad_options_name_the_field():
     with pytest.raises(ValueError, match="success_steps"):
         E2CRunConfig(episode_steps=10, success_steps=20)
+    with pytest.raises(ValueError, match="metric"):
+        E2CRunConfig(metric="l1")
+    with pytest.raises(ValueError, match="zoom"):
+        E2CRunConfig(zoom=0)
     with pytest.raises(ValueError, match="preset"):
         preset("huge")
     with pytest.raises(ValueError, match="unknown E2C options"):

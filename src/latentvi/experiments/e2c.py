@@ -12,7 +12,8 @@ pendulum directly, so a controller has to pump energy):
   circle, θ̇ uniform in [−8, 8]) then two uniform random actions (the first gives the previous
   frame of x_t). Actions are normalized, u = torque / 2 ∈ [−1, 1].
 * **training** — :func:`latentvi.train.fit` on :meth:`latentvi.models.e2c.E2C.loss`.
-* **control** — from hanging down (θ = π ± ``start_noise``, θ̇ ∈ ±``start_noise``) for
+* **control** — from hanging down (θ = π ± ``start_noise``, θ̇ ∈ ±``start_noise``; ``start_angle``
+  = 0 starts upright instead, to test balancing alone) for
   ``episode_steps`` agent steps: encode the two newest frames, plan with
   :class:`latentvi.rl.lqr.MPC` (iLQR with E2C's own ``A_t, B_t``) toward the latent of the upright
   goal image (two frames at θ = 0), apply the first action. **Success**: |θ| < ``success_angle``
@@ -67,6 +68,7 @@ logger = logging.getLogger(__name__)
 
 TRIAL_SEED = 3_000_000
 LINEARIZATIONS = ("e2c", "autograd")
+METRICS = ("identity", "decoder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +76,12 @@ class E2CRunConfig:
     """Data, training and control of an E2C pixel-pendulum run."""
 
     image_size: int = option(32, "height and width of each frame (Watter et al.: 48)")
+    zoom: int = option(
+        1,
+        "draw the pendulum at zoom × image_size and keep the central image_size × image_size: "
+        "Gymnasium's rod spans 0.23 of the frame's width, at zoom 2 it spans 0.45 (the whole "
+        "frame, as in Watter et al.'s images)",
+    )
     action_repeat: int = option(2, "pendulum steps (dt = 0.05 s) per agent action")
     transitions: int = option(20_000, "random transitions (x_t, u_t, x_{t+1}) to train on")
     steps: int = option(12_000, "optimizer updates")
@@ -94,17 +102,28 @@ class E2CRunConfig:
         choices=LINEARIZATIONS,
     )
     final_cost: float = option(10.0, "Q_H = final_cost · I")
+    metric: str = option(
+        "identity",
+        "the latent distance the costs use: identity (‖z − z_goal‖², the paper's) or decoder "
+        "(the pull-back of the image distance at the goal, JᵀJ with J = ∂E[x|z]/∂z at z_goal, "
+        "scaled to trace Z), which undoes a latent map squeezed near the goal",
+        choices=METRICS,
+    )
     trials: int = option(20, "control episodes from the bottom (fixed seeds)")
     episode_steps: int = option(100, "agent steps per control episode")
     success_steps: int = option(25, "success: |θ| < success_angle for this many last steps")
     success_angle: float = option(0.3, "success: the angle bound in radians")
-    start_noise: float = option(0.2, "start: θ = π ± this, θ̇ = ± this (uniform)")
+    start_angle: float = option(
+        math.pi, "start: θ = start_angle ± start_noise (π: hanging down; 0: upright, balance only)"
+    )
+    start_noise: float = option(0.2, "start: θ = start_angle ± this, θ̇ = ± this (uniform)")
     seed: int = option(0, "seed of the data, the networks and the trials")
     progress: bool = option(False, "show a progress bar while training")
 
     def __post_init__(self) -> None:
         for name in (
             "image_size",
+            "zoom",
             "action_repeat",
             "transitions",
             "steps",
@@ -131,6 +150,9 @@ class E2CRunConfig:
             "linearization",
             self.linearization,
             f"choose one of {', '.join(LINEARIZATIONS)}",
+        )
+        require(
+            self.metric in METRICS, "metric", self.metric, f"choose one of {', '.join(METRICS)}"
         )
         require(self.success_angle > 0, "success_angle", self.success_angle, "use > 0 radians")
         require(self.start_noise >= 0, "start_noise", self.start_noise, "use >= 0")
@@ -179,19 +201,22 @@ class PendulumPixels:
     """Pendulum-v1 whose state can be set, drawn as ``uint8 [1, size, size]`` frames.
 
     Built on :func:`latentvi.rl.pixels.make_env` (``PixelObservation(ActionRepeat(...))``);
-    :meth:`frame` hides the torque arrow Gymnasium draws, which would show the action.
+    :meth:`frame` hides the torque arrow Gymnasium draws, which would show the action. With
+    ``zoom`` > 1 the pendulum is drawn at ``zoom · size`` and the central ``size × size`` kept.
     """
 
-    def __init__(self, size: int, action_repeat: int) -> None:
-        self.env = make_env("Pendulum-v1", pixels=True, size=size, action_repeat=action_repeat)
+    def __init__(self, size: int, action_repeat: int, zoom: int = 1) -> None:
+        drawn = size * check_positive_int("zoom", zoom)
+        self.env = make_env("Pendulum-v1", pixels=True, size=drawn, action_repeat=action_repeat)
         self.env.reset(seed=0)
         self.base = self.env.unwrapped
+        self.crop = slice((drawn - size) // 2, (drawn - size) // 2 + size)
 
     def frame(self, theta: float) -> np.ndarray:
         """The image of the pendulum at angle ``theta`` (0 upright)."""
         self.base.state = np.array([theta, 0.0])
         self.base.last_u = None
-        return self.env.observation(None)
+        return np.ascontiguousarray(self.env.observation(None)[:, self.crop, self.crop])
 
     def step(self, theta: float, velocity: float, torque: float) -> tuple[float, float]:
         """The state after one agent action (``action_repeat`` pendulum steps) from (θ, θ̇)."""
@@ -217,7 +242,7 @@ def wrap(theta: np.ndarray | float) -> np.ndarray:
 def collect_transitions(run: E2CRunConfig, seed: int) -> dict[str, torch.Tensor]:
     """``x [N, 2, S, S]``, ``u [N, 1]``, ``x_next``, and the state (``theta``, ``velocity``) of x."""
     rng = np.random.default_rng(seed)
-    pendulum = PendulumPixels(run.image_size, run.action_repeat)
+    pendulum = PendulumPixels(run.image_size, run.action_repeat, run.zoom)
     n = run.transitions
     size = run.image_size
     x = np.empty((n, 2, size, size), np.uint8)
@@ -282,7 +307,7 @@ def open_loop_error(
     (``ẑ`` rolled out with :meth:`E2C.step` from the first encoding; 1 ≈ as far as a random
     encoding)."""
     rng = np.random.default_rng(seed)
-    pendulum = PendulumPixels(run.image_size, run.action_repeat)
+    pendulum = PendulumPixels(run.image_size, run.action_repeat, run.zoom)
     actions = rng.uniform(-1, 1, (starts, steps)).astype(np.float32)
     frames = []
     for i in range(starts):
@@ -307,10 +332,10 @@ def open_loop_error(
 
 
 def start_states(run: E2CRunConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(θ, θ̇) of the ``run.trials`` control trials, each ``[trials]``: hanging down, θ = π and
-    θ̇ = 0, each moved by a uniform draw in ±``start_noise`` from ``seed``."""
+    """(θ, θ̇) of the ``run.trials`` control trials, each ``[trials]``: θ = ``start_angle`` (π:
+    hanging down) and θ̇ = 0, each moved by a uniform draw in ±``start_noise`` from ``seed``."""
     rng = np.random.default_rng(seed)
-    theta = np.pi + rng.uniform(-run.start_noise, run.start_noise, run.trials)
+    theta = run.start_angle + rng.uniform(-run.start_noise, run.start_noise, run.trials)
     velocity = rng.uniform(-run.start_noise, run.start_noise, run.trials)
     return theta, velocity
 
@@ -321,17 +346,19 @@ def swing_up_controller(
     goal: Tensor,
     state_cost: float,
     linearize: Callable | None = None,
+    metric: Tensor | None = None,
 ) -> MPC:
     """The run's receding-horizon iLQR toward ``goal [X]`` under dynamics ``step(x, u)``:
-    stage cost ``state_cost · I`` on the state, ``action_cost`` on the torque in [-1, 1],
-    ``final_cost · I`` at the horizon (``linearize``: the model's own Jacobians, or autograd)."""
-    eye = torch.eye(goal.shape[-1])
+    stage cost ``state_cost · M`` on the state, ``action_cost`` on the torque in [-1, 1],
+    ``final_cost · M`` at the horizon, ``M = metric [X, X]`` (default I; ``linearize``: the
+    model's own Jacobians, or autograd)."""
+    metric = torch.eye(goal.shape[-1]) if metric is None else metric
     return MPC(
         step,
         goal,
-        state_cost * eye,
+        state_cost * metric,
         run.action_cost * torch.eye(1),
-        run.final_cost * eye,
+        run.final_cost * metric,
         horizon=run.horizon,
         action_dim=1,
         low=-1.0,
@@ -339,6 +366,15 @@ def swing_up_controller(
         iterations=run.iterations,
         linearize=linearize,
     )
+
+
+def decoder_metric(model: E2C, z: Tensor) -> Tensor:
+    """``JᵀJ [Z, Z]`` with ``J = ∂E[x|z]/∂z`` at ``z [Z]`` (the image distance pulled back to the
+    latent), scaled to trace Z so that it is on the scale of the identity."""
+    with torch.enable_grad():
+        jacobian = torch.func.jacrev(lambda v: model.decode(v).mean.flatten())(z)  # (pixels, Z)
+    metric = jacobian.T @ jacobian
+    return metric * (z.shape[-1] / metric.trace())
 
 
 def successes(angles: np.ndarray, run: E2CRunConfig) -> np.ndarray:
@@ -350,7 +386,7 @@ def successes(angles: np.ndarray, run: E2CRunConfig) -> np.ndarray:
 @torch.no_grad()
 def control(model: E2C, run: E2CRunConfig, seed: int) -> dict[str, Any]:
     """Swing up from the bottom in ``run.trials`` episodes (batched); see the module docstring."""
-    pendulum = PendulumPixels(run.image_size, run.action_repeat)
+    pendulum = PendulumPixels(run.image_size, run.action_repeat, run.zoom)
     trials = run.trials
     theta, velocity = start_states(run, seed)
     upright = pendulum.frame(0.0)
@@ -361,6 +397,7 @@ def control(model: E2C, run: E2CRunConfig, seed: int) -> dict[str, Any]:
         goal,
         run.state_cost,
         linearize=model.linearization if run.linearization == "e2c" else None,
+        metric=decoder_metric(model, goal) if run.metric == "decoder" else None,
     )
     previous = np.stack([pendulum.frame(t) for t in theta])  # at rest: both frames equal
     current = previous
