@@ -19,6 +19,7 @@ from latentvi.experiments.e2c import (
     wrap,
 )
 from latentvi.models.e2c import E2C
+from latentvi.rl.pendulum import pendulum_step
 
 
 def test_frames_show_the_angle():
@@ -46,6 +47,20 @@ def test_zoom_draws_the_rod_across_the_frame():
     assert large[:14].sum() > 5 * large[18:].sum()
     rows = np.nonzero(hanging.sum(1) > 0.5)[0]
     assert rows.max() >= 29 and rows.min() >= 13  # reaches the bottom edge, starts at the pivot
+
+
+def test_step_repeats_the_action_every_time():
+    # Regression: stepping the wrapped environment hit its 200-step time limit after 100 calls,
+    # and the action repeat then silently stopped after one step.
+    pendulum = PendulumPixels(16, 2)
+    try:
+        states = [pendulum.step(0.1, 0.0, 0.0) for _ in range(300)]
+    finally:
+        pendulum.close()
+    expected = pendulum_step(0.1, 0.0, 0.0, repeat=2)[:2]
+    assert set(states) == {tuple(float(v) for v in expected)}
+    # two Euler steps of dt = 0.05 from rest at θ = 0.1: θ̇ = 2 · 15 sin(0.1) · 0.05 approximately
+    assert states[-1][1] == pytest.approx(0.15, rel=0.02)
 
 
 def test_start_angle_zero_starts_upright():

@@ -5,9 +5,9 @@ pendulum directly, so a controller has to pump energy):
 
 * **observations** — two consecutive grayscale frames stacked, ``[2, S, S]`` with values
   ``1 − gray/255`` in [0, 1] (the rod is bright on a dark background), so the velocity is
-  observable. Frames are drawn by :func:`latentvi.rl.pixels.make_env` (``PixelObservation``
-  over ``ActionRepeat``) with the torque arrow hidden; the underlying pendulum's state is set
-  directly, so that data covers the whole circle.
+  observable. Frames are drawn by :func:`latentvi.rl.pixels.make_env`'s ``PixelObservation``
+  with the torque arrow hidden, from states set directly (so that data covers the whole circle)
+  and moved by Pendulum-v1's equations (:func:`latentvi.rl.pendulum.pendulum_step`).
 * **data** — ``transitions`` tuples ``(x_t, u_t, x_{t+1})``: a start state (θ uniform on the
   circle, θ̇ uniform in [−8, 8]) then two uniform random actions (the first gives the previous
   frame of x_t). Actions are normalized, u = torque / 2 ∈ [−1, 1].
@@ -45,7 +45,7 @@ from latentvi.config import check_positive_int, option, require, to_dict
 from latentvi.models.e2c import E2C, E2CConfig
 from latentvi.plots import plot_image_grid, save_figure
 from latentvi.rl.lqr import MPC
-from latentvi.rl.pendulum import MAX_SPEED, MAX_TORQUE
+from latentvi.rl.pendulum import MAX_SPEED, MAX_TORQUE, pendulum_step
 from latentvi.rl.pixels import make_env
 from latentvi.train import TrainConfig, fit
 from latentvi.train.rng import mixed_seed
@@ -200,17 +200,19 @@ def preset(name: str, **overrides: Any) -> tuple[E2CRunConfig, E2CConfig]:
 class PendulumPixels:
     """Pendulum-v1 whose state can be set, drawn as ``uint8 [1, size, size]`` frames.
 
-    Built on :func:`latentvi.rl.pixels.make_env` (``PixelObservation(ActionRepeat(...))``);
-    :meth:`frame` hides the torque arrow Gymnasium draws, which would show the action. With
+    Frames come from :func:`latentvi.rl.pixels.make_env`'s ``PixelObservation`` (:meth:`frame`
+    hides the torque arrow Gymnasium draws, which would show the action); :meth:`step` applies
+    the environment's equations ``action_repeat`` times. With
     ``zoom`` > 1 the pendulum is drawn at ``zoom · size`` and the central ``size × size`` kept.
     """
 
     def __init__(self, size: int, action_repeat: int, zoom: int = 1) -> None:
         drawn = size * check_positive_int("zoom", zoom)
-        self.env = make_env("Pendulum-v1", pixels=True, size=drawn, action_repeat=action_repeat)
+        self.env = make_env("Pendulum-v1", pixels=True, size=drawn)
         self.env.reset(seed=0)
         self.base = self.env.unwrapped
         self.crop = slice((drawn - size) // 2, (drawn - size) // 2 + size)
+        self.action_repeat = check_positive_int("action_repeat", action_repeat)
 
     def frame(self, theta: float) -> np.ndarray:
         """The image of the pendulum at angle ``theta`` (0 upright)."""
@@ -219,10 +221,13 @@ class PendulumPixels:
         return np.ascontiguousarray(self.env.observation(None)[:, self.crop, self.crop])
 
     def step(self, theta: float, velocity: float, torque: float) -> tuple[float, float]:
-        """The state after one agent action (``action_repeat`` pendulum steps) from (θ, θ̇)."""
-        self.base.state = np.array([theta, velocity])
-        self.env.env.step(np.array([torque], dtype=np.float32))  # the ActionRepeat wrapper
-        theta, velocity = self.base.state
+        """The state after one agent action (``action_repeat`` pendulum steps) from (θ, θ̇).
+
+        Pendulum-v1's own equations (:func:`latentvi.rl.pendulum.pendulum_step`, checked against
+        the environment), not the wrapped environment's ``step``: its time limit would end the
+        action repeat early after 200 steps, silently halving the time step.
+        """
+        theta, velocity, _ = pendulum_step(theta, velocity, torque, repeat=self.action_repeat)
         return float(theta), float(velocity)
 
     def close(self) -> None:
