@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from latentvi.rl.lqr import MPC, ilqr, jacobians, lqr, quadratic_cost, rollout
+from latentvi.rl.lqr import MPC, goal_regulator, ilqr, jacobians, lqr, quadratic_cost, rollout
 from latentvi.rl.pendulum import MAX_TORQUE, angle_of, step_features
 
 
@@ -219,3 +219,46 @@ def test_mpc_swings_up_and_balances_the_true_pendulum():
         angles.append(angle_of(x))
     angles = torch.stack(angles)
     assert (angles[-50:].abs() < 0.1).all()
+
+
+def test_goal_regulator_holds_an_offset_goal_of_drifting_dynamics():
+    # x' = 1.2 x + u + 0.3: unstable, and the goal 1 is no fixed point (u must cancel 0.5).
+    # (A small action cost R leaves an offset of order R: 1e-5 here.)
+    def dynamics(x, u):
+        return 1.2 * x + u + 0.3
+
+    goal = torch.tensor([1.0])
+    eye = torch.eye(1)
+    policy = goal_regulator(dynamics, goal, eye, 1e-4 * eye, eye, horizon=50, action_dim=1)
+    x = torch.tensor([[3.0], [-2.0]])
+    for _ in range(40):
+        x = dynamics(x, policy(x))
+    torch.testing.assert_close(x, torch.ones(2, 1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(policy(goal[None]), torch.tensor([[-0.5]]), atol=1e-3, rtol=0)
+
+
+def _upright_pendulum_mpc(fallback: bool) -> float:
+    """Largest |θ| over 60 agent steps (dt 0.1 s) of MPC from θ = 0.15 at rest, |u| ≤ 2."""
+
+    def pendulum(x, u):
+        return step_features(x, u, repeat=2)
+
+    goal = torch.tensor([1.0, 0.0, 0.0])
+    eye = torch.eye(3)
+    box = {"horizon": 40, "action_dim": 1, "low": -MAX_TORQUE, "high": MAX_TORQUE}
+    costs = (0.1 * eye, 0.1 * torch.eye(1), 10 * eye)
+    policy = goal_regulator(pendulum, goal, *costs, **box) if fallback else None
+    controller = MPC(pendulum, goal, *costs, iterations=8, fallback=policy, **box)
+    x = torch.tensor([[math.cos(0.15), math.sin(0.15), 0.0]])
+    worst = 0.0
+    for _ in range(60):
+        x = pendulum(x, controller(x))
+        worst = max(worst, angle_of(x).abs().item())
+    return worst
+
+
+def test_mpc_with_the_goal_regulator_as_fallback_balances_where_warm_starts_fall():
+    """Near the unstable upright state every open-loop start plans a fall, and iLQR stays in
+    that basin; the regulator's closed-loop rollout starts it in the basin of balancing."""
+    assert _upright_pendulum_mpc(fallback=False) > 1.0
+    assert _upright_pendulum_mpc(fallback=True) < 0.2

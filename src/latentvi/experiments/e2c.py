@@ -44,7 +44,7 @@ from torch import Tensor
 from latentvi.config import check_positive_int, option, require, to_dict
 from latentvi.models.e2c import E2C, E2CConfig
 from latentvi.plots import plot_image_grid, save_figure
-from latentvi.rl.lqr import MPC
+from latentvi.rl.lqr import MPC, goal_regulator
 from latentvi.rl.pendulum import MAX_SPEED, MAX_TORQUE, pendulum_step
 from latentvi.rl.pixels import make_env
 from latentvi.train import TrainConfig, fit
@@ -102,6 +102,12 @@ class E2CRunConfig:
         choices=LINEARIZATIONS,
     )
     final_cost: float = option(10.0, "Q_H = final_cost · I")
+    regulator: bool = option(
+        False,
+        "each step also run iLQR from the rollout of the LQR regulator of the model linearized at "
+        "the goal (latentvi.rl.lqr.goal_regulator) and keep the cheaper plan: iLQR started from "
+        "an open-loop plan near the unstable upright state only finds plans that fall",
+    )
     metric: str = option(
         "identity",
         "the latent distance the costs use: identity (‖z − z_goal‖², the paper's) or decoder "
@@ -356,20 +362,24 @@ def swing_up_controller(
     """The run's receding-horizon iLQR toward ``goal [X]`` under dynamics ``step(x, u)``:
     stage cost ``state_cost · M`` on the state, ``action_cost`` on the torque in [-1, 1],
     ``final_cost · M`` at the horizon, ``M = metric [X, X]`` (default I; ``linearize``: the
-    model's own Jacobians, or autograd)."""
+    model's own Jacobians, or autograd); with ``run.regulator``, the goal's LQR regulator as the
+    MPC's fallback start."""
     metric = torch.eye(goal.shape[-1]) if metric is None else metric
+    Q, R, Q_final = state_cost * metric, run.action_cost * torch.eye(1), run.final_cost * metric
+    box = {"horizon": run.horizon, "action_dim": 1, "low": -1.0, "high": 1.0}
+    fallback = None
+    if run.regulator:
+        fallback = goal_regulator(step, goal, Q, R, Q_final, linearize=linearize, **box)
     return MPC(
         step,
         goal,
-        state_cost * metric,
-        run.action_cost * torch.eye(1),
-        run.final_cost * metric,
-        horizon=run.horizon,
-        action_dim=1,
-        low=-1.0,
-        high=1.0,
+        Q,
+        R,
+        Q_final,
         iterations=run.iterations,
         linearize=linearize,
+        fallback=fallback,
+        **box,
     )
 
 

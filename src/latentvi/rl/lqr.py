@@ -15,8 +15,13 @@
   Controls lie in a box ``[low, high]``: the backward pass projects the feed-forward term onto the
   box and drops the feedback of clamped controls (Tassa et al.'s clamping; exact for one control),
   the forward pass clamps.
+* :func:`goal_regulator` — the LQR feedback law of the dynamics linearized at the goal (a fixed
+  gain, ``u = clamp(K (x − g) + k)``): it holds the system near an equilibrium that a local
+  optimizer started from an open-loop plan misses when the goal is unstable (an inverted pendulum
+  falls under any open-loop plan, so every iLQR iterate starting there plans a fall).
 * :class:`MPC` — receding horizon: re-plan from each new state, apply the first control, warm
-  start the next plan with the rest.
+  start the next plan with the rest; optionally also plan from the rollout of a ``fallback``
+  feedback policy (such as :func:`goal_regulator`) and keep the cheaper plan.
 
 Everything is batched over independent problems: ``x [*N, X]``, ``u [*N, M]``, a plan
 ``U [*N, H, M]``, a trajectory ``[*N, H+1, X]``; gains ``K [*N, H, M, X]``, ``k [*N, H, M]``.
@@ -32,12 +37,24 @@ from torch import Tensor
 
 from latentvi.config import check_positive_int
 
-__all__ = ["MPC", "ILQRResult", "LQRSolution", "ilqr", "lqr", "quadratic_cost", "rollout"]
+__all__ = [
+    "MPC",
+    "ILQRResult",
+    "LQRSolution",
+    "goal_regulator",
+    "ilqr",
+    "lqr",
+    "policy_rollout",
+    "quadratic_cost",
+    "rollout",
+]
 
 Dynamics = Callable[[Tensor, Tensor], Tensor]
 """``f(x [*N, X], u [*N, M]) -> x' [*N, X]``."""
 Linearize = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 """``(x [*N, X], u [*N, M]) -> (∂f/∂x [*N, X, X], ∂f/∂u [*N, X, M])``."""
+Policy = Callable[[Tensor], Tensor]
+"""``x [*N, X] -> u [*N, M]``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +175,55 @@ def rollout(dynamics: Dynamics, x0: Tensor, actions: Tensor) -> Tensor:
     for t in range(actions.shape[-2]):
         states.append(dynamics(states[-1], actions[..., t, :]))
     return torch.stack(states, dim=-2)
+
+
+def policy_rollout(dynamics: Dynamics, policy: Policy, x0: Tensor, horizon: int) -> Tensor:
+    """The actions ``[*N, H, M]`` that the feedback ``policy`` takes from ``x0 [*N, X]`` for
+    ``horizon`` steps of ``dynamics`` (closed loop: each from the state the last one led to)."""
+    x, actions = x0, []
+    for _ in range(check_positive_int("horizon", horizon)):
+        u = policy(x)
+        actions.append(u)
+        x = dynamics(x, u)
+    return torch.stack(actions, dim=-2)
+
+
+def goal_regulator(
+    dynamics: Dynamics,
+    goal: Tensor,
+    Q: Tensor,
+    R: Tensor,
+    Q_final: Tensor,
+    *,
+    horizon: int,
+    action_dim: int,
+    low: float | None = None,
+    high: float | None = None,
+    linearize: Linearize | None = None,
+) -> Policy:
+    """The LQR feedback around ``goal [X]``: ``x [*N, X] -> clamp(K (x − g) + k) [*N, M]``.
+
+    ``f`` is linearized once at ``(goal, u = 0)`` (``linearize``, default autograd), keeping its
+    drift ``c = f(g, 0) − g`` (a learned model's goal is rarely an exact fixed point); ``(K, k)``
+    are the first-step gains of the ``horizon``-step LQR problem in ``δx = x − g`` with the costs
+    ``Q, R, Q_final`` — for a long horizon, the stationary (infinite-horizon) regulator.
+    """
+    goal = goal.detach()
+    u0 = torch.zeros(1, check_positive_int("action_dim", action_dim), dtype=goal.dtype)
+    with torch.no_grad():
+        drift = dynamics(goal.unsqueeze(0), u0)[0] - goal
+    with torch.enable_grad():
+        a, b = (linearize or jacobians(dynamics))(goal.unsqueeze(0), u0)
+    h = check_positive_int("horizon", horizon)
+    solution = lqr(
+        a[0].expand(h, -1, -1), b[0].expand(h, -1, -1), Q, R, Q_final, c=drift.expand(h, -1)
+    )
+    K, k = solution.K[0].detach(), solution.k[0].detach()
+
+    def policy(x: Tensor) -> Tensor:
+        return _clamp(_mv(K, x - goal) + k, low, high)
+
+    return policy
 
 
 def quadratic_cost(
@@ -298,6 +364,10 @@ class MPC:
     """Receding-horizon control with :func:`ilqr`: plan ``horizon`` steps from the current state,
     apply the first control, keep the rest (shifted, last control repeated) as the next warm start.
 
+    With a ``fallback`` policy (``x [*N, X] -> u [*N, M]``, e.g. :func:`goal_regulator`), iLQR
+    also runs from the fallback's closed-loop rollout (:func:`policy_rollout`), batched with the
+    warm start, and each problem keeps the cheaper of the two optimized plans.
+
     ``MPC(...)(x [*N, X]) -> u [*N, M]``; :meth:`reset` forgets the plan.
     """
 
@@ -317,6 +387,7 @@ class MPC:
         linearize: Linearize | None = None,
         initial_scale: float = 0.0,
         generator: torch.Generator | None = None,
+        fallback: Policy | None = None,
     ) -> None:
         self.dynamics, self.goal = dynamics, goal
         self.Q, self.R, self.Q_final = Q, R, Q_final
@@ -327,6 +398,7 @@ class MPC:
         self.linearize = linearize
         self.initial_scale = initial_scale
         self.generator = generator
+        self.fallback = fallback
         self.plan: Tensor | None = None
         self.last: ILQRResult | None = None
 
@@ -338,10 +410,15 @@ class MPC:
             shape = (*x.shape[:-1], self.horizon, self.action_dim)
             noise = torch.randn(shape, generator=self.generator, dtype=x.dtype)
             self.plan = (self.initial_scale * noise).to(x.device)
+        x0, plans = x, self.plan
+        if self.fallback is not None:  # both starts in one batch: (2, *N, ...)
+            with torch.no_grad():
+                candidate = policy_rollout(self.dynamics, self.fallback, x, self.horizon)
+            x0, plans = torch.stack([x, x]), torch.stack([plans, candidate])
         result = ilqr(
             self.dynamics,
-            x,
-            self.plan,
+            x0,
+            plans,
             self.goal,
             self.Q,
             self.R,
@@ -351,6 +428,27 @@ class MPC:
             iterations=self.iterations,
             linearize=self.linearize,
         )
+        if self.fallback is not None:
+            result = _cheaper(result)
         self.last = result
         self.plan = torch.cat([result.actions[..., 1:, :], result.actions[..., -1:, :]], dim=-2)
         return result.actions[..., 0, :]
+
+
+def _cheaper(result: ILQRResult) -> ILQRResult:
+    """Per problem, the cheaper of two results stacked along the first dimension."""
+    second = result.cost[1] < result.cost[0]  # [*N]
+
+    def pick(tensor: Tensor, batch_dims: int) -> Tensor:
+        mask = second.reshape(*second.shape, *(1,) * (tensor.dim() - 1 - batch_dims))
+        return torch.where(mask, tensor[1], tensor[0])
+
+    n = second.dim()
+    history = torch.where(second, result.history[:, 1], result.history[:, 0])
+    return ILQRResult(
+        pick(result.actions, n),
+        pick(result.states, n),
+        pick(result.cost, n),
+        pick(result.K, n),
+        history,
+    )
