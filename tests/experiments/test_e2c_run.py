@@ -11,14 +11,12 @@ from latentvi.experiments.e2c import (
     E2CRunConfig,
     PendulumPixels,
     collect_transitions,
-    decoder_metric,
     evaluate_run,
     preset,
     run_e2c,
     start_states,
     wrap,
 )
-from latentvi.models.e2c import E2C
 from latentvi.rl.pendulum import pendulum_step
 
 
@@ -70,25 +68,6 @@ def test_start_angle_zero_starts_upright():
     assert np.abs(theta - math.pi).max() <= 0.2
 
 
-def test_decoder_metric_is_the_pulled_back_image_distance():
-    torch.manual_seed(0)
-    model = E2C((2, 8, 8), 1, preset("debug")[1]).eval()
-    z = torch.randn(3)
-    metric = decoder_metric(model, z)
-    torch.testing.assert_close(metric, metric.T)
-    assert metric.trace().item() == pytest.approx(3.0, rel=1e-5)
-    assert torch.linalg.eigvalsh(metric).min() > -1e-6
-    # For small steps the squared image distance is δᵀ M δ up to one scale shared by all δ.
-    with torch.no_grad():
-        center = model.decode(z).mean
-        ratios = []
-        for _ in range(4):
-            delta = 1e-3 * torch.randn(3)
-            image = ((model.decode(z + delta).mean - center) ** 2).sum()
-            ratios.append((image / (delta @ metric @ delta)).item())
-    assert max(ratios) == pytest.approx(min(ratios), rel=1e-2)
-
-
 def test_transitions_share_their_middle_frame_and_follow_the_dynamics():
     run, _ = preset("debug", transitions=64, image_size=32)
     data = collect_transitions(run, seed=0)
@@ -113,8 +92,6 @@ def test_wrap_maps_angles_into_minus_pi_pi():
 def test_bad_options_name_the_field():
     with pytest.raises(ValueError, match="success_steps"):
         E2CRunConfig(episode_steps=10, success_steps=20)
-    with pytest.raises(ValueError, match="metric"):
-        E2CRunConfig(metric="l1")
     with pytest.raises(ValueError, match="zoom"):
         E2CRunConfig(zoom=0)
     with pytest.raises(ValueError, match="preset"):
