@@ -1,5 +1,6 @@
 """The E2C pixel-pendulum experiment: data layout, rendering, config errors, a debug run end to end."""
 
+import dataclasses
 import json
 import math
 
@@ -81,6 +82,16 @@ def test_transitions_share_their_middle_frame_and_follow_the_dynamics():
     assert (data["x"][moving, 0] - data["x"][moving, 1]).abs().sum((-1, -2)).min() > 0
 
 
+def test_upright_share_draws_starts_near_upright():
+    run, _ = preset("debug", transitions=200, image_size=16, upright_share=1.0)
+    data = collect_transitions(run, seed=0)
+    # starts within |θ| < π/4, |θ̇| < 3; one agent step (0.1 s, |θ̈| ≤ 15 + 6) moves them a little
+    assert data["theta"].abs().max() < math.pi / 4 + 0.6
+    assert data["velocity"].abs().max() < 3.0 + 2.2
+    anywhere = collect_transitions(dataclasses.replace(run, upright_share=0.0), seed=0)
+    assert (anywhere["theta"].abs() > 2.0).float().mean() > 0.25
+
+
 def test_wrap_maps_angles_into_minus_pi_pi():
     np.testing.assert_allclose(
         wrap(np.array([0.0, 2 * math.pi + 0.1, -math.pi - 0.1])),
@@ -92,6 +103,8 @@ def test_wrap_maps_angles_into_minus_pi_pi():
 def test_bad_options_name_the_field():
     with pytest.raises(ValueError, match="success_steps"):
         E2CRunConfig(episode_steps=10, success_steps=20)
+    with pytest.raises(ValueError, match="upright_share"):
+        E2CRunConfig(upright_share=1.5)
     with pytest.raises(ValueError, match="zoom"):
         E2CRunConfig(zoom=0)
     with pytest.raises(ValueError, match="preset"):

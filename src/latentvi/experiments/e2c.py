@@ -9,8 +9,9 @@ pendulum directly, so a controller has to pump energy):
   with the torque arrow hidden, from states set directly (so that data covers the whole circle)
   and moved by Pendulum-v1's equations (:func:`latentvi.rl.pendulum.pendulum_step`).
 * **data** — ``transitions`` tuples ``(x_t, u_t, x_{t+1})``: a start state (θ uniform on the
-  circle, θ̇ uniform in [−8, 8]) then two uniform random actions (the first gives the previous
-  frame of x_t). Actions are normalized, u = torque / 2 ∈ [−1, 1].
+  circle, θ̇ uniform in [−8, 8]; a share ``upright_share`` of them near upright instead) then two
+  uniform random actions (the first gives the previous frame of x_t). Actions are normalized,
+  u = torque / 2 ∈ [−1, 1].
 * **training** — :func:`latentvi.train.fit` on :meth:`latentvi.models.e2c.E2C.loss`.
 * **control** — from hanging down (θ = π ± ``start_noise``, θ̇ ∈ ±``start_noise``; ``start_angle``
   = 0 starts upright instead, to test balancing alone) for ``episode_steps`` agent steps: encode
@@ -70,6 +71,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TRIAL_SEED = 3_000_000
+UPRIGHT_ANGLE, UPRIGHT_SPEED = math.pi / 4, 3.0  # the near-upright starts of ``upright_share``
 LINEARIZATIONS = ("e2c", "autograd")
 
 
@@ -86,6 +88,11 @@ class E2CRunConfig:
     )
     action_repeat: int = option(2, "pendulum steps (dt = 0.05 s) per agent action")
     transitions: int = option(20_000, "random transitions (x_t, u_t, x_{t+1}) to train on")
+    upright_share: float = option(
+        0.0,
+        "share of the transitions that start near upright (|θ| < π/4, |θ̇| < 3) instead of "
+        "anywhere: uniform starts put ~2% of the data where balancing happens",
+    )
     steps: int = option(12_000, "optimizer updates")
     batch_size: int = option(128, "transitions per update")
     lr: float = option(5e-4, "Adam learning rate")
@@ -154,6 +161,7 @@ class E2CRunConfig:
         )
         require(self.success_angle > 0, "success_angle", self.success_angle, "use > 0 radians")
         require(self.start_noise >= 0, "start_noise", self.start_noise, "use >= 0")
+        require(0.0 <= self.upright_share <= 1.0, "upright_share", self.upright_share, "use 0 to 1")
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -267,6 +275,9 @@ def collect_transitions(run: E2CRunConfig, seed: int) -> dict[str, torch.Tensor]
     actions = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
     theta_prev = rng.uniform(-np.pi, np.pi, n)
     velocity_prev = rng.uniform(-MAX_SPEED, MAX_SPEED, n)
+    upright = rng.random(n) < run.upright_share
+    theta_prev[upright] = rng.uniform(-UPRIGHT_ANGLE, UPRIGHT_ANGLE, upright.sum())
+    velocity_prev[upright] = rng.uniform(-UPRIGHT_SPEED, UPRIGHT_SPEED, upright.sum())
     thetas, velocities = np.empty(n), np.empty(n)
     for i in range(n):
         first = pendulum.frame(theta_prev[i])
