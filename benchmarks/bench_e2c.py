@@ -9,6 +9,7 @@ the last success_steps agent steps (see the summary's ``success_definition``). W
     python benchmarks/bench_e2c.py [--preset default] [--threads 2] [--set steps=3000 ...]
     python benchmarks/bench_e2c.py --evaluate RUN [--set horizon=60 ...]   # control only
     python benchmarks/bench_e2c.py --oracle     # the same MPC on the true state, no model
+    python benchmarks/bench_e2c.py --probe RUN [RUN ...]   # each model's view of the upright goal
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from latentvi.experiments.e2c import evaluate_run, preset, run_e2c
+from latentvi.experiments.e2c import evaluate_run, goal_stability, preset, run_e2c
 from results_io import save_results
 
 RESULTS = Path(__file__).parent / "results"
@@ -80,6 +81,13 @@ def main() -> None:
         help="no model: the same MPC on the true pendulum state, stage cost Q = I and = the "
         "run's state_cost · I (→ results/e2c_oracle.json)",
     )
+    parser.add_argument(
+        "--probe",
+        nargs="+",
+        metavar="RUN",
+        help="no control: each RUN's drift and Jacobian eigenvalues at the upright goal's latent "
+        "(→ results/e2c_goal_probe.json); model options must match the runs'",
+    )
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
     overrides = {}
@@ -87,6 +95,17 @@ def main() -> None:
         name, _, value = item.partition("=")
         overrides[name] = parse_value(value)
     run, model = preset(arguments.preset, **overrides)
+    if arguments.probe:
+        from latentvi.models.e2c import E2C
+        from latentvi.train.checkpoint import load_checkpoint
+
+        rows = []
+        for folder in arguments.probe:
+            e2c = E2C((2, run.image_size, run.image_size), 1, model)
+            load_checkpoint(folder, e2c, restore_rng=False)
+            rows.append({"run": Path(folder).name, **goal_stability(e2c.eval(), run)})
+        save_results(RESULTS / "e2c_goal_probe.json", {"overrides": overrides, "runs": rows})
+        return
     if arguments.oracle:
         rows = [oracle(run, 1.0), oracle(run, run.state_cost)]
         save_results(RESULTS / "e2c_oracle.json", {"trials": run.trials, "runs": rows})

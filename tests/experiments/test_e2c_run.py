@@ -13,11 +13,13 @@ from latentvi.experiments.e2c import (
     PendulumPixels,
     collect_transitions,
     evaluate_run,
+    goal_stability,
     preset,
     run_e2c,
     start_states,
     wrap,
 )
+from latentvi.models.e2c import E2C
 from latentvi.rl.pendulum import pendulum_step
 
 
@@ -67,6 +69,16 @@ def test_start_angle_zero_starts_upright():
     assert np.abs(theta).max() <= 0.1 and np.abs(velocity).max() <= 0.1
     theta, _ = start_states(E2CRunConfig(trials=50), 0)
     assert np.abs(theta - math.pi).max() <= 0.2
+
+
+def test_goal_stability_of_an_identity_model():
+    run, model_config = preset("debug")
+    model = E2C((2, run.image_size, run.image_size), 1, model_config).eval()
+    for parameter in model.transition.parameters():  # h(z) = 0: A = I, B = 0, o = 0, f(z, u) = z
+        torch.nn.init.zeros_(parameter)
+    stability = goal_stability(model, run)
+    assert stability["goal_drift"] == 0.0
+    assert stability["goal_eigenvalues"] == pytest.approx([1.0, 1.0, 1.0])
 
 
 def test_transitions_share_their_middle_frame_and_follow_the_dynamics():
