@@ -225,8 +225,8 @@ class PendulumPixels:
 
     Frames come from :func:`latentvi.rl.pixels.make_env`'s ``PixelObservation`` (:meth:`frame`
     hides the torque arrow Gymnasium draws, which would show the action); :meth:`step` applies
-    the environment's equations ``action_repeat`` times. With
-    ``zoom`` > 1 the pendulum is drawn at ``zoom · size`` and the central ``size × size`` kept.
+    the environment's equations ``action_repeat`` times. With ``zoom`` > 1 the pendulum is drawn
+    at ``zoom · size`` and the central ``size × size`` kept.
     """
 
     def __init__(self, size: int, action_repeat: int, zoom: int = 1) -> None:
