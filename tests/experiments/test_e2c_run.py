@@ -140,3 +140,9 @@ def test_debug_run_end_to_end(tmp_path):
     again = evaluate_run(tmp_path, run, model, tmp_path / "again")
     assert again["final_abs_angle_mean"] == pytest.approx(summary["final_abs_angle_mean"], abs=1e-4)
     assert again["success_rate"] == summary["success_rate"]
+    # The default preset's control (autograd Jacobians, the goal regulator as a second start)
+    # runs on the same model; it records how the model sees the goal.
+    planned = dataclasses.replace(run, linearization="autograd", regulator=True)
+    other = evaluate_run(tmp_path, planned, model, tmp_path / "regulated")
+    assert 0.0 <= other["success_rate"] <= 1.0
+    assert len(other["goal_eigenvalues"]) == model.latent_dim and other["goal_drift"] >= 0
