@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from latentvi.experiments.e2c import evaluate_run, goal_stability, preset, run_e2c
+from latentvi.experiments.e2c import evaluate_run, goal_stability, load_model, preset, run_e2c
 from results_io import save_results
 
 RESULTS = Path(__file__).parent / "results"
@@ -96,14 +96,10 @@ def main() -> None:
         overrides[name] = parse_value(value)
     run, model = preset(arguments.preset, **overrides)
     if arguments.probe:
-        from latentvi.models.e2c import E2C
-        from latentvi.train.checkpoint import load_checkpoint
-
-        rows = []
-        for folder in arguments.probe:
-            e2c = E2C((2, run.image_size, run.image_size), 1, model)
-            load_checkpoint(folder, e2c, restore_rng=False)
-            rows.append({"run": Path(folder).name, **goal_stability(e2c.eval(), run)})
+        rows = [
+            {"run": Path(folder).name, **goal_stability(load_model(folder, run, model), run)}
+            for folder in arguments.probe
+        ]
         save_results(RESULTS / "e2c_goal_probe.json", {"overrides": overrides, "runs": rows})
         return
     if arguments.oracle:

@@ -62,7 +62,9 @@ __all__ = [
     "collect_transitions",
     "control",
     "evaluate_run",
+    "goal_latent",
     "goal_stability",
+    "load_model",
     "open_loop_error",
     "preset",
     "run_e2c",
@@ -402,14 +404,20 @@ def swing_up_controller(
 
 
 @torch.no_grad()
+def goal_latent(model: E2C, pendulum: PendulumPixels) -> Tensor:
+    """``[Z]``: the mean latent of the goal image, two frames of the pendulum at rest upright."""
+    upright = pendulum.frame(0.0)
+    return model.encode(to_input(np.concatenate([upright, upright])[None])).mean[0]
+
+
+@torch.no_grad()
 def goal_stability(model: E2C, run: E2CRunConfig) -> dict[str, Any]:
     """How the model sees the upright goal: ``drift`` = ‖f(z_g, 0) − z_g‖ (0 if the goal's latent
     is a fixed point) and the moduli of the eigenvalues of ∂f/∂z there (autograd), largest first
     — Pendulum-v1's own map at upright has 1.47 and 0.68 per agent step of 0.1 s."""
     pendulum = PendulumPixels(run.image_size, run.action_repeat, run.zoom)
-    upright = pendulum.frame(0.0)
+    goal = goal_latent(model, pendulum)[None]
     pendulum.close()
-    goal = model.encode(to_input(np.concatenate([upright, upright])[None])).mean
     rest = torch.zeros(1, model.action_dim)
     with torch.enable_grad():
         jacobian, _ = jacobians(model.step)(goal, rest)
@@ -432,12 +440,10 @@ def control(model: E2C, run: E2CRunConfig, seed: int) -> dict[str, Any]:
     pendulum = PendulumPixels(run.image_size, run.action_repeat, run.zoom)
     trials = run.trials
     theta, velocity = start_states(run, seed)
-    upright = pendulum.frame(0.0)
-    goal = model.encode(to_input(np.concatenate([upright, upright])[None])).mean[0]
     controller = swing_up_controller(
         run,
         model.step,
-        goal,
+        goal_latent(model, pendulum),
         run.state_cost,
         linearize=model.linearization if run.linearization == "e2c" else None,
     )
@@ -504,21 +510,28 @@ def run_e2c(
     return summary
 
 
+def load_model(run_dir: str | Path, config: E2CRunConfig, model_config: E2CConfig) -> E2C:
+    """The trained model of ``run_dir`` (its latest checkpoint), in eval mode; ``model_config``
+    and ``config.image_size`` must be those of the trained run."""
+    from latentvi.train.checkpoint import load_checkpoint
+
+    model = E2C((2, config.image_size, config.image_size), 1, model_config)
+    load_checkpoint(run_dir, model, restore_rng=False)
+    return model.eval()
+
+
 def evaluate_run(
     run_dir: str | Path, config: E2CRunConfig, model_config: E2CConfig, out: str | Path
 ) -> dict[str, Any]:
     """Control again with the trained model of ``run_dir`` (its latest checkpoint) under the
     control options of ``config`` (horizon, costs, trials ...): figures and ``summary.json`` in
     ``out``. ``model_config`` and ``config.image_size`` must be those of the trained run."""
-    from latentvi.train.checkpoint import load_checkpoint
-
-    model = E2C((2, config.image_size, config.image_size), 1, model_config)
-    load_checkpoint(run_dir, model, restore_rng=False)
+    model = load_model(run_dir, config, model_config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     small = dataclasses.replace(config, transitions=min(config.transitions, 3000))
     data = collect_transitions(small, mixed_seed(config.seed, 1))
-    summary = {**_evaluate(model.eval(), config, model_config, out, data), "model": str(run_dir)}
+    summary = {**_evaluate(model, config, model_config, out, data), "model": str(run_dir)}
     write_json(out / "summary.json", summary)
     return summary
 
