@@ -5,7 +5,7 @@ curves.
         [--agents planet,dreamer] [--updates 10] [--act-steps 20] [--repeats 3]
     python benchmarks/bench_world_model.py collect --run runs/bench-world-model/dreamer-default-seed0
     python benchmarks/bench_world_model.py open-loop --run RUN [--episodes 10] [--horizon 45]
-        [--draws 5]
+        [--draws 5] [--policy agent|random]
     python benchmarks/bench_world_model.py overshooting --run RUN [--distance 10] [--updates 1000]
     python benchmarks/bench_world_model.py table --agent dreamer --preset default [--target -300]
     python benchmarks/bench_world_model.py curve --agent dreamer --preset default --steps 50000
@@ -25,7 +25,9 @@ still going or was stopped: its metrics.jsonl ``eval/*`` rows); ``open-loop`` me
 open-loop prediction of a run's latest checkpoint on fresh episodes
 (:mod:`latentvi.experiments.open_loop`: per-step frame error and, on Pendulum, the rod-angle
 error and the number of steps it stays under 30°, each episode predicted ``--draws`` times from a
-fixed seed); ``overshooting`` is a probe of PlaNet's latent overshooting on a finished run: it
+fixed seed, beside Pendulum's own equations run from the true state plus noise; episodes of the
+run's agent or, with ``--policy random``, of random actions: files ``..._random``);
+``overshooting`` is a probe of PlaNet's latent overshooting on a finished run: it
 fine-tunes the world model of the run's latest checkpoint (with its Adam state) for ``--updates``
 steps on the run's stored episodes twice, the same batches each time, without and with
 overshooting to ``--distance`` steps, and measures the open-loop prediction of the checkpoint and
@@ -229,15 +231,15 @@ def collect(args) -> dict:
 def open_loop(args) -> dict:
     """Open-loop errors of the run's latest checkpoint on ``--episodes`` fresh episodes; the
     figures go to results/ beside the JSON."""
-    tag = Path(args.run).name
+    policy = "" if args.policy == "agent" else f"_{args.policy}"
+    folder = Path(args.runs) / f"open-loop-{Path(args.run).name}{policy}"
     summary = open_loop_report(args.run, episodes=args.episodes, horizon=args.horizon,
-                               out=Path(args.runs) / f"open-loop-{tag}", draws=args.draws)  # fmt: skip
+                               out=folder, draws=args.draws, policy=args.policy)  # fmt: skip
     step = summary["checkpoint_step"]
     for suffix in ("", "_errors"):
-        source = Path(args.runs) / f"open-loop-{tag}" / f"open_loop_report{suffix}.png"
-        (RESULTS / f"world_model_open_loop_{tag}_{step}{suffix}.png").write_bytes(
-            source.read_bytes()
-        )
+        source = folder / f"open_loop_report{suffix}.png"
+        target = f"world_model_open_loop_{Path(args.run).name}_{step}{policy}{suffix}.png"
+        (RESULTS / target).write_bytes(source.read_bytes())
     return {"mode": "open-loop", "loadavg": os.getloadavg(), **summary}
 
 
@@ -355,6 +357,12 @@ def main() -> None:
     parser.add_argument(
         "--draws", type=int, default=5, help="open-loop, overshooting: predictions per episode"
     )
+    parser.add_argument(
+        "--policy",
+        default="agent",
+        choices=("agent", "random"),
+        help="open-loop: episodes' actions",
+    )
     parser.add_argument("--presets", default="debug,default,paper")
     parser.add_argument("--agents", default="planet,dreamer")
     parser.add_argument("--updates", type=int, default=10, help="throughput, overshooting")
@@ -386,7 +394,10 @@ def main() -> None:
         name = f"world_model_overshooting_{Path(args.run).name}_{result['checkpoint_step']}.json"
     elif args.mode == "open-loop":
         result = open_loop(args)
-        name = f"world_model_open_loop_{Path(args.run).name}_{result['checkpoint_step']}.json"
+        suffix = "" if args.policy == "agent" else f"_{args.policy}"
+        name = (
+            f"world_model_open_loop_{Path(args.run).name}_{result['checkpoint_step']}{suffix}.json"
+        )
     else:
         result = curve(args)
         name = f"world_model_curve_{args.agent}_{args.preset}_seed{args.seed}.json"

@@ -94,6 +94,27 @@ def test_transitions_share_their_middle_frame_and_follow_the_dynamics():
     assert (data["x"][moving, 0] - data["x"][moving, 1]).abs().sum((-1, -2)).min() > 0
 
 
+def test_multi_step_data_chains_observations_under_its_actions():
+    run, _ = preset("debug", transitions=16, image_size=16, prediction_steps=3)
+    data = collect_transitions(run, seed=0)
+    assert data["x"].shape == (16, 2, 16, 16) and data["x_next"].shape == (16, 3, 2, 16, 16)
+    assert data["u"].shape == (16, 3, 1) and data["u"].abs().max() <= 1
+    torch.testing.assert_close(data["x"][:, 1], data["x_next"][:, 0, 0])
+    torch.testing.assert_close(data["x_next"][:, :-1, 1], data["x_next"][:, 1:, 0])
+    # the newest frame of each x_{t+k} is the pendulum stepped k times from x's state
+    pendulum = PendulumPixels(16, run.action_repeat)
+    try:
+        for i in range(4):
+            theta, velocity = float(data["theta"][i]), float(data["velocity"][i])
+            for k in range(3):
+                torque = 2.0 * float(data["u"][i, k, 0])
+                theta, velocity = pendulum.step(theta, velocity, torque)
+                expected = 1.0 - pendulum.frame(theta)[0] / 255.0
+                np.testing.assert_allclose(data["x_next"][i, k, 1].numpy(), expected, atol=1e-6)
+    finally:
+        pendulum.close()
+
+
 def test_upright_share_draws_starts_near_upright():
     run, _ = preset("debug", transitions=200, image_size=16, upright_share=1.0)
     data = collect_transitions(run, seed=0)
@@ -146,3 +167,11 @@ def test_debug_run_end_to_end(tmp_path):
     other = evaluate_run(tmp_path, planned, model, tmp_path / "regulated")
     assert 0.0 <= other["success_rate"] <= 1.0
     assert len(other["goal_eigenvalues"]) == model.latent_dim and other["goal_drift"] >= 0
+
+
+def test_debug_run_with_multi_step_prediction(tmp_path):
+    run, model = preset("debug", prediction_steps=3)
+    summary = run_e2c(run, tmp_path, model)
+    assert summary["run_config"]["prediction_steps"] == 3
+    assert math.isfinite(summary["eval/predict"]) and summary["eval/consistency"] >= 0
+    assert (tmp_path / "reconstructions.png").stat().st_size > 0

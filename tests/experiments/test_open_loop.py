@@ -16,7 +16,10 @@ from latentvi.experiments.open_loop import (
     open_loop_errors,
     open_loop_report,
     pendulum_angle,
+    pendulum_simulator_errors,
+    pendulum_states,
     recognizable_steps,
+    report_episodes,
 )
 from latentvi.experiments.world_model import load_run
 from latentvi.rl.episodes import EpisodeStore
@@ -113,6 +116,52 @@ def test_recognizable_steps_counts_until_the_first_miss():
     assert recognizable_steps(np.array([0.7]), 0.5) == 0
 
 
+def _random_episodes(seeds, steps, repeat):
+    """Pendulum-v1 under uniform random actions in [-1, 1] (torque 2·a) held ``repeat`` steps:
+    aligned actions ``[steps, B, 1]`` (zeros at 0) and the env's own states ``[steps, B, 2]``."""
+    env = make_env("Pendulum-v1", action_repeat=repeat)
+    generator = np.random.default_rng(1)
+    actions, states = [], []
+    for seed in seeds:
+        env.reset(seed=seed)
+        taken, visited = [np.zeros(1, np.float32)], [np.array(env.unwrapped.state)]
+        for _ in range(steps - 1):
+            action = generator.uniform(-1, 1, (1,)).astype(np.float32)
+            env.step(2.0 * action)
+            taken.append(action)
+            visited.append(np.array(env.unwrapped.state))
+        actions.append(np.stack(taken))
+        states.append(np.stack(visited))
+    env.close()
+    return torch.as_tensor(np.stack(actions, 1)), np.stack(states, 1)
+
+
+def test_pendulum_states_replay_the_environment_exactly():
+    actions, visited = _random_episodes([3, 4, 5], 60, repeat=2)
+    states = pendulum_states([3, 4, 5], actions, repeat=2)
+    assert states.shape == (60, 3, 2)
+    np.testing.assert_allclose(states, visited, rtol=0, atol=1e-5)  # the env rounds u to float32
+    with pytest.raises(ValueError, match=r"\[T, B, 1\]"):
+        pendulum_states([3, 4], actions, repeat=2)
+
+
+def test_simulator_errors_are_zero_without_noise_and_grow_with_it():
+    actions, _ = _random_episodes([0, 1, 2, 3], 80, repeat=2)
+    states = pendulum_states([0, 1, 2, 3], actions, repeat=2)
+    exact = pendulum_simulator_errors(states, actions, 5, 60, 2, noise=0.0)
+    assert exact.shape == (60,) and np.all(exact == 0)
+    small = pendulum_simulator_errors(states, actions, 5, 60, 2, noise=0.001)
+    large = pendulum_simulator_errors(states, actions, 5, 60, 2, noise=0.3)
+    assert small.max() < 0.05  # 1 mrad of state error stays small below the pivot
+    assert large[:5].mean() > 10 * small[:5].mean()
+    assert recognizable_steps(large, 0.1) <= recognizable_steps(small, 0.1) == 60
+
+
+def test_report_episodes_rejects_an_unknown_policy():
+    with pytest.raises(ValueError, match="policy = 'greedy' is unknown: use one of agent, random"):
+        report_episodes(None, None, 1, policy="greedy")
+
+
 def test_report_of_a_debug_run(tmp_path, capsys):
     out = tmp_path / "dreamer"
     argv = ["world-model", "train", "--agent", "dreamer", "--preset", "debug", "--steps", "400",
@@ -132,5 +181,13 @@ def test_report_of_a_debug_run(tmp_path, capsys):
     for name in ("open_loop_report.csv", "open_loop_report.png", "open_loop_report_errors.png"):
         assert (tmp_path / "report" / name).is_file(), name
     assert json.loads((tmp_path / "report" / "open_loop_report.json").read_text()) == summary
+    assert summary["policy"] == "agent"
+    assert summary["recognizable_steps_half_threshold"] <= summary["recognizable_steps"]
+    # Pendulum's equations from the exact state predict far: 1 mrad of noise stays recognizable
+    assert summary["simulator_from_noisy_state"]["0.001"]["recognizable_steps"] == 30
+    random_actions = open_loop_report(
+        out, episodes=2, horizon=30, out=tmp_path / "random", policy="random"
+    )
+    assert random_actions["policy"] == "random" and 0 <= random_actions["recognizable_steps"] <= 30
     with pytest.raises(ValueError, match="not a world-model run folder"):
         load_run(tmp_path / "nothing")

@@ -107,6 +107,46 @@ def test_loss_terms_are_finite_with_batch_shapes(body, batch):
     assert model.decode(model.encode(x).mean).log_prob(x).shape == batch
 
 
+def _constant_transition(model: E2C, generator: torch.Generator):
+    """Make h(z) constant (last layer's weights zero): returns the fixed (A, B, o)."""
+    last = [m for m in model.transition.net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(
+            0.5 * torch.randn(last.bias.shape, generator=generator, dtype=last.bias.dtype)
+        )
+    return model.transition(torch.zeros(3, dtype=torch.float64))
+
+
+def test_multi_step_terms_push_q_through_the_chain_of_linear_maps():
+    model = tiny(transition_noise=0.05)
+    g = torch.Generator().manual_seed(4)
+    a, b, o = _constant_transition(model, g)
+    x = torch.rand(4, *SHAPE, generator=g, dtype=torch.float64)
+    x_next = torch.rand(4, 2, *SHAPE, generator=g, dtype=torch.float64)
+    u = torch.randn(4, 2, 2, generator=g, dtype=torch.float64)
+    torch.manual_seed(5)
+    two = model.losses(x, u, x_next)
+    torch.manual_seed(5)  # the same draws for z_t and the first step's noise
+    one = model.losses(x, u[:, 0], x_next[:, 0])
+    torch.testing.assert_close(two["recon"], one["recon"])
+    torch.testing.assert_close(two["kl"], one["kl"])
+    # Q̂_2 in closed form: mean A(Aμ + Bu₁ + o) + Bu₂ + o, covariance A²Σ(A²)ᵀ + σ_w²(AAᵀ + I)
+    q = model.encode(x)
+    eye = torch.eye(3, dtype=torch.float64)
+    mean_1 = q.mean @ a.T + u[:, 0] @ b.T + o
+    mean_2 = mean_1 @ a.T + u[:, 1] @ b.T + o
+    covariance = a @ a @ torch.diag_embed(q.variance) @ (a @ a).T + 0.05**2 * (a @ a.T + eye)
+    second = kl(
+        torch.distributions.MultivariateNormal(mean_2, covariance_matrix=covariance),
+        model.encode(x_next[:, 1]),
+    )
+    torch.testing.assert_close(two["consistency"], (one["consistency"] + second) / 2)
+    assert two["predict"].shape == (4,) and torch.isfinite(two["predict"]).all()
+    with pytest.raises(ValueError, match="K steps"):
+        model.losses(x, u, x_next[:, :1])
+
+
 def test_loss_is_the_weighted_sum_of_the_named_terms():
     model = tiny(beta=0.5, consistency=2.0)
     x, x_next = (

@@ -11,7 +11,8 @@ pendulum directly, so a controller has to pump energy):
 * **data** — ``transitions`` tuples ``(x_t, u_t, x_{t+1})``: a start state (θ uniform on the
   circle, θ̇ uniform in [−8, 8]; a share ``upright_share`` of them near upright instead) then two
   uniform random actions (the first gives the previous frame of x_t). Actions are normalized,
-  u = torque / 2 ∈ [−1, 1].
+  u = torque / 2 ∈ [−1, 1]. With ``prediction_steps`` K > 1 each start is followed by K actions
+  and the K observations they lead to, for E2C's multi-step loss (:mod:`latentvi.models.e2c`).
 * **training** — :func:`latentvi.train.fit` on :meth:`latentvi.models.e2c.E2C.loss`.
 * **control** — from hanging down (θ = π ± ``start_noise``, θ̇ ∈ ±``start_noise``; ``start_angle``
   = 0 starts upright instead, to test balancing alone) for ``episode_steps`` agent steps: encode
@@ -96,6 +97,11 @@ class E2CRunConfig:
         "share of the transitions that start near upright (|θ| < π/4, |θ̇| < 3) instead of "
         "anywhere: uniform starts put ~2% of the data where balancing happens",
     )
+    prediction_steps: int = option(
+        1,
+        "K: each training example is x_t, K actions and the K observations that follow, and "
+        "E2C's prediction terms are averaged over the K-step rollout of the latent (1: the paper)",
+    )
     steps: int = option(12_000, "optimizer updates")
     batch_size: int = option(128, "transitions per update")
     lr: float = option(5e-4, "Adam learning rate")
@@ -137,6 +143,7 @@ class E2CRunConfig:
             "zoom",
             "action_repeat",
             "transitions",
+            "prediction_steps",
             "steps",
             "batch_size",
             "horizon",
@@ -270,14 +277,14 @@ def wrap(theta: np.ndarray | float) -> np.ndarray:
 
 
 def collect_transitions(run: E2CRunConfig, seed: int) -> dict[str, torch.Tensor]:
-    """``x [N, 2, S, S]``, ``u [N, 1]``, ``x_next``, and the state (``theta``, ``velocity``) of x."""
+    """``x [N, 2, S, S]``, ``u [N, 1]``, ``x_next [N, 2, S, S]`` and the state (``theta``,
+    ``velocity``) of x; with ``prediction_steps`` K > 1, ``u [N, K, 1]`` and ``x_next [N, K, 2, S,
+    S]`` (the K actions after x and the observations they lead to)."""
     rng = np.random.default_rng(seed)
     pendulum = PendulumPixels(run.image_size, run.action_repeat, run.zoom)
-    n = run.transitions
-    size = run.image_size
-    x = np.empty((n, 2, size, size), np.uint8)
-    x_next = np.empty_like(x)
-    actions = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+    n, steps = run.transitions, run.prediction_steps
+    frames = np.empty((n, steps + 2, run.image_size, run.image_size), np.uint8)
+    actions = rng.uniform(-1, 1, (n, steps + 1)).astype(np.float32)
     theta_prev = rng.uniform(-np.pi, np.pi, n)
     velocity_prev = rng.uniform(-MAX_SPEED, MAX_SPEED, n)
     upright = rng.random(n) < run.upright_share
@@ -285,18 +292,20 @@ def collect_transitions(run: E2CRunConfig, seed: int) -> dict[str, torch.Tensor]
     velocity_prev[upright] = rng.uniform(-UPRIGHT_SPEED, UPRIGHT_SPEED, upright.sum())
     thetas, velocities = np.empty(n), np.empty(n)
     for i in range(n):
-        first = pendulum.frame(theta_prev[i])
-        theta, velocity = pendulum.step(theta_prev[i], velocity_prev[i], MAX_TORQUE * actions[i, 0])
-        second = pendulum.frame(theta)
-        theta_next, _ = pendulum.step(theta, velocity, MAX_TORQUE * actions[i, 1])
-        third = pendulum.frame(theta_next)
-        x[i, 0], x[i, 1], x_next[i, 0], x_next[i, 1] = first[0], second[0], second[0], third[0]
-        thetas[i], velocities[i] = wrap(theta), velocity
+        theta, velocity = theta_prev[i], velocity_prev[i]
+        frames[i, 0] = pendulum.frame(theta)[0]
+        for k in range(steps + 1):
+            theta, velocity = pendulum.step(theta, velocity, MAX_TORQUE * actions[i, k])
+            frames[i, k + 1] = pendulum.frame(theta)[0]
+            if k == 0:
+                thetas[i], velocities[i] = wrap(theta), velocity
     pendulum.close()
+    x = to_input(np.stack([frames[:, :-1], frames[:, 1:]], axis=2))  # (N, K + 1, 2, S, S)
+    u = torch.from_numpy(actions[:, 1:, None])  # (N, K, 1)
     return {
-        "x": to_input(x),
-        "u": torch.from_numpy(actions[:, 1:]),
-        "x_next": to_input(x_next),
+        "x": x[:, 0],
+        "u": u[:, 0] if steps == 1 else u,
+        "x_next": x[:, 1] if steps == 1 else x[:, 1:],
         "theta": torch.from_numpy(thetas).float(),
         "velocity": torch.from_numpy(velocities).float(),
     }
@@ -570,6 +579,8 @@ def _figures(model: E2C, data: dict[str, torch.Tensor], result: dict, out: Path)
 
     with torch.no_grad():
         x, u, x_next = data["x"][:8], data["u"][:8], data["x_next"][:8]
+        if x_next.dim() == 5:  # K-step data: its first step
+            u, x_next = u[:, 0], x_next[:, 0]
         q = model.encode(x)
         reconstruction = model.decode(q.mean).mean
         prediction = model.decode(model.step(q.mean, u)).mean

@@ -19,6 +19,14 @@ controller (:mod:`latentvi.rl.lqr`) can plan in it:
 
   total = recon + predict + β·kl + λ·consistency (the paper's bound plus λ times its KL term).
 
+* an option beyond the paper, **multi-step prediction**: given K actions and the K observations
+  that follow (``u [*B, K, U]``, ``x_next [*B, K, C, H, W]``), the latent is rolled K steps through
+  the chain of local linear maps — the sample z_{t+k} and Q̂_k, q(z_t|x_t) pushed through all k
+  maps (mean and full covariance, σ_w² I added at each step) — and ``predict`` and
+  ``consistency`` are the means over k = 1 … K of the terms above at x_{t+k}. K = 1 is the
+  paper's loss. Errors that compound over several steps (an unstable state's growth rate, say)
+  then enter the loss, as latent overshooting does for PlaNet's RSSM (Hafner et al. 2019, §4).
+
 Shapes: ``x [*B, C, H, W]``, ``u [*B, U]``, ``z [*B, Z]``, ``A [*B, Z, Z]``, ``B [*B, Z, U]``.
 """
 
@@ -162,9 +170,9 @@ class E2C(nn.Module):
 
         ``(A, B, o)`` come from the transition network at ``z`` (default: q's mean μ).
         """
-        mean, scale = q.mean, q.stddev  # (*B, Z)
+        mean, covariance = q.mean, torch.diag_embed(q.variance)  # (*B, Z), (*B, Z, Z)
         a, b, o = self.transition(mean if z is None else z)
-        return _push_forward(a, b, o, mean, scale, u, self.config.transition_noise)
+        return _push_forward(a, b, o, mean, covariance, u, self.config.transition_noise)
 
     def step(self, z: Tensor, u: Tensor) -> Tensor:
         """The mean next latent ``A(z) z + B(z) u + o(z)``: ``[*B, Z], [*B, U] -> [*B, Z]``."""
@@ -180,20 +188,36 @@ class E2C(nn.Module):
 
     # --- training -------------------------------------------------------------------------
     def losses(self, x: Tensor, u: Tensor, x_next: Tensor) -> dict[str, Tensor]:
-        """The four named terms, each ``[*B]`` nats (see the module docstring)."""
+        """The four named terms, each ``[*B]`` nats (see the module docstring): one step with
+        ``u [*B, U]``, ``x_next [*B, C, H, W]``; K steps with ``u [*B, K, U]``, ``x_next [*B, K, C,
+        H, W]`` (``predict`` and ``consistency`` averaged over the K steps)."""
+        if x_next.dim() == x.dim():  # one step
+            u, x_next = u.unsqueeze(-2), x_next.unsqueeze(-4)
+        if x_next.dim() != x.dim() + 1 or u.shape[:-1] != x_next.shape[:-3]:
+            raise ValueError(
+                f"x {tuple(x.shape)}, u {tuple(u.shape)}, x_next {tuple(x_next.shape)}: pass "
+                "x [*B, C, H, W] with u [*B, U] and x_next [*B, C, H, W] (one step) or u [*B, K, U] "
+                "and x_next [*B, K, C, H, W] (K steps)"
+            )
+        noise_std = self.config.transition_noise
         q = self.encode(x)
-        q_next = self.encode(x_next)
-        z = q.rsample()  # (*B, Z)
-        a, b, o = self.transition(z)
-        predicted = _push_forward(a, b, o, q.mean, q.stddev, u, self.config.transition_noise)
-        # A sample of Q̂ correlated with z: the linear map applied to z itself, plus σ_w noise.
-        noise = torch.randn_like(z) * self.config.transition_noise
-        z_next = _apply(a, z) + _apply(b, u) + o + noise
+        z_t = z = q.rsample()  # (*B, Z)
+        mean, covariance = q.mean, torch.diag_embed(q.variance)
+        predict, consistency = [], []
+        for k in range(u.shape[-2]):
+            action, target = u[..., k, :], x_next[..., k, :, :, :]
+            a, b, o = self.transition(z)
+            predicted = _push_forward(a, b, o, mean, covariance, action, noise_std)
+            mean, covariance = predicted.loc, predicted.covariance_matrix
+            # A sample of Q̂ correlated with z: the linear map applied to z itself, plus σ_w noise.
+            z = _apply(a, z) + _apply(b, action) + o + torch.randn_like(z) * noise_std
+            predict.append(-self.decode(z).log_prob(target))
+            consistency.append(kl(predicted, self.encode(target)))
         return {
-            "recon": -self.decode(z).log_prob(x),
-            "predict": -self.decode(z_next).log_prob(x_next),
+            "recon": -self.decode(z_t).log_prob(x),
+            "predict": torch.stack(predict).mean(0),
             "kl": kl(q, self.prior()),
-            "consistency": kl(predicted, q_next),
+            "consistency": torch.stack(consistency).mean(0),
         }
 
     def loss(self, batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -215,11 +239,10 @@ def _apply(matrix: Tensor, vector: Tensor) -> Tensor:
 
 
 def _push_forward(
-    a: Tensor, b: Tensor, o: Tensor, mean: Tensor, scale: Tensor, u: Tensor, noise: float
+    a: Tensor, b: Tensor, o: Tensor, mean: Tensor, covariance: Tensor, u: Tensor, noise: float
 ) -> MultivariateNormal:
-    """N(μ, diag σ²) through ``z -> A z + B u + o``, plus N(0, noise² I)."""
+    """N(μ, Σ) through ``z -> A z + B u + o``, plus N(0, noise² I): ``Σ [*B, Z, Z]``."""
     loc = _apply(a, mean) + _apply(b, u) + o
-    spread = a * scale.unsqueeze(-2)  # A diag(σ): (*B, Z, Z)
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    covariance = spread @ spread.transpose(-1, -2) + noise**2 * eye
+    covariance = a @ covariance @ a.transpose(-1, -2) + noise**2 * eye
     return MultivariateNormal(loc, covariance_matrix=covariance, validate_args=False)
