@@ -1,5 +1,6 @@
 """End-to-end runs of every sub-command on the smallest settings, and their error handling."""
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -164,3 +165,23 @@ def test_train_cvae_on_digits(task, tmp_path, capsys):
             rel_tol=1e-6,
             abs_tol=1e-6,
         )
+
+
+def test_every_command_prints_its_help():
+    # Regression: a "%" in an option's help text made argparse's --help raise a TypeError.
+    from latentvi.cli import build_parser
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    yield from parsers(child)
+
+    found = list(parsers(build_parser()))
+    assert len(found) > 8
+    for parser in found:
+        assert parser.format_help().startswith("usage:"), parser.prog
+    with pytest.raises(SystemExit) as exit_info:
+        main(["world-model", "train", "--help"])
+    assert exit_info.value.code == 0

@@ -94,7 +94,7 @@ def add_arguments(
         if not field.init or field.name in exclude:
             continue
         kind, optional = _base_type(hints[field.name])
-        help_text = field.metadata.get("help", "")
+        help_text = field.metadata.get("help", "").replace("%", "%%")  # argparse formats help
         choices = field.metadata.get("choices")
         name = _option_name(f"{prefix}_{field.name}" if prefix else field.name)
         if typing.get_origin(kind) is tuple:
