@@ -7,6 +7,7 @@ curves.
     python benchmarks/bench_world_model.py open-loop --run RUN [--episodes 10] [--horizon 45]
         [--draws 5] [--policy agent|random]
     python benchmarks/bench_world_model.py overshooting --run RUN [--distance 10] [--updates 1000]
+    python benchmarks/bench_world_model.py imagination --run RUN [--episodes 10] [--horizon 15]
     python benchmarks/bench_world_model.py table --agent dreamer --preset default [--target -300]
     python benchmarks/bench_world_model.py curve --agent dreamer --preset default --steps 50000
         [--eval-every N] [--eval-episodes N] [--seed 0] [--runs runs/bench-world-model] [--resume]
@@ -31,7 +32,11 @@ run's agent or, with ``--policy random``, of random actions: files ``..._random`
 fine-tunes the world model of the run's latest checkpoint (with its Adam state) for ``--updates``
 steps on the run's stored episodes twice, the same batches each time, without and with
 overshooting to ``--distance`` steps, and measures the open-loop prediction of the checkpoint and
-of both copies on the same fresh episodes of the checkpoint's agent. Results:
+of both copies on the same fresh episodes of the checkpoint's agent; ``imagination`` (Dreamer runs)
+compares, along fresh episodes of the actor acting without noise, the reward the model imagines
+the actor collecting over the next ``--horizon`` steps from each filtered state (the actor's mode,
+the prior sampled, as in training's imagination) with the reward it actually collected over those
+steps, and the reward head on the filtered states with the true rewards. Results:
 benchmarks/results/world_model_*.json (throughput of other agents than planet,dreamer:
 ``world_model_throughput_AGENTS_Nt.json``).
 """
@@ -47,6 +52,7 @@ import numpy as np
 import torch
 
 from latentvi.experiments.open_loop import (
+    REPORT_SEED,
     open_loop_errors,
     open_loop_report,
     recognizable_steps,
@@ -243,6 +249,55 @@ def open_loop(args) -> dict:
     return {"mode": "open-loop", "loadavg": os.getloadavg(), **summary}
 
 
+@torch.no_grad()
+def imagination(args) -> dict:
+    """The ``imagination`` probe (see the module docstring)."""
+    from latentvi.experiments.world_model import make_run_env
+    from latentvi.models.ssm import align_episode
+    from latentvi.rl.episodes import EpisodeRunner
+    from latentvi.train.rng import isolated_rng
+
+    agent_name, agent, run, step = load_run(args.run)
+    if agent_name != "dreamer":
+        raise ValueError(f"--run {args.run} is a {agent_name} run: the probe needs a Dreamer actor")
+    env = make_run_env(run)
+    runner = EpisodeRunner(env, {"model": 0.0, "env": 0.0, "act": 0.0})
+    seeds = [REPORT_SEED + i for i in range(args.episodes)]
+    with isolated_rng(REPORT_SEED):
+        episodes = [runner.run(seed, agent, explore=False)[0] for seed in seeds]
+    env.close()
+    aligned = [align_episode(*(torch.as_tensor(e[k]) for k in ("obs", "action", "reward")))
+               for e in episodes]  # fmt: skip
+    obs, actions, rewards = (torch.stack(parts, 1) for parts in zip(*aligned, strict=True))
+    model, horizon = agent.model.eval(), args.horizon
+    with isolated_rng(REPORT_SEED):
+        posterior = model.observe(obs, actions)  # [T, B]
+        starts = obs.shape[0] - horizon  # states t = 0 … T−H−1 have H real steps after them
+        start = posterior.map(lambda x: x[:starts]).reshape(-1)
+        policy = lambda features: agent.actor.mode(features)  # noqa: E731
+        states, _ = model.rssm.imagine_policy(start, policy, horizon)
+        imagined = model.reward(model.rssm.features(states)[1:]).mean.sum(0)  # [N]
+        filtered = model.reward(model.rssm.features(posterior)).mean  # [T, B]
+    real = torch.stack([rewards[t + 1 : t + 1 + horizon].sum(0) for t in range(starts)])
+    gap = imagined.reshape(starts, -1) - real  # [starts, B]
+    returns = [float(e["reward"].sum()) for e in episodes]
+    return {
+        "mode": "imagination",
+        "run": str(args.run),
+        "checkpoint_step": step,
+        "episodes": args.episodes,
+        "horizon": horizon,
+        "episode_returns": returns,
+        "return_mean": float(np.mean(returns)),
+        "real_reward_per_step": float(real.mean() / horizon),
+        "imagined_reward_per_step": float(imagined.mean() / horizon),
+        "imagined_minus_real_per_step": float(gap.mean() / horizon),
+        "imagined_minus_real_per_step_median_abs": float(gap.abs().median() / horizon),
+        "reward_head_error_on_filtered_states": float((filtered[1:] - rewards[1:]).abs().mean()),
+        "per_episode_gap_per_step": [float(v) for v in gap.mean(0) / horizon],
+    }
+
+
 def overshooting(args) -> dict:
     """The ``overshooting`` probe (see the module docstring)."""
     import copy
@@ -347,7 +402,16 @@ def table(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "mode", choices=("throughput", "curve", "collect", "open-loop", "overshooting", "table")
+        "mode",
+        choices=(
+            "throughput",
+            "curve",
+            "collect",
+            "open-loop",
+            "overshooting",
+            "imagination",
+            "table",
+        ),
     )
     parser.add_argument("--distance", type=int, default=10, help="overshooting: distance D")
     parser.add_argument("--target", type=float, default=-300.0, help="table: the return bar")
@@ -392,6 +456,9 @@ def main() -> None:
     elif args.mode == "overshooting":
         result = overshooting(args)
         name = f"world_model_overshooting_{Path(args.run).name}_{result['checkpoint_step']}.json"
+    elif args.mode == "imagination":
+        result = imagination(args)
+        name = f"world_model_imagination_{Path(args.run).name}_{result['checkpoint_step']}.json"
     elif args.mode == "open-loop":
         result = open_loop(args)
         suffix = "" if args.policy == "agent" else f"_{args.policy}"
