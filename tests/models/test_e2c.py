@@ -147,6 +147,40 @@ def test_multi_step_terms_push_q_through_the_chain_of_linear_maps():
         model.losses(x, u, x_next[:, :1])
 
 
+def test_mean_transition_fits_a_b_o_through_the_mean_prediction_only():
+    model = tiny(mean_transition=True, transition_noise=0.05)
+    g = torch.Generator().manual_seed(6)
+    x = torch.rand(5, *SHAPE, generator=g, dtype=torch.float64)
+    x_next = torch.rand(5, *SHAPE, generator=g, dtype=torch.float64)
+    u = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    parameters = list(model.transition.parameters())
+    consistency = model.losses(x, u, x_next)["consistency"].sum()
+    # the same value as Q̂ built at q's mean (what predict() does) ...
+    q, q_next = model.encode(x), model.encode(x_next)
+    torch.testing.assert_close(consistency, kl(model.predict(q, u), q_next).sum())
+    # ... with A's gradient from the mean A μ + B u + o only: Σ goes through A without gradient
+    a, b, o = model.transition(q.mean)
+    eye = torch.eye(3, dtype=torch.float64)
+    covariance = a.detach() @ torch.diag_embed(q.variance) @ a.detach().transpose(-1, -2)
+    manual = kl(
+        torch.distributions.MultivariateNormal(
+            torch.einsum("nij,nj->ni", a, q.mean) + torch.einsum("nij,nj->ni", b, u) + o,
+            covariance_matrix=covariance + 0.05**2 * eye,
+        ),
+        q_next,
+    ).sum()
+    expected = torch.autograd.grad(manual, parameters, retain_graph=True)
+    for got, want in zip(torch.autograd.grad(consistency, parameters), expected, strict=True):
+        torch.testing.assert_close(got, want)
+    # the paper's loss (the default) does send the covariance's gradient to A
+    plain = tiny(transition_noise=0.05)
+    plain.load_state_dict(model.state_dict())
+    torch.manual_seed(7)
+    value = plain.losses(x, u, x_next)["consistency"].sum()
+    grads = torch.autograd.grad(value, list(plain.transition.parameters()))
+    assert any((g1 - g2).abs().max() > 1e-6 for g1, g2 in zip(grads, expected, strict=True))
+
+
 def test_loss_is_the_weighted_sum_of_the_named_terms():
     model = tiny(beta=0.5, consistency=2.0)
     x, x_next = (

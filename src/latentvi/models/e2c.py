@@ -27,6 +27,13 @@ controller (:mod:`latentvi.rl.lqr`) can plan in it:
   paper's loss. Errors that compound over several steps (an unstable state's growth rate, say)
   then enter the loss, as latent overshooting does for PlaNet's RSSM (Hafner et al. 2019, §4).
 
+* another option, ``mean_transition``: h is evaluated at q's mean instead of the sample z, and
+  q's spread (the covariance and z − μ) goes through A without gradient. In the paper's loss an
+  expanding A is penalized twice for reasons unrelated to the data: the pushed covariance A Σ Aᵀ
+  grows while the next encoding's does not, and a noisy input z shrinks the fitted slope
+  (errors in variables). Both bias a learned unstable state (the pendulum upright) toward
+  stability; with the option only the mean prediction fits A, B and o.
+
 Shapes: ``x [*B, C, H, W]``, ``u [*B, U]``, ``z [*B, Z]``, ``A [*B, Z, Z]``, ``B [*B, Z, U]``.
 """
 
@@ -62,6 +69,11 @@ class E2CConfig:
     beta: float = option(1.0, "weight of KL(q(z_t|x_t) ‖ N(0, I))")
     consistency: float = option(
         0.25, "λ: weight of KL(Q̂(ẑ_{t+1}) ‖ q(z_{t+1}|x_{t+1})) (Watter et al.'s λ)"
+    )
+    mean_transition: bool = option(
+        False,
+        "evaluate h at q's mean (not at the sample z) and pass q's spread (its covariance and "
+        "z − μ) through A without gradient: A, B, o are then fitted by the mean prediction alone",
     )
 
     def __post_init__(self) -> None:
@@ -206,11 +218,17 @@ class E2C(nn.Module):
         predict, consistency = [], []
         for k in range(u.shape[-2]):
             action, target = u[..., k, :], x_next[..., k, :, :, :]
-            a, b, o = self.transition(z)
-            predicted = _push_forward(a, b, o, mean, covariance, action, noise_std)
+            if self.config.mean_transition:
+                a, b, o = self.transition(mean)
+                spread = a.detach()
+            else:
+                a, b, o = self.transition(z)
+                spread = a
+            previous = mean
+            predicted = _push_forward(a, b, o, mean, covariance, action, noise_std, spread)
             mean, covariance = predicted.loc, predicted.covariance_matrix
             # A sample of Q̂ correlated with z: the linear map applied to z itself, plus σ_w noise.
-            z = _apply(a, z) + _apply(b, action) + o + torch.randn_like(z) * noise_std
+            z = mean + _apply(spread, z - previous) + torch.randn_like(z) * noise_std
             predict.append(-self.decode(z).log_prob(target))
             consistency.append(kl(predicted, self.encode(target)))
         return {
@@ -239,10 +257,19 @@ def _apply(matrix: Tensor, vector: Tensor) -> Tensor:
 
 
 def _push_forward(
-    a: Tensor, b: Tensor, o: Tensor, mean: Tensor, covariance: Tensor, u: Tensor, noise: float
+    a: Tensor,
+    b: Tensor,
+    o: Tensor,
+    mean: Tensor,
+    covariance: Tensor,
+    u: Tensor,
+    noise: float,
+    spread: Tensor | None = None,
 ) -> MultivariateNormal:
-    """N(μ, Σ) through ``z -> A z + B u + o``, plus N(0, noise² I): ``Σ [*B, Z, Z]``."""
+    """N(μ, Σ) through ``z -> A z + B u + o``, plus N(0, noise² I): ``Σ [*B, Z, Z]``. ``spread``
+    (default A) is the matrix the covariance goes through (A detached: no gradient from Σ to A)."""
     loc = _apply(a, mean) + _apply(b, u) + o
+    spread = a if spread is None else spread
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    covariance = a @ covariance @ a.transpose(-1, -2) + noise**2 * eye
+    covariance = spread @ covariance @ spread.transpose(-1, -2) + noise**2 * eye
     return MultivariateNormal(loc, covariance_matrix=covariance, validate_args=False)
