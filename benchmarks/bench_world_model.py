@@ -252,23 +252,12 @@ def open_loop(args) -> dict:
 @torch.no_grad()
 def imagination(args) -> dict:
     """The ``imagination`` probe (see the module docstring)."""
-    from latentvi.experiments.world_model import make_run_env
-    from latentvi.models.ssm import align_episode
-    from latentvi.rl.episodes import EpisodeRunner
     from latentvi.train.rng import isolated_rng
 
     agent_name, agent, run, step = load_run(args.run)
     if agent_name != "dreamer":
         raise ValueError(f"--run {args.run} is a {agent_name} run: the probe needs a Dreamer actor")
-    env = make_run_env(run)
-    runner = EpisodeRunner(env, {"model": 0.0, "env": 0.0, "act": 0.0})
-    seeds = [REPORT_SEED + i for i in range(args.episodes)]
-    with isolated_rng(REPORT_SEED):
-        episodes = [runner.run(seed, agent, explore=False)[0] for seed in seeds]
-    env.close()
-    aligned = [align_episode(*(torch.as_tensor(e[k]) for k in ("obs", "action", "reward")))
-               for e in episodes]  # fmt: skip
-    obs, actions, rewards = (torch.stack(parts, 1) for parts in zip(*aligned, strict=True))
+    obs, actions, rewards = report_episodes(agent, run, args.episodes, rewards=True)  # [T, B, ...]
     model, horizon = agent.model.eval(), args.horizon
     with isolated_rng(REPORT_SEED):
         posterior = model.observe(obs, actions)  # [T, B]
@@ -280,7 +269,7 @@ def imagination(args) -> dict:
         filtered = model.reward(model.rssm.features(posterior)).mean  # [T, B]
     real = torch.stack([rewards[t + 1 : t + 1 + horizon].sum(0) for t in range(starts)])
     gap = imagined.reshape(starts, -1) - real  # [starts, B]
-    returns = [float(e["reward"].sum()) for e in episodes]
+    returns = [float(r) for r in rewards.sum(0)]
     return {
         "mode": "imagination",
         "run": str(args.run),

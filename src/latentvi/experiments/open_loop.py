@@ -139,10 +139,13 @@ def recognizable_steps(angle_error: np.ndarray, threshold: float = RECOGNIZABLE_
     return int(above[0]) if above.size else len(angle_error)
 
 
-def report_episodes(agent, run, episodes: int, policy: str = "agent") -> tuple[Tensor, Tensor]:
+def report_episodes(
+    agent, run, episodes: int, policy: str = "agent", rewards: bool = False
+) -> tuple[Tensor, ...]:
     """``episodes`` fresh episodes in ``run``'s environment (reset seeds ``REPORT_SEED`` + i, apart
     from training's and evaluation's), aligned for :func:`open_loop_errors`: ``obs [T, B, C, H,
-    W]`` (uint8) and ``actions [T, B, A]`` (in [-1, 1]). ``policy``: ``"agent"`` (``agent`` acting
+    W]`` (uint8) and ``actions [T, B, A]`` (in [-1, 1]), and with ``rewards`` also ``rewards [T,
+    B]`` (rewards[t] for the step into t, 0 at t = 0). ``policy``: ``"agent"`` (``agent`` acting
     without noise) or ``"random"`` (uniform random actions). The random generators (the agent's
     filter samples from them) are isolated and seeded with ``REPORT_SEED``."""
     from latentvi.experiments.world_model import make_run_env
@@ -162,14 +165,12 @@ def report_episodes(agent, run, episodes: int, policy: str = "agent") -> tuple[T
             ]
     finally:
         env.close()
-    observed, taken = [], []
-    for episode in runs:
-        obs = torch.as_tensor(episode["obs"])
-        action = torch.as_tensor(episode["action"])
-        aligned_obs, aligned_action, _ = align_episode(obs, action, action[:, 0])
-        observed.append(aligned_obs)
-        taken.append(aligned_action)
-    return torch.stack(observed, 1), torch.stack(taken, 1)
+    aligned = [
+        align_episode(*(torch.as_tensor(episode[k]) for k in ("obs", "action", "reward")))
+        for episode in runs
+    ]
+    stacked = tuple(torch.stack(parts, 1) for parts in zip(*aligned, strict=True))
+    return stacked if rewards else stacked[:2]
 
 
 def pendulum_states(seeds: list[int], actions: Tensor, repeat: int) -> np.ndarray:
