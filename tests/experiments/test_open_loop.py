@@ -13,6 +13,7 @@ from torch import nn
 
 from latentvi.cli import main
 from latentvi.experiments.open_loop import (
+    REPORT_SEED,
     open_loop_errors,
     open_loop_report,
     pendulum_angle,
@@ -189,5 +190,14 @@ def test_report_of_a_debug_run(tmp_path, capsys):
         out, episodes=2, horizon=30, out=tmp_path / "random", policy="random"
     )
     assert random_actions["policy"] == "random" and 0 <= random_actions["recognizable_steps"] <= 30
+    # random-action episodes: spread actions, and their frames show the replayed true states
+    obs, actions = report_episodes(agent, run, 2, policy="random")
+    assert actions[1:].std() > 0.4
+    states = torch.as_tensor(
+        pendulum_states([REPORT_SEED, REPORT_SEED + 1], actions, run.action_repeat)
+    )
+    read = pendulum_angle(obs)
+    error = torch.remainder(read - states[..., 0] + math.pi, 2 * math.pi) - math.pi
+    assert error.abs().median() < 0.1, error.abs().median()
     with pytest.raises(ValueError, match="not a world-model run folder"):
         load_run(tmp_path / "nothing")
