@@ -263,8 +263,7 @@ def imagination(args) -> dict:
         posterior = model.observe(obs, actions)  # [T, B]
         starts = obs.shape[0] - horizon  # states t = 0 … T−H−1 have H real steps after them
         start = posterior.map(lambda x: x[:starts]).reshape(-1)
-        policy = lambda features: agent.actor.mode(features)  # noqa: E731
-        states, _ = model.rssm.imagine_policy(start, policy, horizon)
+        states, _ = model.rssm.imagine_policy(start, agent.actor.mode, horizon)
         imagined = model.reward(model.rssm.features(states)[1:]).mean.sum(0)  # [N]
         filtered = model.reward(model.rssm.features(posterior)).mean  # [T, B]
     real = torch.stack([rewards[t + 1 : t + 1 + horizon].sum(0) for t in range(starts)])

@@ -75,9 +75,9 @@ def pendulum_angle(frames: Tensor) -> Tensor:
     return torch.atan2(-right, -down)
 
 
-def wrapped_difference(a: Tensor, b: Tensor) -> Tensor:
-    """``a − b`` wrapped into [−π, π)."""
-    return torch.remainder(a - b + math.pi, 2 * math.pi) - math.pi
+def wrapped_difference(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> Tensor | np.ndarray:
+    """``a − b`` wrapped into [−π, π) (tensors or arrays: ``%`` takes the divisor's sign in both)."""
+    return (a - b + math.pi) % (2 * math.pi) - math.pi
 
 
 @torch.no_grad()
@@ -229,7 +229,7 @@ def pendulum_simulator_errors(
     errors = []
     for t in range(horizon):
         theta, velocity, _ = pendulum_step(theta, velocity, torque[context + t], repeat)
-        errors.append(np.abs(np.remainder(theta - truth[t] + np.pi, 2 * np.pi) - np.pi))
+        errors.append(np.abs(wrapped_difference(theta, truth[t])))
     return np.median(np.stack(errors), 1)
 
 
