@@ -37,18 +37,23 @@ def parse_value(text: str):
         return text
 
 
-def oracle(run, state_cost: float) -> dict:
+def oracle(run, state_cost: float, gravity: float | None = None) -> dict:
     """The same MPC on the true state (cos θ, sin θ, θ̇) of the pendulum; starts drawn as the
-    model's trials are (:func:`start_states`), from seed 0."""
+    model's trials are (:func:`start_states`), from seed 0. With ``gravity``, the planner's model
+    has that g where the pendulum it controls has Pendulum-v1's 10: a known model error (10 → 6
+    moves the upright eigenvalue per agent step from 1.47 to 1.35)."""
     from latentvi.experiments.e2c import start_states, successes, swing_up_controller
-    from latentvi.rl.pendulum import MAX_TORQUE, angle_of, step_features
+    from latentvi.rl.pendulum import GRAVITY, MAX_TORQUE, angle_of, step_features
 
-    def pendulum(x, u):  # u = torque / MAX_TORQUE, as the model's actions are
-        return step_features(x, MAX_TORQUE * u, repeat=run.action_repeat)
+    def pendulum(x, u, g=GRAVITY):  # u = torque / MAX_TORQUE, as the model's actions are
+        return step_features(x, MAX_TORQUE * u, repeat=run.action_repeat, gravity=g)
+
+    def model(x, u):
+        return pendulum(x, u, GRAVITY if gravity is None else gravity)
 
     theta, velocity = (torch.tensor(v) for v in start_states(run, 0))
     x = torch.stack([theta.cos(), theta.sin(), velocity], -1).float()
-    controller = swing_up_controller(run, pendulum, torch.tensor([1.0, 0.0, 0.0]), state_cost)
+    controller = swing_up_controller(run, model, torch.tensor([1.0, 0.0, 0.0]), state_cost)
     angles = []
     for _ in range(run.episode_steps):
         x = pendulum(x, controller(x))
@@ -56,9 +61,66 @@ def oracle(run, state_cost: float) -> dict:
     angles = torch.stack(angles, 1)
     return {
         "state_cost": state_cost,
+        "model_gravity": GRAVITY if gravity is None else gravity,
         "success_rate": float(successes(angles.numpy(), run).mean()),
+        "reached_upright_rate": float((angles < run.success_angle).any(1).float().mean()),
         "final_abs_angle_mean": angles[:, -1].mean().item(),
     }
+
+
+def estimator_controller(spec: str):
+    """``make_controller`` for :func:`evaluate_run`: the run's controller fed a filtered latent.
+
+    ``blend:α`` — ``ẑ_t = α μ(x_t) + (1 − α) f(ẑ_{t−1}, u_{t−1})``, the encoding fused with the
+    model's prediction (a fixed-gain observer); ``offset:β`` — offset-free MPC (Muske & Badgwell
+    2002): the model's one-step residual ``d = μ(x_t) − f(μ(x_{t−1}), u_{t−1})`` is tracked by an
+    exponential average of rate β and added to the dynamics the MPC plans with.
+    """
+    from latentvi.experiments.e2c import PendulumPixels, goal_latent, swing_up_controller
+    from latentvi.rl.lqr import MPC, goal_regulator, jacobians
+
+    kind, _, value = spec.partition(":")
+    rate = float(value)
+    if kind not in ("blend", "offset") or not 0 < rate <= 1:
+        raise SystemExit(f"--estimator {spec!r}: use blend:α or offset:β with a rate in (0, 1]")
+
+    def make(model, run):
+        pendulum = PendulumPixels(run.image_size, run.action_repeat, run.zoom)
+        goal = goal_latent(model, pendulum)
+        pendulum.close()
+        memory = {"z": None, "u": None, "d": torch.zeros(())}
+        if kind == "blend":
+            plan = swing_up_controller(run, model.step, goal, run.state_cost)
+        else:
+            eye, box = torch.eye(goal.shape[-1]), {"horizon": run.horizon, "action_dim": 1}
+            costs = (run.state_cost * eye, run.action_cost * torch.eye(1), run.final_cost * eye)
+            plan = MPC(
+                lambda z, u: model.step(z, u) + memory["d"],
+                goal,
+                *costs,
+                iterations=run.iterations,
+                linearize=jacobians(model.step),  # d is constant: the same Jacobians
+                fallback=goal_regulator(model.step, goal, *costs, low=-1.0, high=1.0, **box),
+                low=-1.0,
+                high=1.0,
+                **box,
+            )
+
+        def controller(encoding):
+            z = encoding
+            if memory["z"] is not None:
+                predicted = model.step(memory["z"], memory["u"])
+                if kind == "blend":
+                    z = rate * encoding + (1 - rate) * predicted
+                else:
+                    memory["d"] = (1 - rate) * memory["d"] + rate * (encoding - predicted)
+            u = plan(z).clamp(-1, 1)
+            memory["z"], memory["u"] = z, u
+            return u
+
+        return controller
+
+    return make
 
 
 def main() -> None:
@@ -76,10 +138,25 @@ def main() -> None:
         "other control options in --set; model options must match the run's",
     )
     parser.add_argument(
+        "--estimator",
+        default=None,
+        metavar="KIND:RATE",
+        help="with --evaluate: feed the controller a filtered latent, blend:α or offset:β "
+        "(see estimator_controller)",
+    )
+    parser.add_argument(
         "--oracle",
         action="store_true",
         help="no model: the same MPC on the true pendulum state, stage cost Q = I and = the "
         "run's state_cost · I (→ results/e2c_oracle.json)",
+    )
+    parser.add_argument(
+        "--oracle-gravity",
+        nargs="+",
+        type=float,
+        metavar="G",
+        help="no model: the oracle MPC planned with gravity G (the pendulum keeps g = 10), "
+        "stage cost = the run's state_cost (→ results/e2c_oracle_gravity[_TAG].json)",
     )
     parser.add_argument(
         "--probe",
@@ -106,13 +183,21 @@ def main() -> None:
         rows = [oracle(run, 1.0), oracle(run, run.state_cost)]
         save_results(RESULTS / "e2c_oracle.json", {"trials": run.trials, "runs": rows})
         return
+    suffix = f"_{arguments.tag}" if arguments.tag else ""
+    if arguments.oracle_gravity:
+        rows = [oracle(run, run.state_cost, g) for g in arguments.oracle_gravity]
+        save_results(
+            RESULTS / f"e2c_oracle_gravity{suffix}.json",
+            {"trials": run.trials, "overrides": overrides, "runs": rows},
+        )
+        return
     load_before = os.getloadavg()
     folder = arguments.keep or tempfile.mkdtemp(prefix="bench-e2c-")
     if arguments.evaluate:
-        summary = evaluate_run(arguments.evaluate, run, model, folder)
+        make = estimator_controller(arguments.estimator) if arguments.estimator else None
+        summary = evaluate_run(arguments.evaluate, run, model, folder, make)
     else:
         summary = run_e2c(run, folder, model)
-    suffix = f"_{arguments.tag}" if arguments.tag else ""
     figures = []
     for path in summary.pop("figures"):
         target = RESULTS / f"e2c-pendulum{suffix.replace('_', '-')}-{Path(path).name}"

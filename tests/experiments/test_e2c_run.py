@@ -12,6 +12,7 @@ from latentvi.experiments.e2c import (
     E2CRunConfig,
     PendulumPixels,
     collect_transitions,
+    control,
     evaluate_run,
     goal_stability,
     preset,
@@ -69,6 +70,26 @@ def test_start_angle_zero_starts_upright():
     assert np.abs(theta).max() <= 0.1 and np.abs(velocity).max() <= 0.1
     theta, _ = start_states(E2CRunConfig(trials=50), 0)
     assert np.abs(theta - math.pi).max() <= 0.2
+
+
+def test_control_runs_a_given_controller_on_the_encodings():
+    """``control(..., controller)``: the controller gets the encoder's means of each step, in
+    order, and its actions move the true pendulum — zero torque gives Pendulum-v1's free fall."""
+    run = dataclasses.replace(preset("debug")[0], trials=3, episode_steps=6)
+    model = E2C((2, run.image_size, run.image_size), 1, preset("debug")[1]).eval()
+    seen = []
+
+    def still(z):
+        seen.append(z.clone())
+        return torch.zeros(z.shape[0], 1)
+
+    result = control(model, run, seed=5, controller=still)
+    theta, velocity = start_states(run, 5)
+    for t in range(run.episode_steps):
+        theta, velocity, _ = pendulum_step(theta, velocity, 0.0, repeat=run.action_repeat)
+        np.testing.assert_allclose(result["angles"][:, t], wrap(theta), atol=1e-9)
+    assert len(seen) == run.episode_steps and seen[0].shape == (3, model.latent_dim)
+    assert np.all(result["torques"] == 0.0)
 
 
 def test_goal_stability_of_an_identity_model():

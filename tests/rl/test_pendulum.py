@@ -7,9 +7,9 @@ import torch
 from latentvi.rl.pendulum import MAX_TORQUE, angle_of, pendulum_step, step_features
 
 
-def environment_steps(theta, velocity, torques):
+def environment_steps(theta, velocity, torques, g=10.0):
     """Set the environment's state, step it under ``torques``: the states after and the rewards."""
-    env = gym.make("Pendulum-v1").unwrapped
+    env = gym.make("Pendulum-v1", g=g).unwrapped
     env.reset(seed=0)
     env.state = np.array([theta, velocity])
     states, rewards = [], []
@@ -34,6 +34,20 @@ def test_steps_and_cost_match_the_environment():
             th, vel, cost = pendulum_step(th, vel, torque)
             np.testing.assert_allclose([th, vel], states[t], atol=1e-6)
             np.testing.assert_allclose(-cost, rewards[t], atol=1e-6)
+
+
+def test_gravity_matches_the_environment_built_with_that_g():
+    """The ``gravity`` keyword (a deliberately wrong model for robustness checks) is the
+    environment's own ``g``: g = 7 steps agree with ``Pendulum-v1(g=7)`` and differ from g = 10."""
+    torques = np.array([0.5, -1.0, 2.0, 0.0])
+    states, _ = environment_steps(0.4, -1.0, torques, g=7.0)
+    th, vel = 0.4, -1.0
+    for t, torque in enumerate(torques):
+        th, vel, _ = pendulum_step(th, vel, torque, gravity=7.0)
+        np.testing.assert_allclose([th, vel], states[t], atol=1e-6)
+    assert (
+        abs(pendulum_step(0.4, -1.0, 0.5)[1] - pendulum_step(0.4, -1.0, 0.5, gravity=7.0)[1]) > 0.05
+    )
 
 
 def test_repeat_sums_the_single_steps_and_torch_matches_numpy():

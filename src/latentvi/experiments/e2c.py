@@ -65,6 +65,7 @@ __all__ = [
     "evaluate_run",
     "goal_latent",
     "goal_stability",
+    "latent_controller",
     "load_model",
     "open_loop_error",
     "preset",
@@ -443,19 +444,35 @@ def successes(angles: np.ndarray, run: E2CRunConfig) -> np.ndarray:
     return (np.abs(angles[:, -run.success_steps :]) < run.success_angle).all(axis=1)
 
 
-@torch.no_grad()
-def control(model: E2C, run: E2CRunConfig, seed: int) -> dict[str, Any]:
-    """Swing up from the bottom in ``run.trials`` episodes (batched); see the module docstring."""
+Controller = Callable[[Tensor], Tensor]  # latent means [N, Z] -> actions [N, 1] in [-1, 1]
+
+
+def latent_controller(model: E2C, run: E2CRunConfig) -> Controller:
+    """The run's controller on the encoder's means: :func:`swing_up_controller` with the model's
+    step toward :func:`goal_latent`, linearized as ``run.linearization`` says."""
     pendulum = PendulumPixels(run.image_size, run.action_repeat, run.zoom)
-    trials = run.trials
-    theta, velocity = start_states(run, seed)
-    controller = swing_up_controller(
+    goal = goal_latent(model, pendulum)
+    pendulum.close()
+    return swing_up_controller(
         run,
         model.step,
-        goal_latent(model, pendulum),
+        goal,
         run.state_cost,
         linearize=model.linearization if run.linearization == "e2c" else None,
     )
+
+
+@torch.no_grad()
+def control(
+    model: E2C, run: E2CRunConfig, seed: int, controller: Controller | None = None
+) -> dict[str, Any]:
+    """Swing up from the bottom in ``run.trials`` episodes (batched); see the module docstring.
+    ``controller`` (default :func:`latent_controller`) maps the encodings of each step to the
+    actions; it is called once per step, in order, so it may keep state (a filter, a plan)."""
+    pendulum = PendulumPixels(run.image_size, run.action_repeat, run.zoom)
+    trials = run.trials
+    theta, velocity = start_states(run, seed)
+    controller = controller or latent_controller(model, run)
     previous = np.stack([pendulum.frame(t) for t in theta])  # at rest: both frames equal
     current = previous
     angles, torques, strip = [], [], []
@@ -530,26 +547,41 @@ def load_model(run_dir: str | Path, config: E2CRunConfig, model_config: E2CConfi
 
 
 def evaluate_run(
-    run_dir: str | Path, config: E2CRunConfig, model_config: E2CConfig, out: str | Path
+    run_dir: str | Path,
+    config: E2CRunConfig,
+    model_config: E2CConfig,
+    out: str | Path,
+    make_controller: Callable[[E2C, E2CRunConfig], Controller] | None = None,
 ) -> dict[str, Any]:
     """Control again with the trained model of ``run_dir`` (its latest checkpoint) under the
     control options of ``config`` (horizon, costs, trials ...): figures and ``summary.json`` in
-    ``out``. ``model_config`` and ``config.image_size`` must be those of the trained run."""
+    ``out``. ``model_config`` and ``config.image_size`` must be those of the trained run.
+    ``make_controller(model, config)`` replaces :func:`latent_controller` (other controllers on
+    the same model)."""
     model = load_model(run_dir, config, model_config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     small = dataclasses.replace(config, transitions=min(config.transitions, 3000))
     data = collect_transitions(small, mixed_seed(config.seed, 1))
-    summary = {**_evaluate(model, config, model_config, out, data), "model": str(run_dir)}
+    controller = make_controller(model, config) if make_controller else None
+    summary = {
+        **_evaluate(model, config, model_config, out, data, controller),
+        "model": str(run_dir),
+    }
     write_json(out / "summary.json", summary)
     return summary
 
 
 def _evaluate(
-    model: E2C, run: E2CRunConfig, model_config: E2CConfig, out: Path, data: dict
+    model: E2C,
+    run: E2CRunConfig,
+    model_config: E2CConfig,
+    out: Path,
+    data: dict,
+    controller: Controller | None = None,
 ) -> dict[str, Any]:
     drift = open_loop_error(model, run, mixed_seed(run.seed, 2))
-    result = control(model, run, TRIAL_SEED + run.seed)
+    result = control(model, run, TRIAL_SEED + run.seed, controller)
     figures = _figures(model, data, result, out)
     upright = np.abs(result["angles"]) < run.success_angle  # (trials, steps)
     return {

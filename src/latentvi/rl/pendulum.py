@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DT", "MAX_SPEED", "MAX_TORQUE", "angle_of", "pendulum_step", "step_features"]
+__all__ = ["DT", "GRAVITY", "MAX_SPEED", "MAX_TORQUE", "angle_of", "pendulum_step", "step_features"]
 
 DT = 0.05
 MAX_SPEED = 8.0
 MAX_TORQUE = 2.0
-_GRAVITY_TERM = 3.0 * 10.0 / 2.0  # 3g / (2l)
+GRAVITY = 10.0
 _TORQUE_TERM = 3.0  # 3 / (m l²)
 
 
@@ -36,25 +36,30 @@ def _clip(value: Any, bound: float) -> Any:
     return np.clip(value, -bound, bound)
 
 
-def pendulum_step(theta: Any, velocity: Any, torque: Any, repeat: int = 1) -> tuple[Any, Any, Any]:
+def pendulum_step(
+    theta: Any, velocity: Any, torque: Any, repeat: int = 1, gravity: float = GRAVITY
+) -> tuple[Any, Any, Any]:
     """``repeat`` environment steps under a held ``torque`` from (θ, θ̇): returns the next θ
-    (not wrapped), θ̇ and the summed cost. Arrays or tensors broadcast together; ``[*] -> [*]``."""
+    (not wrapped), θ̇ and the summed cost. Arrays or tensors broadcast together; ``[*] -> [*]``.
+    ``gravity`` other than Pendulum-v1's g = 10 gives a deliberately wrong model (how robust a
+    planner is to model error)."""
     xp = torch if isinstance(theta, Tensor) else np
     torque = _clip(torque, MAX_TORQUE)
+    gravity_term = 1.5 * gravity  # 3g / (2l), l = 1
     cost = 0.0
     for _ in range(repeat):
         wrapped = (theta + np.pi) % (2 * np.pi) - np.pi
         cost = cost + wrapped**2 + 0.1 * velocity**2 + 0.001 * torque**2
-        velocity = velocity + (_GRAVITY_TERM * xp.sin(theta) + _TORQUE_TERM * torque) * DT
+        velocity = velocity + (gravity_term * xp.sin(theta) + _TORQUE_TERM * torque) * DT
         velocity = _clip(velocity, MAX_SPEED)
         theta = theta + velocity * DT
     return theta, velocity, cost
 
 
-def step_features(x: Tensor, torque: Tensor, repeat: int = 1) -> Tensor:
+def step_features(x: Tensor, torque: Tensor, repeat: int = 1, gravity: float = GRAVITY) -> Tensor:
     """The same steps on the observation features ``x = (cos θ, sin θ, θ̇)``: ``x [*N, 3]``,
     ``torque [*N, 1]`` -> ``[*N, 3]`` (differentiable; what a planner on the true state uses)."""
-    theta, velocity, _ = pendulum_step(angle_of(x), x[..., 2], torque[..., 0], repeat)
+    theta, velocity, _ = pendulum_step(angle_of(x), x[..., 2], torque[..., 0], repeat, gravity)
     return torch.stack([torch.cos(theta), torch.sin(theta), velocity], dim=-1)
 
 
