@@ -77,7 +77,7 @@ def estimator_controller(spec: str):
     exponential average of rate β and added to the dynamics the MPC plans with.
     """
     from latentvi.experiments.e2c import PendulumPixels, goal_latent, swing_up_controller
-    from latentvi.rl.lqr import MPC, goal_regulator, jacobians
+    from latentvi.rl.lqr import jacobians
 
     kind, _, value = spec.partition(":")
     rate = float(value)
@@ -91,19 +91,13 @@ def estimator_controller(spec: str):
         memory = {"z": None, "u": None, "d": torch.zeros(())}
         if kind == "blend":
             plan = swing_up_controller(run, model.step, goal, run.state_cost)
-        else:
-            eye, box = torch.eye(goal.shape[-1]), {"horizon": run.horizon, "action_dim": 1}
-            costs = (run.state_cost * eye, run.action_cost * torch.eye(1), run.final_cost * eye)
-            plan = MPC(
+        else:  # d is constant over a plan: the model's own Jacobians (and goal regulator, d = 0)
+            plan = swing_up_controller(
+                run,
                 lambda z, u: model.step(z, u) + memory["d"],
                 goal,
-                *costs,
-                iterations=run.iterations,
-                linearize=jacobians(model.step),  # d is constant: the same Jacobians
-                fallback=goal_regulator(model.step, goal, *costs, low=-1.0, high=1.0, **box),
-                low=-1.0,
-                high=1.0,
-                **box,
+                run.state_cost,
+                linearize=jacobians(model.step),
             )
 
         def controller(encoding):
