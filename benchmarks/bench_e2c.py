@@ -45,11 +45,13 @@ def oracle(run, state_cost: float, gravity: float | None = None) -> dict:
     from latentvi.experiments.e2c import start_states, successes, swing_up_controller
     from latentvi.rl.pendulum import GRAVITY, MAX_TORQUE, angle_of, step_features
 
+    model_gravity = GRAVITY if gravity is None else gravity
+
     def pendulum(x, u, g=GRAVITY):  # u = torque / MAX_TORQUE, as the model's actions are
         return step_features(x, MAX_TORQUE * u, repeat=run.action_repeat, gravity=g)
 
     def model(x, u):
-        return pendulum(x, u, GRAVITY if gravity is None else gravity)
+        return pendulum(x, u, model_gravity)
 
     theta, velocity = (torch.tensor(v) for v in start_states(run, 0))
     x = torch.stack([theta.cos(), theta.sin(), velocity], -1).float()
@@ -61,7 +63,7 @@ def oracle(run, state_cost: float, gravity: float | None = None) -> dict:
     angles = torch.stack(angles, 1)
     return {
         "state_cost": state_cost,
-        "model_gravity": GRAVITY if gravity is None else gravity,
+        "model_gravity": model_gravity,
         "success_rate": float(successes(angles.numpy(), run).mean()),
         "reached_upright_rate": float((angles < run.success_angle).any(1).float().mean()),
         "final_abs_angle_mean": angles[:, -1].mean().item(),
@@ -76,8 +78,7 @@ def estimator_controller(spec: str):
     2002): the model's one-step residual ``d = μ(x_t) − f(μ(x_{t−1}), u_{t−1})`` is tracked by an
     exponential average of rate β and added to the dynamics the MPC plans with.
     """
-    from latentvi.experiments.e2c import PendulumPixels, goal_latent, swing_up_controller
-    from latentvi.rl.lqr import jacobians
+    from latentvi.experiments.e2c import latent_controller
 
     kind, _, value = spec.partition(":")
     rate = float(value)
@@ -85,20 +86,11 @@ def estimator_controller(spec: str):
         raise SystemExit(f"--estimator {spec!r}: use blend:α or offset:β with a rate in (0, 1]")
 
     def make(model, run):
-        pendulum = PendulumPixels(run.image_size, run.action_repeat, run.zoom)
-        goal = goal_latent(model, pendulum)
-        pendulum.close()
         memory = {"z": None, "u": None, "d": torch.zeros(())}
         if kind == "blend":
-            plan = swing_up_controller(run, model.step, goal, run.state_cost)
-        else:  # d is constant over a plan: the model's own Jacobians (and goal regulator, d = 0)
-            plan = swing_up_controller(
-                run,
-                lambda z, u: model.step(z, u) + memory["d"],
-                goal,
-                run.state_cost,
-                linearize=jacobians(model.step),
-            )
+            plan = latent_controller(model, run)
+        else:  # d is held constant over each plan (0 when the goal regulator is built)
+            plan = latent_controller(model, run, lambda z, u: model.step(z, u) + memory["d"])
 
         def controller(encoding):
             z = encoding

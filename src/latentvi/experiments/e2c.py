@@ -447,18 +447,22 @@ def successes(angles: np.ndarray, run: E2CRunConfig) -> np.ndarray:
 Controller = Callable[[Tensor], Tensor]  # latent means [N, Z] -> actions [N, 1] in [-1, 1]
 
 
-def latent_controller(model: E2C, run: E2CRunConfig) -> Controller:
+def latent_controller(
+    model: E2C, run: E2CRunConfig, step: Callable[[Tensor, Tensor], Tensor] | None = None
+) -> Controller:
     """The run's controller on the encoder's means: :func:`swing_up_controller` with the model's
-    step toward :func:`goal_latent`, linearized as ``run.linearization`` says."""
+    step (or ``step``, e.g. the model's plus a disturbance estimate) toward :func:`goal_latent`,
+    linearized as ``run.linearization`` says — always the model's own Jacobians, so a ``step``
+    that adds a constant to the model's plans with the same ones."""
     pendulum = PendulumPixels(run.image_size, run.action_repeat, run.zoom)
     goal = goal_latent(model, pendulum)
     pendulum.close()
     return swing_up_controller(
         run,
-        model.step,
+        step or model.step,
         goal,
         run.state_cost,
-        linearize=model.linearization if run.linearization == "e2c" else None,
+        linearize=model.linearization if run.linearization == "e2c" else jacobians(model.step),
     )
 
 
