@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import os
 import platform
 import shutil
@@ -38,12 +39,17 @@ def parse_value(text: str):
 
 
 def oracle(run, state_cost: float, gravity: float | None = None) -> dict:
-    """The same MPC on the true state (cos θ, sin θ, θ̇) of the pendulum; starts drawn as the
-    model's trials are (:func:`start_states`), from seed 0. With ``gravity``, the planner's model
-    has that g where the pendulum it controls has Pendulum-v1's 10: a known model error (10 → 6
-    moves the upright eigenvalue per agent step from 1.47 to 1.35)."""
-    from latentvi.experiments.e2c import start_states, successes, swing_up_controller
-    from latentvi.rl.pendulum import GRAVITY, MAX_TORQUE, angle_of, step_features
+    """The run's controller (MPC or value) on the true state (cos θ, sin θ, θ̇) of the pendulum;
+    starts drawn as the model's trials are (:func:`start_states`), from seed 0. With ``gravity``,
+    the planner's model has that g where the pendulum it controls has Pendulum-v1's 10: a known
+    model error (10 → 6 moves the upright eigenvalue per agent step from 1.47 to 1.35)."""
+    from latentvi.experiments.e2c import (
+        start_states,
+        successes,
+        swing_up_controller,
+        value_controller,
+    )
+    from latentvi.rl.pendulum import GRAVITY, MAX_SPEED, MAX_TORQUE, angle_of, step_features
 
     model_gravity = GRAVITY if gravity is None else gravity
 
@@ -55,13 +61,20 @@ def oracle(run, state_cost: float, gravity: float | None = None) -> dict:
 
     theta, velocity = (torch.tensor(v) for v in start_states(run, 0))
     x = torch.stack([theta.cos(), theta.sin(), velocity], -1).float()
-    controller = swing_up_controller(run, model, torch.tensor([1.0, 0.0, 0.0]), state_cost)
+    goal = torch.tensor([1.0, 0.0, 0.0])
+    if run.controller == "value":  # the grid spans the reachable features (cos, sin, ±8)
+        corners = torch.tensor([[-1.0, -1.0, -MAX_SPEED], [1.0, 1.0, MAX_SPEED]])
+        costs = dataclasses.replace(run, state_cost=state_cost)
+        controller = value_controller(costs, model, goal, corners)
+    else:
+        controller = swing_up_controller(run, model, goal, state_cost)
     angles = []
     for _ in range(run.episode_steps):
         x = pendulum(x, controller(x))
         angles.append(angle_of(x).abs())
     angles = torch.stack(angles, 1)
     return {
+        "controller": run.controller,
         "state_cost": state_cost,
         "model_gravity": model_gravity,
         "success_rate": float(successes(angles.numpy(), run).mean()),
@@ -86,6 +99,7 @@ def estimator_controller(spec: str):
         raise SystemExit(f"--estimator {spec!r}: use blend:α or offset:β with a rate in (0, 1]")
 
     def make(model, run):
+        run = dataclasses.replace(run, controller="mpc")  # the estimators feed iLQR's MPC
         memory = {"z": None, "u": None, "d": torch.zeros(())}
         if kind == "blend":
             plan = latent_controller(model, run)

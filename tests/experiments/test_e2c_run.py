@@ -15,6 +15,8 @@ from latentvi.experiments.e2c import (
     control,
     evaluate_run,
     goal_stability,
+    latent_controller,
+    load_model,
     preset,
     run_e2c,
     start_states,
@@ -161,6 +163,12 @@ def test_bad_options_name_the_field():
         E2CRunConfig(upright_share=1.5)
     with pytest.raises(ValueError, match="zoom"):
         E2CRunConfig(zoom=0)
+    with pytest.raises(ValueError, match="controller = 'lqr' is invalid: choose one of mpc"):
+        E2CRunConfig(controller="lqr")
+    with pytest.raises(ValueError, match="discount"):
+        E2CRunConfig(discount=1.0)
+    with pytest.raises(ValueError, match="value_actions"):
+        E2CRunConfig(value_actions=1)
     with pytest.raises(ValueError, match="preset"):
         preset("huge")
     with pytest.raises(ValueError, match="unknown E2C options"):
@@ -188,6 +196,13 @@ def test_debug_run_end_to_end(tmp_path):
     other = evaluate_run(tmp_path, planned, model, tmp_path / "regulated")
     assert 0.0 <= other["success_rate"] <= 1.0
     assert len(other["goal_eigenvalues"]) == model.latent_dim and other["goal_drift"] >= 0
+    # The value controller (value iteration over the training latents' box) on the same model.
+    valued = dataclasses.replace(run, controller="value", value_cells=6)
+    value = evaluate_run(tmp_path, valued, model, tmp_path / "value")
+    assert 0.0 <= value["success_rate"] <= 1.0 and value["controller_setup_seconds"] > 0
+    assert value["run_config"]["controller"] == "value"
+    with pytest.raises(ValueError, match="latents"):
+        latent_controller(load_model(tmp_path, valued, model), valued)
 
 
 def test_debug_run_with_multi_step_prediction(tmp_path):

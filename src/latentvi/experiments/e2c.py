@@ -52,6 +52,7 @@ from latentvi.plots import plot_image_grid, save_figure
 from latentvi.rl.lqr import MPC, goal_regulator, jacobians
 from latentvi.rl.pendulum import MAX_SPEED, MAX_TORQUE, pendulum_step
 from latentvi.rl.pixels import make_env
+from latentvi.rl.value_iteration import Grid, greedy_policy, value_iteration
 from latentvi.train import TrainConfig, fit
 from latentvi.train.rng import mixed_seed
 from latentvi.train.storage import write_json
@@ -71,6 +72,7 @@ __all__ = [
     "preset",
     "run_e2c",
     "train_model",
+    "value_controller",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,9 @@ logger = logging.getLogger(__name__)
 TRIAL_SEED = 3_000_000
 UPRIGHT_ANGLE, UPRIGHT_SPEED = math.pi / 4, 3.0  # the near-upright starts of ``upright_share``
 LINEARIZATIONS = ("e2c", "autograd")
+CONTROLLERS = ("mpc", "value")
+POLICY_ACTIONS = 21  # the value controller's lookahead actions
+LATENT_BOX_SAMPLES = 5000  # encoded training observations that span the value grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +126,19 @@ class E2CRunConfig:
         choices=LINEARIZATIONS,
     )
     final_cost: float = option(10.0, "Q_H = final_cost · I")
+    controller: str = option(
+        "mpc",
+        "mpc: receding-horizon iLQR toward the goal's latent (Watter et al.); value: the greedy "
+        "policy of value iteration on a grid over the latent box of the training data, same "
+        "stage cost, discounted (latentvi.rl.value_iteration: global, so it finds the swing-up "
+        "where iLQR's local plans wait at the bottom)",
+        choices=CONTROLLERS,
+    )
+    value_cells: int = option(60, "value controller: grid nodes per latent dimension")
+    value_actions: int = option(
+        9, "value controller: actions in [-1, 1] in value iteration (the policy looks at 21)"
+    )
+    discount: float = option(0.99, "value controller: the discount γ per agent step")
     regulator: bool = option(
         False,
         "each step also run iLQR from the rollout of the LQR regulator of the model linearized at "
@@ -149,6 +167,8 @@ class E2CRunConfig:
             "batch_size",
             "horizon",
             "iterations",
+            "value_cells",
+            "value_actions",
             "trials",
             "episode_steps",
             "success_steps",
@@ -170,6 +190,15 @@ class E2CRunConfig:
             self.linearization,
             f"choose one of {', '.join(LINEARIZATIONS)}",
         )
+        require(
+            self.controller in CONTROLLERS,
+            "controller",
+            self.controller,
+            f"choose one of {', '.join(CONTROLLERS)}",
+        )
+        require(self.value_cells >= 2, "value_cells", self.value_cells, "use at least 2")
+        require(self.value_actions >= 2, "value_actions", self.value_actions, "use at least 2")
+        require(0 < self.discount < 1, "discount", self.discount, "use a discount in (0, 1)")
         require(self.success_angle > 0, "success_angle", self.success_angle, "use > 0 radians")
         require(self.start_noise >= 0, "start_noise", self.start_noise, "use >= 0")
         require(0.0 <= self.upright_share <= 1.0, "upright_share", self.upright_share, "use 0 to 1")
@@ -413,6 +442,29 @@ def swing_up_controller(
     )
 
 
+def value_controller(
+    run: E2CRunConfig, step: Callable[[Tensor, Tensor], Tensor], goal: Tensor, latents: Tensor
+) -> Controller:
+    """The greedy policy of the discounted cost-to-go of ``step`` toward ``goal [Z]``
+    (:func:`latentvi.rl.value_iteration.value_iteration`): the MPC's stage cost
+    ``½ state_cost ‖z − g‖² + ½ action_cost u²``, discount ``run.discount``, on a grid of
+    ``run.value_cells`` nodes per dimension over the box of ``latents [N, Z]`` widened by a tenth
+    of its size on each side; ``run.value_actions`` actions there, 21 in the policy."""
+    low, high = latents.min(0).values, latents.max(0).values
+    margin = 0.1 * (high - low)
+    grid = Grid(low - margin, high + margin, run.value_cells)
+
+    def cost(z: Tensor, u: Tensor) -> Tensor:
+        return 0.5 * run.state_cost * (z - goal).square().sum(-1) + 0.5 * run.action_cost * (
+            u.square().sum(-1)
+        )
+
+    actions = torch.linspace(-1.0, 1.0, run.value_actions).unsqueeze(-1)
+    value = value_iteration(step, cost, grid, actions, discount=run.discount)
+    logger.info("value iteration: %d sweeps, residual %.1e", value.sweeps, value.residual)
+    return greedy_policy(step, cost, value, torch.linspace(-1.0, 1.0, POLICY_ACTIONS)[:, None])
+
+
 @torch.no_grad()
 def goal_latent(model: E2C, pendulum: PendulumPixels) -> Tensor:
     """``[Z]``: the mean latent of the goal image, two frames of the pendulum at rest upright."""
@@ -448,15 +500,29 @@ Controller = Callable[[Tensor], Tensor]  # latent means [N, Z] -> actions [N, 1]
 
 
 def latent_controller(
-    model: E2C, run: E2CRunConfig, step: Callable[[Tensor, Tensor], Tensor] | None = None
+    model: E2C,
+    run: E2CRunConfig,
+    step: Callable[[Tensor, Tensor], Tensor] | None = None,
+    latents: Tensor | None = None,
 ) -> Controller:
-    """The run's controller on the encoder's means: :func:`swing_up_controller` with the model's
-    step (or ``step``, e.g. the model's plus a disturbance estimate) toward :func:`goal_latent`,
-    linearized as ``run.linearization`` says — always the model's own Jacobians, so a ``step``
-    that adds a constant to the model's plans with the same ones."""
+    """The run's controller on the encoder's means toward :func:`goal_latent`, with the model's
+    step (or ``step``, e.g. the model's plus a disturbance estimate).
+
+    ``run.controller`` = ``mpc``: :func:`swing_up_controller`, linearized as
+    ``run.linearization`` says — always the model's own Jacobians, so a ``step`` that adds a
+    constant to the model's plans with the same ones. ``value``: :func:`value_controller` on the
+    box that ``latents [N, Z]`` (encoded training observations) span; required then."""
     pendulum = PendulumPixels(run.image_size, run.action_repeat, run.zoom)
     goal = goal_latent(model, pendulum)
     pendulum.close()
+    if run.controller == "value":
+        require(
+            latents is not None,
+            "latents",
+            latents,
+            "give the encoder's means of training observations: they span the value grid",
+        )
+        return value_controller(run, step or model.step, goal, latents)
     return swing_up_controller(
         run,
         step or model.step,
@@ -585,6 +651,12 @@ def _evaluate(
     controller: Controller | None = None,
 ) -> dict[str, Any]:
     drift = open_loop_error(model, run, mixed_seed(run.seed, 2))
+    started = time.perf_counter()
+    if controller is None:
+        with torch.no_grad():
+            latents = model.encode(data["x"][:LATENT_BOX_SAMPLES]).mean
+        controller = latent_controller(model, run, latents=latents)
+    setup_seconds = time.perf_counter() - started
     result = control(model, run, TRIAL_SEED + run.seed, controller)
     figures = _figures(model, data, result, out)
     upright = np.abs(result["angles"]) < run.success_angle  # (trials, steps)
@@ -600,6 +672,7 @@ def _evaluate(
         "final_abs_angle_mean": float(np.abs(result["angles"][:, -1]).mean()),
         "reached_upright_rate": float(upright.any(axis=1).mean()),
         "time_upright_fraction": float(upright.mean()),
+        "controller_setup_seconds": setup_seconds,
         "control_seconds": result["seconds"],
         "open_loop_latent_error": {
             f"step_{t}": drift[t - 1] for t in (1, 2, 5, 10, 20) if t <= len(drift)
