@@ -21,7 +21,11 @@ pendulum directly, so a controller has to pump energy):
   E2C's own ``A_t, B_t`` (the paper's choice) or by autograd (the default preset: E2C's
   ``A_t`` stays near I at the upright state, whose instability the offset ``o(z)`` carries);
   with ``regulator`` it also starts from the model's LQR regulator at the goal
-  (:func:`latentvi.rl.lqr.goal_regulator`), without which it cannot balance. **Success**:
+  (:func:`latentvi.rl.lqr.goal_regulator`), without which it cannot balance. With ``controller``
+  = ``value`` (the default preset) the action is instead the greedy one under the discounted
+  cost-to-go of the same stage cost, computed by value iteration on a grid over the latents of
+  the training data (:func:`value_controller`): iLQR is local, and from a pendulum at rest its
+  plans tend to put the swing-up at the end of the horizon, which recedes. **Success**:
   |θ| < ``success_angle`` at each of the last ``success_steps`` agent steps (θ wrapped to
   (−π, π]). ``trials`` episodes with start states from fixed seeds, all planned in one batch.
 
@@ -207,10 +211,12 @@ class E2CRunConfig:
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # CPU-sized: 32×32 frames drawn at zoom 2, 256-256 bodies, a strong consistency term (λ = 4),
     # 40,000 transitions (a quarter of them starting near upright) and 24,000 updates; control
-    # with autograd Jacobians, 80-step (8 s) plans, 16 iLQR iterations and the goal regulator as
-    # a second start; 50 trials.
+    # by the greedy policy of value iteration on a 60³ grid over the training latents (γ = 0.99);
+    # with controller = mpc: autograd Jacobians, 80-step (8 s) plans, 16 iLQR iterations and the
+    # goal regulator as a second start; 50 trials.
     "default": {
         "run": {
+            "controller": "value",
             "zoom": 2,
             "transitions": 40_000,
             "upright_share": 0.25,
