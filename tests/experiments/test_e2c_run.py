@@ -20,6 +20,7 @@ from latentvi.experiments.e2c import (
     preset,
     run_e2c,
     start_states,
+    value_controller,
     wrap,
 )
 from latentvi.models.e2c import E2C
@@ -190,19 +191,22 @@ def test_debug_run_end_to_end(tmp_path):
     again = evaluate_run(tmp_path, run, model, tmp_path / "again")
     assert again["final_abs_angle_mean"] == pytest.approx(summary["final_abs_angle_mean"], abs=1e-4)
     assert again["success_rate"] == summary["success_rate"]
-    # The default preset's control (autograd Jacobians, the goal regulator as a second start)
-    # runs on the same model; it records how the model sees the goal.
+    # The default preset's MPC settings (autograd Jacobians, the goal regulator as a second
+    # start) run on the same model; it records how the model sees the goal.
     planned = dataclasses.replace(run, linearization="autograd", regulator=True)
     other = evaluate_run(tmp_path, planned, model, tmp_path / "regulated")
     assert 0.0 <= other["success_rate"] <= 1.0
     assert len(other["goal_eigenvalues"]) == model.latent_dim and other["goal_drift"] >= 0
-    # The value controller (value iteration over the training latents' box) on the same model.
+    # The default preset's controller (value iteration over the training latents' box).
     valued = dataclasses.replace(run, controller="value", value_cells=6)
     value = evaluate_run(tmp_path, valued, model, tmp_path / "value")
     assert 0.0 <= value["success_rate"] <= 1.0 and value["controller_setup_seconds"] > 0
     assert value["run_config"]["controller"] == "value"
     with pytest.raises(ValueError, match="latents"):
         latent_controller(load_model(tmp_path, valued, model), valued)
+    with pytest.raises(ValueError, match="value_cells"):  # a 5-D latent: 60⁵ nodes
+        wide = dataclasses.replace(valued, value_cells=60)
+        value_controller(wide, lambda z, u: z, torch.zeros(5), torch.randn(10, 5))
 
 
 def test_debug_run_with_multi_step_prediction(tmp_path):

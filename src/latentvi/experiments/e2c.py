@@ -87,6 +87,7 @@ LINEARIZATIONS = ("e2c", "autograd")
 CONTROLLERS = ("mpc", "value")
 POLICY_ACTIONS = 21  # the value controller's lookahead actions
 LATENT_BOX_SAMPLES = 5000  # encoded training observations that span the value grid
+MAX_VALUE_NODES = 2_000_000  # 9 actions × 2M nodes × 8 corners of int64 indices ≈ 1.2 GB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,6 +457,14 @@ def value_controller(
     ``½ state_cost ‖z − g‖² + ½ action_cost u²``, discount ``run.discount``, on a grid of
     ``run.value_cells`` nodes per dimension over the box of ``latents [N, Z]`` widened by a tenth
     of its size on each side; ``run.value_actions`` actions there, 21 in the policy."""
+    nodes = run.value_cells ** latents.shape[-1]
+    require(
+        nodes <= MAX_VALUE_NODES,
+        "value_cells",
+        run.value_cells,
+        f"the grid would have value_cells^latent_dim = {nodes:,} nodes; the value controller is "
+        f"for latents of 2–3 dimensions: use fewer cells or controller = mpc",
+    )
     low, high = latents.min(0).values, latents.max(0).values
     margin = 0.1 * (high - low)
     grid = Grid(low - margin, high + margin, run.value_cells)
