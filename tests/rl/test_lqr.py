@@ -10,14 +10,7 @@ import torch
 from latentvi.rl.lqr import MPC, goal_regulator, ilqr, jacobians, lqr, quadratic_cost, rollout
 from latentvi.rl.pendulum import MAX_TORQUE, angle_of, step_features
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Exact-answer tests in float64; the default dtype is put back for the rest of the suite."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")  # exact-answer tests (tests/conftest.py)
 
 
 def random_problem(horizon=5, x_dim=3, u_dim=2, seed=0):

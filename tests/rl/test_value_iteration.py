@@ -8,13 +8,7 @@ import torch
 from latentvi.rl.pendulum import MAX_TORQUE, angle_of, step_features
 from latentvi.rl.value_iteration import Grid, greedy_policy, value_iteration
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")  # exact-answer tests (tests/conftest.py)
 
 
 def box(dim, cells):
