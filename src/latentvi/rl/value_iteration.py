@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from latentvi.config import check_positive_int, require
+from latentvi.config import check_positive_int, require, require_int
 
 __all__ = ["Grid", "ValueFunction", "greedy_policy", "value_iteration"]
 
@@ -64,7 +64,7 @@ class Grid:
             self.high.tolist(),
             f"make every bound larger than low = {self.low.tolist()}",
         )
-        require(self.cells >= 2, "cells", self.cells, "use at least 2 nodes per dimension")
+        require_int(self.cells, "cells", 2, "use at least 2 nodes per dimension")
 
     @property
     def dim(self) -> int:
@@ -77,7 +77,9 @@ class Grid:
     def points(self) -> Tensor:
         """``[G, D]``: every node."""
         axes = [
-            torch.linspace(float(a), float(b), self.cells, dtype=self.low.dtype)
+            torch.linspace(
+                float(a), float(b), self.cells, dtype=self.low.dtype, device=self.low.device
+            )
             for a, b in zip(self.low, self.high, strict=True)
         ]
         return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, self.dim)
@@ -90,10 +92,11 @@ class Grid:
         base = scaled.floor().clamp(max=self.cells - 2)
         fraction = scaled - base
         base = base.long()
-        strides = self.cells ** torch.arange(self.dim - 1, -1, -1)
+        device = self.low.device
+        strides = self.cells ** torch.arange(self.dim - 1, -1, -1, device=device)
         indices, weights = [], []
         for corner in itertools.product((0, 1), repeat=self.dim):
-            offset = torch.tensor(corner)
+            offset = torch.tensor(corner, device=device)
             indices.append(((base + offset) * strides).sum(-1))
             weights.append(torch.where(offset.bool(), fraction, 1 - fraction).prod(-1))
         return torch.stack(indices, -1), torch.stack(weights, -1)
@@ -139,7 +142,7 @@ def _interpolation_matrix(grid: Grid, points: Tensor) -> Tensor:
     per sweep than gathering the nodes' values."""
     indices, weights = grid.weights(points.reshape(-1, grid.dim))
     rows, corners = indices.shape
-    offsets = torch.arange(0, rows * corners + 1, corners)
+    offsets = torch.arange(0, rows * corners + 1, corners, device=indices.device)
     with warnings.catch_warnings():  # "sparse CSR support is in beta": mv is all we use
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(
@@ -173,7 +176,7 @@ def value_iteration(
     following = _successors(dynamics, points, actions, check_positive_int("chunk", chunk))
     cost = torch.stack([stage_cost(points, a.expand(len(points), -1)) for a in actions])  # [A, G]
     transition = _interpolation_matrix(grid, following)
-    values = torch.zeros(grid.size, dtype=cost.dtype)
+    values = torch.zeros(grid.size, dtype=cost.dtype, device=cost.device)
     residual, sweeps = float("inf"), 0
     while sweeps < max_sweeps and residual >= tolerance:
         expected = (transition @ values).reshape(cost.shape)
