@@ -1,12 +1,11 @@
 """The fused fast path of the MLP VAE equals the generic, Distribution-based reference path."""
 
-import contextlib
-
 import pytest
 import torch
 
 from latentvi.models import fused
 from latentvi.models.vae import VAE, VAEConfig
+from latentvi.train.precision import bfloat16_matmuls_in_effect, medium_matmul_precision
 
 SHAPE = (1, 8, 8)
 
@@ -172,34 +171,8 @@ def test_the_subnormal_floors_change_the_gradient_only_below_float32_resolution(
         torch.testing.assert_close(got, want, rtol=0, atol=1e-9 * scale)
 
 
-@contextlib.contextmanager
-def _medium_matmul_precision():
-    """``float32_matmul_precision("medium")`` (bfloat16 inside float32 matmuls) inside the block,
-    the previous setting restored after it."""
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("medium")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
-
-
-def _bfloat16_matmuls_in_effect() -> bool:
-    """Whether ``float32_matmul_precision("medium")`` rounds a float32 matmul at bfloat16
-    resolution here: some CPUs with bfloat16 instructions (an AMD EPYC with avx512_bf16, for one)
-    keep float32 kernels, whose results move only by float32 round-off (~4e-7)."""
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return False
-    generator = torch.Generator().manual_seed(0)
-    a, b = torch.randn(128, 784, generator=generator), torch.randn(784, 200, generator=generator)
-    exact = a @ b
-    with _medium_matmul_precision():
-        rounded = a @ b
-    return bool((rounded - exact).norm() > 1e-4 * exact.norm())
-
-
 @pytest.mark.skipif(
-    not _bfloat16_matmuls_in_effect(), reason="needs a CPU whose matmuls honour bfloat16 precision"
+    not bfloat16_matmuls_in_effect(), reason="needs a CPU whose matmuls honour bfloat16 precision"
 )
 def test_bfloat16_matmul_precision_changes_the_gradients_only_at_bfloat16_resolution():
     """float32 MNIST-sized model with bfloat16 inside the matmuls (what
@@ -210,7 +183,7 @@ def test_bfloat16_matmul_precision_changes_the_gradients_only_at_bfloat16_resolu
     model = VAE((1, 28, 28), VAEConfig(latent_dim=50, hidden=(200, 200)))
     x = (torch.rand(100, 1, 28, 28, generator=torch.Generator().manual_seed(1)) < 0.13).float()
     exact = loss_and_gradients(model, x, True)
-    with _medium_matmul_precision():
+    with medium_matmul_precision():
         rounded = loss_and_gradients(model, x, True)
     assert abs(rounded[0] - exact[0]) < 1e-4 * abs(exact[0])
     assert rounded[0] != exact[0]

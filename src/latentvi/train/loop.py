@@ -23,7 +23,9 @@ that a run stopped early and resumed calls them at the same steps as one that ne
 With ``flush_denormal`` (the default) subnormal floats count as zero during training (the calling
 thread's CPU flag, set back to PyTorch's default, off, when ``fit`` returns). With
 ``matmul_precision="bfloat16"``, float32 matmuls may round their inputs to bfloat16 while ``fit``
-trains and validates (``torch.set_float32_matmul_precision("medium")``, restored when it returns).
+trains and validates (``torch.set_float32_matmul_precision("medium")``, restored when it returns);
+on a CPU whose float32 kernels ignore that setting, ``fit`` says so in a warning
+(:func:`latentvi.train.precision.bfloat16_matmuls_in_effect`).
 
 Randomness: python/numpy/torch are seeded from ``config.seed`` (rank r > 0: a seed mixed from
 (seed, r)); resume restores them from the checkpoint, so a run stopped at step s and resumed is
@@ -76,6 +78,7 @@ from latentvi.train.optim import (
     gradient_norm,
     hyperparameters,
 )
+from latentvi.train.precision import bfloat16_matmuls_in_effect
 from latentvi.train.rng import isolated_rng, mixed_seed, seed_everything
 from latentvi.train.schedule import learning_rate
 from latentvi.train.storage import replace_text
@@ -290,6 +293,13 @@ def fit(
     flush = config.flush_denormal and torch.set_flush_denormal(True)
     precision = torch.get_float32_matmul_precision()
     if config.matmul_precision == "bfloat16":
+        if device.type == "cpu" and not bfloat16_matmuls_in_effect():
+            logger.warning(
+                "matmul_precision = 'bfloat16' has no effect on this CPU: its float32 matmuls "
+                "ignore torch.set_float32_matmul_precision('medium'), so training stays in "
+                "float32 (latentvi.train.precision); use matmul_precision = 'float32' to "
+                "silence this"
+            )
         torch.set_float32_matmul_precision("medium")
     try:
         while not finished():
