@@ -30,6 +30,7 @@ def test_interpolation_is_exact_at_nodes_and_for_multilinear_functions():
     indices, weights = grid.weights(inside)
     assert indices.shape == weights.shape == (200, 8)
     assert (weights >= 0).all() and torch.allclose(weights.sum(-1), torch.ones(200))
+    assert torch.allclose(grid.matrix(inside) @ values, f(inside), atol=1e-12)  # the sparse form
 
 
 def test_points_outside_the_box_are_projected_onto_it():
