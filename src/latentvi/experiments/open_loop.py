@@ -233,6 +233,14 @@ def pendulum_simulator_errors(
     return np.median(np.stack(errors), 1)
 
 
+def _recognizable(error: np.ndarray, threshold: float, prefix: str = "") -> dict[str, int]:
+    """:func:`recognizable_steps` of one error curve at ``threshold`` and at half of it."""
+    return {
+        f"{prefix}recognizable_steps": recognizable_steps(error, threshold),
+        f"{prefix}recognizable_steps_half_threshold": recognizable_steps(error, threshold / 2),
+    }
+
+
 def open_loop_report(
     run_dir: str | os.PathLike,
     episodes: int = 10,
@@ -290,15 +298,9 @@ def open_loop_report(
     }
     if pendulum:
         summary["angle_threshold_rad"] = threshold
-        summary["recognizable_steps"] = recognizable_steps(errors["angle_error"], threshold)
-        summary["last_context_recognizable_steps"] = recognizable_steps(
-            errors["last_context_angle_error"], threshold
-        )
-        summary["recognizable_steps_half_threshold"] = recognizable_steps(
-            errors["angle_error"], threshold / 2
-        )
-        summary["last_context_recognizable_steps_half_threshold"] = recognizable_steps(
-            errors["last_context_angle_error"], threshold / 2
+        summary.update(_recognizable(errors["angle_error"], threshold))
+        summary.update(
+            _recognizable(errors["last_context_angle_error"], threshold, prefix="last_context_")
         )
         seeds = [REPORT_SEED + i for i in range(episodes)]
         states = pendulum_states(seeds, actions, run.action_repeat)
@@ -307,10 +309,7 @@ def open_loop_report(
             error = pendulum_simulator_errors(
                 states, actions, context, horizon, run.action_repeat, noise
             )
-            simulator[str(noise)] = {
-                "recognizable_steps": recognizable_steps(error, threshold),
-                "recognizable_steps_half_threshold": recognizable_steps(error, threshold / 2),
-            }
+            simulator[str(noise)] = _recognizable(error, threshold)
         summary["simulator_from_noisy_state"] = simulator
     (out / "open_loop_report.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
