@@ -49,12 +49,12 @@ def oracle(run, state_cost: float, gravity: float | None = None) -> dict:
         swing_up_controller,
         value_controller,
     )
-    from latentvi.rl.pendulum import GRAVITY, MAX_SPEED, MAX_TORQUE, angle_of, step_features
+    from latentvi.rl.pendulum import GRAVITY, MAX_SPEED, angle_of, step_normalized
 
     model_gravity = GRAVITY if gravity is None else gravity
 
     def pendulum(x, u, g=GRAVITY):  # u = torque / MAX_TORQUE, as the model's actions are
-        return step_features(x, MAX_TORQUE * u, repeat=run.action_repeat, gravity=g)
+        return step_normalized(x, u, repeat=run.action_repeat, gravity=g)
 
     def model(x, u):
         return pendulum(x, u, model_gravity)

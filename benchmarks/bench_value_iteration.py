@@ -8,6 +8,7 @@ solve on the pendulum's features (the E2C value controller's default 60³ grid, 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from latentvi.rl.pendulum import MAX_TORQUE, step_features
+from latentvi.rl.pendulum import step_normalized
 from latentvi.rl.value_iteration import Grid, value_iteration
 from results_io import median_seconds, save_results
 
@@ -31,8 +32,7 @@ def main() -> None:
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
 
-    def pendulum(x, u):
-        return step_features(x, MAX_TORQUE * u, repeat=2)
+    pendulum = functools.partial(step_normalized, repeat=2)
 
     goal = torch.tensor([1.0, 0.0, 0.0])
 

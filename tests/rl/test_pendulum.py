@@ -4,7 +4,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from latentvi.rl.pendulum import MAX_TORQUE, angle_of, pendulum_step, step_features
+from latentvi.rl.pendulum import (
+    MAX_TORQUE,
+    angle_of,
+    pendulum_step,
+    step_features,
+    step_normalized,
+)
 
 
 def environment_steps(theta, velocity, torques, g=10.0):
@@ -75,3 +81,5 @@ def test_features_step_is_the_same_motion_and_differentiable():
     torch.testing.assert_close(nxt[:, 2], vel)
     nxt[:, 2].sum().backward()  # θ̇' depends on θ through sin θ: a non-zero gradient
     assert x.grad.abs().sum() > 0
+    # the normalized action u = torque / MAX_TORQUE gives the same step
+    torch.testing.assert_close(step_normalized(x, torque / MAX_TORQUE, repeat=2), nxt)

@@ -1,11 +1,12 @@
 """Grid value iteration against the discounted Riccati solution; swing-up of the true pendulum."""
 
+import functools
 import math
 
 import pytest
 import torch
 
-from latentvi.rl.pendulum import MAX_TORQUE, angle_of, step_features
+from latentvi.rl.pendulum import angle_of, step_normalized
 from latentvi.rl.value_iteration import Grid, greedy_policy, value_iteration
 
 pytestmark = pytest.mark.usefixtures("float64")  # exact-answer tests (tests/conftest.py)
@@ -118,8 +119,7 @@ def test_greedy_policy_swings_the_pendulum_up_and_balances():
     receding-horizon iLQR with the same stage cost and an 80-step plan needs an exact model."""
     torch.set_default_dtype(torch.float32)
 
-    def pendulum(x, u):
-        return step_features(x, MAX_TORQUE * u, repeat=2)
+    pendulum = functools.partial(step_normalized, repeat=2)
 
     goal = torch.tensor([1.0, 0.0, 0.0])
 

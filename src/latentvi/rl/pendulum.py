@@ -63,6 +63,12 @@ def step_features(x: Tensor, torque: Tensor, repeat: int = 1, gravity: float = G
     return torch.stack([torch.cos(theta), torch.sin(theta), velocity], dim=-1)
 
 
+def step_normalized(x: Tensor, u: Tensor, repeat: int = 1, gravity: float = GRAVITY) -> Tensor:
+    """:func:`step_features` under the normalized action ``u = torque / MAX_TORQUE ∈ [−1, 1]``
+    ``[*N, 1]`` — the action scale of E2C's data and of the planners run on the true state."""
+    return step_features(x, MAX_TORQUE * u, repeat, gravity)
+
+
 def angle_of(x: Tensor) -> Tensor:
     """θ in (−π, π] from features ``x [*N, 3]`` (or ``[*N, 2]``) = (cos θ, sin θ, ...)."""
     return torch.atan2(x[..., 1], x[..., 0])
