@@ -21,7 +21,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DT", "GRAVITY", "MAX_SPEED", "MAX_TORQUE", "angle_of", "pendulum_step", "step_features"]
+__all__ = [
+    "DT",
+    "GRAVITY",
+    "MAX_SPEED",
+    "MAX_TORQUE",
+    "angle_of",
+    "pendulum_step",
+    "step_features",
+    "step_normalized",
+]
 
 DT = 0.05
 MAX_SPEED = 8.0
