@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from latentvi.experiments.cvae import CVAEDataConfig, train_cvae
+from latentvi.jobs.cvae import CVAEDataConfig, train_cvae
 from latentvi.models.cvae import CVAEConfig
 from latentvi.train import TrainConfig
 from results_io import save_results

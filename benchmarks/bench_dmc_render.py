@@ -1,4 +1,4 @@
-"""Render time per 64×64 frame of DeepMind Control Suite tasks through latentvi.rl.dmc.
+"""Render time per 64×64 frame of DeepMind Control Suite tasks through latentvi.envs.dmc.
 
 For each task: the median over ``--frames`` renders (after 5 warm-up renders) of
 ``DMCEnv.render()`` with latentvi's fast settings (no shadows, reflections or multisampling) and,
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentvi.rl.dmc import DMCEnv
-from latentvi.rl.pixels import make_env
+from latentvi.envs.dmc import DMCEnv
+from latentvi.envs.pixels import make_env
 from results_io import median_seconds, save_results
 
 RESULTS = Path(__file__).parent / "results"

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from latentvi.experiments.imitation import describe_demonstrations, run_seeds
+from latentvi.envs.demos import DemoConfig, WaypointDemonstrator, collect_demonstrations
+from latentvi.envs.tasks import make_task, rollout, task_spec
+from latentvi.jobs.imitation import describe_demonstrations, run_seeds
 from latentvi.plots import plot_trajectories
-from latentvi.rl.demos import DemoConfig, WaypointDemonstrator, collect_demonstrations
-from latentvi.rl.envs import make_task, rollout, task_spec
 from latentvi.rl.imitation import PolicyConfig
 from results_io import save_results
 

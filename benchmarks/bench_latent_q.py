@@ -53,7 +53,9 @@ import numpy as np
 import torch
 
 from latentvi.config import to_dict
-from latentvi.experiments.latent_q import (
+from latentvi.envs.pendulum import MAX_SPEED, MAX_TORQUE, pendulum_step
+from latentvi.envs.pixels import newest_frame
+from latentvi.jobs.latent_q import (
     EVAL_SEED,
     RunConfig,
     make_run_env,
@@ -62,8 +64,6 @@ from latentvi.experiments.latent_q import (
     run_latent_q,
 )
 from latentvi.rl.latent_q import VARIANTS, LatentQAgent, LatentQConfig
-from latentvi.rl.pendulum import MAX_SPEED, MAX_TORQUE, pendulum_step
-from latentvi.rl.pixels import newest_frame
 from latentvi.train.rng import mixed_seed
 from results_io import save_results
 
@@ -467,7 +467,7 @@ def probe(args) -> dict:
 
 class PendulumDP:
     """Finite-horizon dynamic programming for Pendulum-v1 (its equations:
-    :func:`latentvi.rl.pendulum.pendulum_step`) on a periodic θ grid × a θ̇ grid, ``stages``
+    :func:`latentvi.envs.pendulum.pendulum_step`) on a periodic θ grid × a θ̇ grid, ``stages``
     decisions of ``repeat`` steps each; ``cost_to_go[k]`` has ``k`` decisions left."""
 
     def __init__(self, stages: int, repeat: int, thetas=251, velocities=241, torques=41):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from latentvi.experiments.vae import evaluate_run
+from latentvi.jobs.vae import evaluate_run
 from latentvi.plots import plot_training_curves
 from latentvi.train.checkpoint import list_checkpoints
 

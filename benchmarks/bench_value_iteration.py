@@ -1,4 +1,4 @@
-"""Value iteration on a grid (`latentvi.rl.value_iteration`): the cost of one Bellman sweep as a
+"""Value iteration on a grid (`latentvi.control.value_iteration`): the cost of one Bellman sweep as a
 sparse (CSR) matrix-vector product against gathering each successor's 2^D nodes, and a whole
 solve on the pendulum's features (the E2C value controller's default 60³ grid, 9 actions, γ 0.99).
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from latentvi.rl.pendulum import step_normalized
-from latentvi.rl.value_iteration import Grid, value_iteration
+from latentvi.control.value_iteration import Grid, value_iteration
+from latentvi.envs.pendulum import step_normalized
 from results_io import median_seconds, save_results
 
 RESULTS = Path(__file__).parent / "results"

@@ -24,7 +24,7 @@ training, environment stepping and acting, and the hours that 50k environment st
 curve and summary; ``collect`` stores the evaluations logged so far by a run folder (a run that is
 still going or was stopped: its metrics.jsonl ``eval/*`` rows); ``open-loop`` measures the
 open-loop prediction of a run's latest checkpoint on fresh episodes
-(:mod:`latentvi.experiments.open_loop`: per-step frame error and, on Pendulum, the rod-angle
+(:mod:`latentvi.jobs.open_loop`: per-step frame error and, on Pendulum, the rod-angle
 error and the number of steps it stays under 30°, each episode predicted ``--draws`` times from a
 fixed seed, beside Pendulum's own equations run from the true state plus noise; episodes of the
 run's agent or, with ``--policy random``, of random actions: files ``..._random``);
@@ -51,14 +51,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentvi.experiments.open_loop import (
+from latentvi.data.episodes import EpisodeStore
+from latentvi.jobs.open_loop import (
     REPORT_SEED,
     open_loop_errors,
     open_loop_report,
     recognizable_steps,
     report_episodes,
 )
-from latentvi.experiments.world_model import (
+from latentvi.jobs.world_model import (
     AGENTS,
     WorldModelRunConfig,
     load_run,
@@ -67,7 +68,6 @@ from latentvi.experiments.world_model import (
     train_world_model,
 )
 from latentvi.models.ssm import RSSMConfig, WorldModel
-from latentvi.rl.episodes import EpisodeStore
 from latentvi.rl.world_model_agent import ModelTrainingConfig, clip_and_step
 from results_io import median_seconds, save_results
 

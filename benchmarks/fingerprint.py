@@ -25,7 +25,17 @@ from pathlib import Path
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
-TIMING_WORDS = ("wall", "second", "perf/", "time_share", "run_dir", "files", "path", "figure", "out")
+TIMING_WORDS = (
+    "wall",
+    "second",
+    "perf/",
+    "time_share",
+    "run_dir",
+    "files",
+    "path",
+    "figure",
+    "out",
+)
 
 WORLD_TINY = ["--preset", "debug", "--eval-episodes", "1", "--no-progress", "--no-tensorboard"]
 WORLD_TINY += ["--candidates", "32", "--cem-iterations", "2", "--steps", "400"]
@@ -128,7 +138,7 @@ def record(path: str, only: list[str] | None) -> None:
         print(f"{name} ...", file=sys.stderr, flush=True)
         try:
             results[name] = _job(argv)
-        except BaseException as error:  # noqa: BLE001 - a crash is part of the fingerprint
+        except BaseException as error:
             results[name] = {"crash": f"{type(error).__name__}: {error}"[:300]}
         print(f"{name}: {str(results[name])[:120]}", file=sys.stderr, flush=True)
     Path(path).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")

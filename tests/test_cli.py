@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from latentvi.cli import main
-from latentvi.experiments.cvae import conditional_data, load_cvae
+from latentvi.jobs.cvae import conditional_data, load_cvae
 
 
 def run(capsys, *argv):

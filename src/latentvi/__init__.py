@@ -18,6 +18,6 @@ def load(run_dir, map_location="cpu"):
     Distributions — and ``elbo(x)``, ``log_likelihood(x, importance_samples=K)``, ``sample(n)``.
     Only JSON and safetensors are read: loading runs no code from the folder.
     """
-    from latentvi.experiments.vae import load as load_run
+    from latentvi.jobs.vae import load as load_run
 
     return load_run(run_dir, map_location)

@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_vi(subparsers) -> None:
-    from latentvi.experiments.vi import VIConfig
+    from latentvi.jobs.vi import VIConfig
 
     parser = subparsers.add_parser(
         "vi",
@@ -45,7 +45,7 @@ def _add_vi(subparsers) -> None:
 
 
 def _run_vi(arguments: argparse.Namespace) -> None:
-    from latentvi.experiments.vi import format_vi_report, run_vi
+    from latentvi.jobs.vi import format_vi_report, run_vi
 
     config = from_arguments(arguments.config_type, arguments)
     results = run_vi(config, progress=not arguments.json)
@@ -56,7 +56,7 @@ def _run_vi(arguments: argparse.Namespace) -> None:
 
 
 def _add_train(subparsers) -> None:
-    from latentvi.experiments.vae import DataConfig
+    from latentvi.jobs.vae import DataConfig
     from latentvi.models.vae import VAEConfig
     from latentvi.train import TrainConfig
 
@@ -88,7 +88,7 @@ def _add_train(subparsers) -> None:
 
 
 def _add_train_cvae(models) -> None:
-    from latentvi.experiments.cvae import CVAEDataConfig
+    from latentvi.jobs.cvae import CVAEDataConfig
     from latentvi.models.cvae import CVAEConfig
     from latentvi.train import TrainConfig
 
@@ -114,7 +114,7 @@ def _add_train_cvae(models) -> None:
 
 
 def _run_train_cvae(arguments: argparse.Namespace) -> None:
-    from latentvi.experiments.cvae import CVAEDataConfig, train_cvae
+    from latentvi.jobs.cvae import CVAEDataConfig, train_cvae
     from latentvi.models.cvae import CVAEConfig
     from latentvi.train import TrainConfig
 
@@ -127,7 +127,7 @@ def _run_train_cvae(arguments: argparse.Namespace) -> None:
 
 
 def _run_train_vae(arguments: argparse.Namespace) -> None:
-    from latentvi.experiments.vae import DataConfig, train_vae
+    from latentvi.jobs.vae import DataConfig, train_vae
     from latentvi.models.vae import VAEConfig
     from latentvi.train import TrainConfig
     from latentvi.train.distributed import destroy_distributed, init_distributed
@@ -185,7 +185,7 @@ def _add_eval(subparsers) -> None:
 
 
 def _run_eval(arguments: argparse.Namespace) -> None:
-    from latentvi.experiments.vae import evaluate_run
+    from latentvi.jobs.vae import evaluate_run
 
     result = evaluate_run(
         arguments.run,
@@ -211,7 +211,7 @@ def _add_sample(subparsers) -> None:
 
 
 def _run_sample(arguments: argparse.Namespace) -> None:
-    from latentvi.experiments.vae import sample_run
+    from latentvi.jobs.vae import sample_run
 
     print(sample_run(arguments.run, arguments.n, arguments.out, arguments.seed))
 
@@ -229,14 +229,14 @@ def _add_plot(subparsers) -> None:
 
 
 def _run_plot(arguments: argparse.Namespace) -> None:
-    from latentvi.experiments.vae import plot_run
+    from latentvi.jobs.vae import plot_run
 
     for path in plot_run(arguments.run, arguments.out):
         print(path)
 
 
 def _add_rl(subparsers) -> None:
-    from latentvi.experiments.latent_q import PRESETS, RunConfig
+    from latentvi.jobs.latent_q import PRESETS, RunConfig
     from latentvi.rl.latent_q import LatentQConfig
 
     rl = subparsers.add_parser(
@@ -280,7 +280,7 @@ def _with_preset(config_type: type, arguments: argparse.Namespace, preset: dict)
 
 
 def _run_latent_q(arguments: argparse.Namespace) -> None:
-    from latentvi.experiments.latent_q import PRESETS, RunConfig, run_latent_q
+    from latentvi.jobs.latent_q import PRESETS, RunConfig, run_latent_q
     from latentvi.rl.latent_q import LatentQConfig
 
     preset = PRESETS[arguments.preset]
@@ -291,8 +291,8 @@ def _run_latent_q(arguments: argparse.Namespace) -> None:
 
 
 def _add_imitate(subparsers) -> None:
-    from latentvi.experiments.imitation import ImitationConfig
-    from latentvi.rl.demos import DemoConfig
+    from latentvi.envs.demos import DemoConfig
+    from latentvi.jobs.imitation import ImitationConfig
     from latentvi.rl.imitation import PolicyConfig
 
     parser = subparsers.add_parser(
@@ -317,12 +317,12 @@ def _add_imitate(subparsers) -> None:
 
 
 def _run_imitate(arguments: argparse.Namespace) -> None:
-    from latentvi.experiments.imitation import (
+    from latentvi.envs.demos import DemoConfig
+    from latentvi.jobs.imitation import (
         ImitationConfig,
         format_imitation_table,
         run_imitation,
     )
-    from latentvi.rl.demos import DemoConfig
     from latentvi.rl.imitation import PolicyConfig
 
     job = from_arguments(ImitationConfig, arguments)
@@ -340,7 +340,7 @@ def _run_imitate(arguments: argparse.Namespace) -> None:
 
 def _world_model_groups() -> list[tuple[str, type]]:
     """The option groups of ``world-model train``: (group name, config type)."""
-    from latentvi.experiments.world_model import WorldModelRunConfig
+    from latentvi.jobs.world_model import WorldModelRunConfig
     from latentvi.models.ssm import RSSMConfig
     from latentvi.rl.dreamer import DreamerConfig
     from latentvi.rl.planet import PlanetConfig
@@ -359,7 +359,7 @@ def _world_model_groups() -> list[tuple[str, type]]:
 
 def _e2c_groups() -> list[tuple[str, type]]:
     """The ``--e2c-*`` option groups of ``world-model train --agent e2c``."""
-    from latentvi.experiments.e2c import E2CRunConfig
+    from latentvi.jobs.e2c import E2CRunConfig
     from latentvi.models.e2c import E2CConfig
 
     return [("e2c run (--agent e2c)", E2CRunConfig), ("e2c model (--agent e2c)", E2CConfig)]
@@ -371,7 +371,7 @@ _E2C_SHARED = ("seed", "progress")
 
 def _run_rssm_agent(arguments: argparse.Namespace) -> dict:
     """PlaNet, Dreamer or SLAC: an RSSM world model and a way to act with it."""
-    from latentvi.experiments.world_model import AGENTS, train_world_model
+    from latentvi.jobs.world_model import AGENTS, train_world_model
 
     configs = {config_type: config for config_type, config in _world_model_configs(arguments)}
     run_type, model_type, training_type = (t for _, t in _world_model_groups()[:3])
@@ -387,13 +387,13 @@ def _run_rssm_agent(arguments: argparse.Namespace) -> dict:
 
 
 def _run_e2c_agent(arguments: argparse.Namespace) -> dict:
-    """E2C (Watter et al. 2015) on its pixel pendulum (:func:`latentvi.experiments.e2c.run_e2c`):
+    """E2C (Watter et al. 2015) on its pixel pendulum (:func:`latentvi.jobs.e2c.run_e2c`):
     --preset picks E2C's preset of the same name, --out, --seed and --progress carry over, the
     --e2c-* options set its fields; the other options do not apply."""
     import dataclasses
 
     from latentvi.config import argument_values
-    from latentvi.experiments.e2c import preset, run_e2c
+    from latentvi.jobs.e2c import preset, run_e2c
 
     if arguments.env != "Pendulum-v1":
         raise ValueError(
@@ -429,7 +429,7 @@ def _world_model_configs(arguments: argparse.Namespace) -> list[tuple[type, obje
     """Every option group's config, with the preset's values where options were left alone."""
     import dataclasses
 
-    from latentvi.experiments.world_model import preset_config
+    from latentvi.jobs.world_model import preset_config
 
     configs = []
     for _, config_type in _world_model_groups():
@@ -440,7 +440,7 @@ def _world_model_configs(arguments: argparse.Namespace) -> list[tuple[type, obje
 
 
 def _add_world_model(subparsers) -> None:
-    from latentvi.experiments.world_model import PRESETS
+    from latentvi.jobs.world_model import PRESETS
 
     world_model = subparsers.add_parser(
         "world-model",

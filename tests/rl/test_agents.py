@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from latentvi.data.replay import ReplayBatch
 from latentvi.rl.dqn import double_q_target, epsilon_at
 from latentvi.rl.latent_q import LatentQAgent, LatentQConfig
-from latentvi.rl.replay import ReplayBatch
 from latentvi.rl.sac import TanhGaussianPolicy, polyak_update
 
 SMALL = {"latent_dim": 4, "channels": (8, 8), "hidden": (32,), "feature_dim": 8, "batch_size": 16}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from latentvi.rl.demos import DemoConfig, collect_demonstrations
+from latentvi.envs.demos import DemoConfig, collect_demonstrations
 from latentvi.rl.imitation import (
     PolicyConfig,
     build_policy_model,

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from latentvi.cli import main
-from latentvi.experiments.latent_q import PRESETS, RunConfig, run_latent_q
-from latentvi.rl.chain_env import optimal_return
+from latentvi.envs.chain import optimal_return
+from latentvi.envs.pixels import make_env
+from latentvi.jobs.latent_q import PRESETS, RunConfig, run_latent_q
 from latentvi.rl.latent_q import LatentQConfig
-from latentvi.rl.pixels import make_env
 from latentvi.train.checkpoint import find_latest, list_checkpoints
 from latentvi.train.metrics import read_metrics
 from latentvi.train.storage import read_tensors

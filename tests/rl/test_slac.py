@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from latentvi.cli import main
-from latentvi.experiments.world_model import preset_config
+from latentvi.data.episodes import EpisodeStore
+from latentvi.jobs.world_model import preset_config
 from latentvi.models.ssm import RSSMConfig
-from latentvi.rl.episodes import EpisodeStore
 from latentvi.rl.slac import SlacAgent, SlacConfig, history_windows
 from latentvi.rl.world_model_agent import ModelTrainingConfig
 from latentvi.train.checkpoint import find_latest, load_checkpoint

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from latentvi.cli import main
-from latentvi.experiments.world_model import PRESETS, WorldModelRunConfig, load_run, with_preset
+from latentvi.data.episodes import EpisodeStore
+from latentvi.jobs.world_model import PRESETS, WorldModelRunConfig, load_run, with_preset
 from latentvi.models.ssm import RSSMConfig
 from latentvi.rl.dreamer import DreamerAgent, DreamerConfig
-from latentvi.rl.episodes import EpisodeStore
 from latentvi.rl.planet import PlanetAgent, PlanetConfig
 from latentvi.rl.world_model_agent import ModelTrainingConfig
 from latentvi.train.checkpoint import find_latest, load_checkpoint

@@ -1,7 +1,7 @@
 """Embed to Control (Watter, Springenberg, Boedecker & Riedmiller, NeurIPS 2015).
 
 A VAE over observations whose latent space has *locally linear* dynamics, so that a linear-quadratic
-controller (:mod:`latentvi.rl.lqr`) can plan in it:
+controller (:mod:`latentvi.control.lqr`) can plan in it:
 
 * encoder  q(z_t | x_t) = N(μ_t, diag σ_t²)  (event ``[Z]``), decoder p(x | z) (Bernoulli pixels);
 * transition network h(z_t) -> (v_t, r_t, B_t, o_t) and the local linear map

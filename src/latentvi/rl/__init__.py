@@ -1,13 +1,12 @@
-"""Reinforcement and imitation learning: pixel environments, replay, Gymnasium tasks, demonstrators,
-and one file per agent or policy family.
+"""Agents, one file each, all with one protocol: ``act(obs)``, ``update(batch) -> metrics``, and
+their state for checkpoints.
 
-Importing this package registers the ``latentvi/`` imitation tasks (see
-:func:`latentvi.rl.envs.register_envs`), the convention for third-party Gymnasium tasks; the pixel
-chain tasks register themselves when :func:`latentvi.rl.pixels.make_env` first needs them.
+- :mod:`latentvi.rl.latent_q`: Q-learning on a VAE latent of pixels (double DQN or SAC on z);
+  :mod:`latentvi.rl.sac` and :mod:`latentvi.rl.dqn` are its learners.
+- :mod:`latentvi.rl.planet`, :mod:`latentvi.rl.dreamer`, :mod:`latentvi.rl.slac`: agents on a
+  learned RSSM world model (:mod:`latentvi.rl.world_model_agent` holds what they share).
+- :mod:`latentvi.rl.imitation`: imitation policies (BC, CVAE, chunk CVAE, latent plans).
+
+Environments live in :mod:`latentvi.envs`, replay and episode storage in :mod:`latentvi.data`,
+LQR, iLQR, value iteration and CEM in :mod:`latentvi.control`.
 """
-
-from latentvi.rl.envs import TASKS, make_task, register_envs
-
-register_envs()
-
-__all__ = ["TASKS", "make_task", "register_envs"]

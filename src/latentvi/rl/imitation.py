@@ -49,10 +49,10 @@ from torch import Tensor, nn
 from latentvi.bounds import elbo_terms
 from latentvi.config import option, require, require_layer_sizes, to_dict
 from latentvi.data import Batches
+from latentvi.envs.demos import Demonstrations
+from latentvi.envs.tasks import POSITION_DIMS, Episode, make_task, mode_shares, rollout, task_spec
 from latentvi.models.cvae import ACTIVATIONS, CVAE, CVAEConfig, Regressor, VectorLikelihood
 from latentvi.nn import MLP, DiagonalGaussianEncoder
-from latentvi.rl.demos import Demonstrations
-from latentvi.rl.envs import POSITION_DIMS, Episode, make_task, mode_shares, rollout, task_spec
 from latentvi.train import TrainConfig, fit
 
 __all__ = [

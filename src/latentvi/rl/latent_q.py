@@ -37,10 +37,10 @@ import torch
 from torch import Tensor, nn
 
 from latentvi.config import option, require
+from latentvi.data.replay import ReplayBatch
 from latentvi.models.vae import LIKELIHOODS, VAE, VAEConfig
 from latentvi.nn import ConvEncoder
 from latentvi.rl.dqn import DQN
-from latentvi.rl.replay import ReplayBatch
 from latentvi.rl.sac import SAC, polyak_update
 
 __all__ = ["VARIANTS", "LatentQAgent", "LatentQConfig"]

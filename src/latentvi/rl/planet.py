@@ -4,7 +4,7 @@ Hafner, Lillicrap, Fischer, Villegas, Ha, Lee & Davidson, *Learning Latent Dynam
 from Pixels* (ICML 2019). The world model (an RSSM with a conv encoder/decoder and a reward head,
 :mod:`latentvi.models.ssm`) is fitted to chunks of stored episodes by the sequence ELBO; to act,
 the agent filters the current frame into a posterior state and runs CEM (Rubinstein 1999,
-:func:`latentvi.rl.planning.cem`) over action sequences of length ``plan_horizon``, scoring each
+:func:`latentvi.control.cem.cem`) over action sequences of length ``plan_horizon``, scoring each
 candidate by the sum of rewards the reward head predicts along the prior's imagined rollout. The
 first action of the plan is executed (model-predictive control, re-planned every step), with
 Gaussian exploration noise while collecting data.
@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from latentvi.config import option, require
+from latentvi.control.cem import cem
 from latentvi.models.ssm import RSSMConfig, State
-from latentvi.rl.planning import cem
 from latentvi.rl.world_model_agent import ModelTrainingConfig, WorldModelAgent
 
 __all__ = ["PlanetAgent", "PlanetConfig"]

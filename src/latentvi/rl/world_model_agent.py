@@ -3,7 +3,7 @@ tracks the latent state while acting.
 
 :class:`WorldModelAgent` holds a :class:`latentvi.models.ssm.WorldModel` and its optimizer. Its
 :meth:`~WorldModelAgent.update` takes a batch of chunks from
-:meth:`latentvi.rl.episodes.EpisodeStore.sample` (``obs [L, B, C, H, W]`` uint8 with the action and
+:meth:`latentvi.data.episodes.EpisodeStore.sample` (``obs [L, B, C, H, W]`` uint8 with the action and
 reward that led to each frame), minimizes the negative sequence ELBO ``WorldModel.loss`` for one
 step (:meth:`~WorldModelAgent.model_step`), and hands the posterior states to
 :meth:`~WorldModelAgent.learn_behaviour` (Dreamer's actor-critic; nothing for PlaNet; SLAC

@@ -11,8 +11,8 @@ pytest.importorskip(
 
 import gymnasium as gym
 
-from latentvi.rl.dmc import DMCEnv, register_dmc
-from latentvi.rl.pixels import ActionRepeat, make_env
+from latentvi.envs.dmc import DMCEnv, register_dmc
+from latentvi.envs.pixels import ActionRepeat, make_env
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from latentvi.config import option, require, to_dict
-from latentvi.rl.demos import DemoConfig, Demonstrations, collect_demonstrations
-from latentvi.rl.envs import TASKS, Episode, task_spec
+from latentvi.envs.demos import DemoConfig, Demonstrations, collect_demonstrations
+from latentvi.envs.tasks import TASKS, Episode, task_spec
 from latentvi.rl.imitation import (
     EVAL_SEED,
     PolicyConfig,
@@ -122,9 +122,9 @@ def describe_demonstrations(demonstrations: Demonstrations, names) -> dict[str, 
 
 
 def _plot(task, policy: PolicyConfig, demos: DemoConfig, runs, out: Path) -> Path:
+    from latentvi.envs.demos import WaypointDemonstrator
+    from latentvi.envs.tasks import make_task, rollout
     from latentvi.plots import plot_trajectories
-    from latentvi.rl.demos import WaypointDemonstrator
-    from latentvi.rl.envs import make_task, rollout
 
     env = make_task(task)
     demonstrator = WaypointDemonstrator(task, demos.demo_noise, demos.demo_seed)

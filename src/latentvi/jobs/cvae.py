@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from latentvi.config import option, require, to_dict
 from latentvi.data import Batches, binarize_static, load_dataset
-from latentvi.experiments.vae import MODEL_FILE, TEST_BINARIZATION_SEED, DataSource
+from latentvi.jobs.vae import MODEL_FILE, TEST_BINARIZATION_SEED, DataSource
 from latentvi.models.cvae import CVAE, CVAEConfig, Regressor
 from latentvi.train import TrainConfig, fit, load_checkpoint
 from latentvi.train.storage import replace_text

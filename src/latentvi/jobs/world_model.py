@@ -5,7 +5,7 @@ A run (Hafner et al. 2019, PlaNet §5; Hafner et al. 2020, Dreamer §5):
 1. ``seed_episodes`` episodes of a uniform random policy;
 2. repeat until ``steps`` environment steps: ``train_steps`` updates (world model, and Dreamer's
    or SLAC's actor-critic) on random chunks of the stored episodes, then one episode with the agent acting
-   under exploration noise, stored on disk (:class:`latentvi.rl.episodes.EpisodeStore`);
+   under exploration noise, stored on disk (:class:`latentvi.data.episodes.EpisodeStore`);
 3. every ``eval_every`` environment steps, ``eval_episodes`` episodes without noise (fixed reset
    seeds apart from training's, under their own random state) → ``curve.csv`` / ``curve.png``.
 
@@ -45,10 +45,10 @@ import numpy as np
 import torch
 
 from latentvi.config import from_dict, option, require, require_int, to_dict
+from latentvi.data.episodes import EpisodeRunner, EpisodeStore
+from latentvi.envs.pixels import make_env
 from latentvi.models.ssm import RSSMConfig
 from latentvi.rl.dreamer import DreamerAgent, DreamerConfig
-from latentvi.rl.episodes import EpisodeRunner, EpisodeStore
-from latentvi.rl.pixels import make_env
 from latentvi.rl.planet import PlanetAgent, PlanetConfig
 from latentvi.rl.slac import SlacAgent, SlacConfig
 from latentvi.rl.world_model_agent import ModelTrainingConfig, WorldModelAgent
@@ -494,7 +494,7 @@ def _checkpoint(agent, store, generator, state, out, run, spec, started) -> None
 
 
 def _write_outputs(agent, agent_name, run, evaluator, state, out: Path) -> dict[str, str]:
-    from latentvi.experiments.latent_q import plot_learning_curves
+    from latentvi.jobs.latent_q import plot_learning_curves
     from latentvi.plots import plot_frame_strip
 
     files = {"curve_csv": str(out / "curve.csv"), "curve_png": str(out / "curve.png")}
@@ -514,8 +514,8 @@ def _write_outputs(agent, agent_name, run, evaluator, state, out: Path) -> dict[
 
 def open_loop_figures(agent, episode, run: WorldModelRunConfig, out: Path) -> dict[str, str]:
     """Open-loop prediction from a stored-layout episode: figure, per-step error CSV and plot
-    (errors from :func:`latentvi.experiments.open_loop.open_loop_errors`)."""
-    from latentvi.experiments.open_loop import open_loop_errors
+    (errors from :func:`latentvi.jobs.open_loop.open_loop_errors`)."""
+    from latentvi.jobs.open_loop import open_loop_errors
     from latentvi.models.ssm import align_episode
     from latentvi.plots import plot_image_grid, plot_prediction_errors
 

@@ -1,6 +1,6 @@
 """DeepMind Control Suite tasks (Tassa et al. 2018) as Gymnasium environments with pixel observations.
 
-:func:`register_dmc` (called by :func:`latentvi.rl.pixels.make_env` for ``dmc/...`` ids, or by
+:func:`register_dmc` (called by :func:`latentvi.envs.pixels.make_env` for ``dmc/...`` ids, or by
 hand) registers ``dmc/<domain>-<task>-v0`` for the tasks in :data:`TASKS` — e.g.
 ``dmc/cartpole-swingup-v0``, ``dmc/reacher-easy-v0``, ``dmc/cheetah-run-v0``,
 ``dmc/pendulum-swingup-v0``. Nothing heavy is imported until an environment is made.
@@ -18,7 +18,7 @@ hand) registers ``dmc/<domain>-<task>-v0`` for the tasks in :data:`TASKS` — e.
 Rendering is headless through MuJoCo's EGL backend (``MUJOCO_GL=egl``, the default set here
 unless the variable is already set; ``osmesa`` is the software alternative), with shadows
 (``shadowsize = 0``), reflections and multisampling turned off: several times faster on a CPU.
-Action repeat is :class:`latentvi.rl.pixels.ActionRepeat` (``make_env(..., action_repeat=R)``).
+Action repeat is :class:`latentvi.envs.pixels.ActionRepeat` (``make_env(..., action_repeat=R)``).
 Needs the ``dmc`` extra: ``pip install 'latentvi[dmc]'`` (mujoco 3.17.0, dm_control 1.0.50).
 """
 
@@ -56,7 +56,7 @@ def register_dmc() -> None:
         if env_id not in gym.registry:
             gym.register(
                 id=env_id,
-                entry_point="latentvi.rl.dmc:DMCEnv",
+                entry_point="latentvi.envs.dmc:DMCEnv",
                 kwargs={"domain": _DOMAIN_ALIASES.get(domain, domain), "task": task},
             )
 

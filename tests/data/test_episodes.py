@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from latentvi.rl.episodes import EpisodeStore, load_episode
+from latentvi.data.episodes import EpisodeStore, load_episode
 
 
 def _episode(steps: int, offset: int, terminal_last: bool = False) -> dict[str, np.ndarray]:

@@ -161,7 +161,7 @@ def register_envs() -> None:
         if spec.env_id not in gym.registry:
             gym.register(
                 id=spec.env_id,
-                entry_point="latentvi.rl.envs:PointNavigationEnv",
+                entry_point="latentvi.envs.tasks:PointNavigationEnv",
                 kwargs={"task": name},
                 max_episode_steps=MAX_EPISODE_STEPS,
             )

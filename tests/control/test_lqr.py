@@ -7,8 +7,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from latentvi.rl.lqr import MPC, goal_regulator, ilqr, jacobians, lqr, quadratic_cost, rollout
-from latentvi.rl.pendulum import MAX_TORQUE, angle_of, step_features
+from latentvi.control.lqr import MPC, goal_regulator, ilqr, jacobians, lqr, quadratic_cost, rollout
+from latentvi.envs.pendulum import MAX_TORQUE, angle_of, step_features
 
 pytestmark = pytest.mark.usefixtures("float64")  # exact-answer tests (tests/conftest.py)
 

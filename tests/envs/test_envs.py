@@ -8,14 +8,16 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-import latentvi.rl  # noqa: F401 (registers the latentvi/ environments)
-from latentvi.rl.demos import (
+import latentvi.envs
+from latentvi.envs.demos import (
     DemoConfig,
     Demonstrations,
     WaypointDemonstrator,
     collect_demonstrations,
 )
-from latentvi.rl.envs import TASKS, PointNavigationEnv, make_task, rollout
+from latentvi.envs.tasks import TASKS, PointNavigationEnv, make_task, rollout
+
+latentvi.envs.register()  # the latentvi/ ids, for gym.make below
 
 
 @pytest.mark.parametrize("task", list(TASKS))

@@ -1,10 +1,10 @@
-"""Pendulum-v1's equations (latentvi.rl.pendulum) against the Gymnasium environment itself."""
+"""Pendulum-v1's equations (latentvi.envs.pendulum) against the Gymnasium environment itself."""
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from latentvi.rl.pendulum import (
+from latentvi.envs.pendulum import (
     MAX_TORQUE,
     angle_of,
     pendulum_step,

@@ -1,7 +1,7 @@
 """A few-state chain seen only through pixels: a task a correct agent solves in seconds.
 
 ``latentvi/PixelChain-v0`` and ``latentvi/PixelChainContinuous-v0`` (registered by
-:func:`latentvi.rl.pixels.make_env`): ``n`` cells in a
+:func:`latentvi.envs.pixels.make_env`): ``n`` cells in a
 row, the agent starts in cell 0 and the episode ends when it reaches cell ``n − 1``. Each step
 costs −0.1; reaching the goal pays +1. Actions: ``Discrete(2)`` or, with ``continuous=True``,
 ``Box(−1, 1, (1,))`` (a > 0 counts as action 1). Action 1 moves right in even cells and left in

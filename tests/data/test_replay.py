@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from latentvi.rl.pixels import FrameStack, make_env, newest_frame
-from latentvi.rl.replay import ReplayBuffer, bytes_per_slot
+from latentvi.data.replay import ReplayBuffer, bytes_per_slot
+from latentvi.envs.pixels import FrameStack, make_env, newest_frame
 
 
 def _fill(buffer, episodes, lengths, rng, terminal_every=2):

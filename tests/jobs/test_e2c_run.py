@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from latentvi.experiments.e2c import (
+from latentvi.envs.pendulum import pendulum_step
+from latentvi.jobs.e2c import (
     E2CRunConfig,
     PendulumPixels,
     collect_transitions,
@@ -24,7 +25,6 @@ from latentvi.experiments.e2c import (
     wrap,
 )
 from latentvi.models.e2c import E2C
-from latentvi.rl.pendulum import pendulum_step
 
 
 def test_frames_show_the_angle():

@@ -13,7 +13,7 @@ actions. Successors that leave the box are projected onto it. The operator is a 
 the max norm, so the iteration converges from any start; each sweep is one sparse matrix–vector
 product with the successors' interpolation weights, which are computed once.
 
-Unlike a local optimizer such as iLQR (:mod:`latentvi.rl.lqr`), whose plans from a pendulum at rest
+Unlike a local optimizer such as iLQR (:mod:`latentvi.control.lqr`), whose plans from a pendulum at rest
 can settle on "swing up at the end of the horizon" (and so never), the value function is global
 over the box: its greedy policy :func:`greedy_policy` is a feedback law that pumps energy and
 balances without any initial plan.

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from latentvi.rl.pendulum import angle_of, step_normalized
-from latentvi.rl.value_iteration import Grid, greedy_policy, value_iteration
+from latentvi.control.value_iteration import Grid, greedy_policy, value_iteration
+from latentvi.envs.pendulum import angle_of, step_normalized
 
 pytestmark = pytest.mark.usefixtures("float64")  # exact-answer tests (tests/conftest.py)
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from latentvi.cli import main
-from latentvi.experiments.e2c import PRESETS
+from latentvi.jobs.e2c import PRESETS
 
 # the debug preset, smaller still: 4 updates on 256 transitions, one control trial
 SMALL = ["--e2c-steps", "4", "--e2c-transitions", "256", "--e2c-trials", "1"]

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from latentvi.config import option, require
-from latentvi.rl.envs import POSITION_DIMS, Episode, make_task, rollout, task_spec
+from latentvi.envs.tasks import POSITION_DIMS, Episode, make_task, rollout, task_spec
 
 __all__ = [
     "MODE_WAYPOINTS",

@@ -5,9 +5,9 @@ pendulum directly, so a controller has to pump energy):
 
 * **observations** — two consecutive grayscale frames stacked, ``[2, S, S]`` with values
   ``1 − gray/255`` in [0, 1] (the rod is bright on a dark background), so the velocity is
-  observable. Frames are drawn by :func:`latentvi.rl.pixels.make_env`'s ``PixelObservation``
+  observable. Frames are drawn by :func:`latentvi.envs.pixels.make_env`'s ``PixelObservation``
   with the torque arrow hidden, from states set directly (so that data covers the whole circle)
-  and moved by Pendulum-v1's equations (:func:`latentvi.rl.pendulum.pendulum_step`).
+  and moved by Pendulum-v1's equations (:func:`latentvi.envs.pendulum.pendulum_step`).
 * **data** — ``transitions`` tuples ``(x_t, u_t, x_{t+1})``: a start state (θ uniform on the
   circle, θ̇ uniform in [−8, 8]; a share ``upright_share`` of them near upright instead) then two
   uniform random actions (the first gives the previous frame of x_t). Actions are normalized,
@@ -16,12 +16,12 @@ pendulum directly, so a controller has to pump energy):
 * **training** — :func:`latentvi.train.fit` on :meth:`latentvi.models.e2c.E2C.loss`.
 * **control** — from hanging down (θ = π ± ``start_noise``, θ̇ ∈ ±``start_noise``; ``start_angle``
   = 0 starts upright instead, to test balancing alone) for ``episode_steps`` agent steps: encode
-  the two newest frames, plan with :class:`latentvi.rl.lqr.MPC` toward the latent of the upright
+  the two newest frames, plan with :class:`latentvi.control.lqr.MPC` toward the latent of the upright
   goal image (two frames at θ = 0), apply the first action. iLQR linearizes the model with
   E2C's own ``A_t, B_t`` (the paper's choice) or by autograd (the default preset: E2C's
   ``A_t`` stays near I at the upright state, whose instability the offset ``o(z)`` carries);
   with ``regulator`` it also starts from the model's LQR regulator at the goal
-  (:func:`latentvi.rl.lqr.goal_regulator`), without which it cannot balance. With ``controller``
+  (:func:`latentvi.control.lqr.goal_regulator`), without which it cannot balance. With ``controller``
   = ``value`` (the default preset) the action is instead the greedy one under the discounted
   cost-to-go of the same stage cost, computed by value iteration on a grid over the latents of
   the training data (:func:`value_controller`): iLQR is local, and from a pendulum at rest its
@@ -51,12 +51,12 @@ import torch
 from torch import Tensor
 
 from latentvi.config import check_positive_int, option, require, to_dict
+from latentvi.control.lqr import MPC, goal_regulator, jacobians
+from latentvi.control.value_iteration import Grid, greedy_policy, value_iteration
+from latentvi.envs.pendulum import MAX_SPEED, MAX_TORQUE, pendulum_step
+from latentvi.envs.pixels import make_env
 from latentvi.models.e2c import E2C, E2CConfig
 from latentvi.plots import plot_image_grid, save_figure
-from latentvi.rl.lqr import MPC, goal_regulator, jacobians
-from latentvi.rl.pendulum import MAX_SPEED, MAX_TORQUE, pendulum_step
-from latentvi.rl.pixels import make_env
-from latentvi.rl.value_iteration import Grid, greedy_policy, value_iteration
 from latentvi.train import TrainConfig, fit
 from latentvi.train.rng import mixed_seed
 from latentvi.train.storage import write_json
@@ -135,7 +135,7 @@ class E2CRunConfig:
         "mpc",
         "mpc: receding-horizon iLQR toward the goal's latent (Watter et al.); value: the greedy "
         "policy of value iteration on a grid over the latent box of the training data, same "
-        "stage cost, discounted (latentvi.rl.value_iteration: global, so it finds the swing-up "
+        "stage cost, discounted (latentvi.control.value_iteration: global, so it finds the swing-up "
         "where iLQR's local plans wait at the bottom)",
         choices=CONTROLLERS,
     )
@@ -147,7 +147,7 @@ class E2CRunConfig:
     regulator: bool = option(
         False,
         "each step also run iLQR from the rollout of the LQR regulator of the model linearized at "
-        "the goal (latentvi.rl.lqr.goal_regulator) and keep the cheaper plan: iLQR started from "
+        "the goal (latentvi.control.lqr.goal_regulator) and keep the cheaper plan: iLQR started from "
         "an open-loop plan near the unstable upright state only finds plans that fall",
     )
     trials: int = option(20, "control episodes from the bottom (fixed seeds)")
@@ -269,7 +269,7 @@ def preset(name: str, **overrides: Any) -> tuple[E2CRunConfig, E2CConfig]:
 class PendulumPixels:
     """Pendulum-v1 whose state can be set, drawn as ``uint8 [1, size, size]`` frames.
 
-    Frames come from :func:`latentvi.rl.pixels.make_env`'s ``PixelObservation`` (:meth:`frame`
+    Frames come from :func:`latentvi.envs.pixels.make_env`'s ``PixelObservation`` (:meth:`frame`
     hides the torque arrow Gymnasium draws, which would show the action); :meth:`step` applies
     the environment's equations ``action_repeat`` times. With ``zoom`` > 1 the pendulum is drawn
     at ``zoom · size`` and the central ``size × size`` kept.
@@ -292,7 +292,7 @@ class PendulumPixels:
     def step(self, theta: float, velocity: float, torque: float) -> tuple[float, float]:
         """The state after one agent action (``action_repeat`` pendulum steps) from (θ, θ̇).
 
-        Pendulum-v1's own equations (:func:`latentvi.rl.pendulum.pendulum_step`, checked against
+        Pendulum-v1's own equations (:func:`latentvi.envs.pendulum.pendulum_step`, checked against
         the environment), not the wrapped environment's ``step``: its time limit would end the
         action repeat early after 200 steps, silently halving the time step.
         """
@@ -453,7 +453,7 @@ def value_controller(
     run: E2CRunConfig, step: Callable[[Tensor, Tensor], Tensor], goal: Tensor, latents: Tensor
 ) -> Controller:
     """The greedy policy of the discounted cost-to-go of ``step`` toward ``goal [Z]``
-    (:func:`latentvi.rl.value_iteration.value_iteration`): the MPC's stage cost
+    (:func:`latentvi.control.value_iteration.value_iteration`): the MPC's stage cost
     ``½ state_cost ‖z − g‖² + ½ action_cost u²``, discount ``run.discount``, on a grid of
     ``run.value_cells`` nodes per dimension over the box of ``latents [N, Z]`` widened by a tenth
     of its size on each side; ``run.value_actions`` actions there, 21 in the policy."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from latentvi.rl.planning import cem
+from latentvi.control.cem import cem
 from latentvi.rl.returns import discounted_weights, lambda_return
 
 # A double integrator: position and velocity, force as the action (dt = 0.1).

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from latentvi.cli import main
-from latentvi.experiments.open_loop import (
+from latentvi.data.episodes import EpisodeStore
+from latentvi.envs.pixels import make_env
+from latentvi.jobs.open_loop import (
     REPORT_SEED,
     open_loop_errors,
     open_loop_report,
@@ -22,9 +24,7 @@ from latentvi.experiments.open_loop import (
     recognizable_steps,
     report_episodes,
 )
-from latentvi.experiments.world_model import load_run
-from latentvi.rl.episodes import EpisodeStore
-from latentvi.rl.pixels import make_env
+from latentvi.jobs.world_model import load_run
 
 
 def _pendulum_frames(steps=60, seed=0):

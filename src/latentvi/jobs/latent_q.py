@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from latentvi.config import option, require, to_dict
+from latentvi.data.replay import ReplayBuffer
+from latentvi.envs.pixels import make_env, newest_frame
 from latentvi.rl.latent_q import PIXEL_VARIANTS, LatentQAgent, LatentQConfig
-from latentvi.rl.pixels import make_env, newest_frame
-from latentvi.rl.replay import ReplayBuffer
 from latentvi.train.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from latentvi.train.metrics import MetricsLogger
 from latentvi.train.rng import isolated_rng, mixed_seed, seed_everything

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import latentvi
-from latentvi.experiments.vae import (
+from latentvi.jobs.vae import (
     DataConfig,
     _evaluation_images,
     evaluate_run,

@@ -12,7 +12,7 @@
    600×400) and reduced by area averaging.
 3. :class:`FrameStack` — the observation is the last ``k`` frames concatenated along channels,
    ``[k·C, H, W]`` (or ``[k·D]`` for states); after a reset the first frame fills the stack.
-   :class:`latentvi.rl.replay.ReplayBuffer` rebuilds exactly these stacks from single frames.
+   :class:`latentvi.data.replay.ReplayBuffer` rebuilds exactly these stacks from single frames.
 
 Unknown environment ids, observation types other than a flat ``Box`` (state) or an image ``Box``,
 and environments that cannot render raise ``ValueError`` saying what to do.
@@ -137,7 +137,7 @@ class FrameStack(gym.ObservationWrapper):
     """The last ``k`` observations concatenated along the first axis: ``[C, …] -> [k·C, …]``.
 
     After a reset, the reset observation fills all ``k`` places (so a stack never spans two
-    episodes) — the layout :meth:`latentvi.rl.replay.ReplayBuffer.stacked` rebuilds.
+    episodes) — the layout :meth:`latentvi.data.replay.ReplayBuffer.stacked` rebuilds.
     """
 
     def __init__(self, env: gym.Env, k: int) -> None:
@@ -180,9 +180,9 @@ def _name(env: gym.Env) -> str:
     return spec.id if spec is not None else type(env.unwrapped).__name__
 
 
-def _register_toy_envs() -> None:
+def register_toy_envs() -> None:
     """Register latentvi's own test environments (idempotent; called by :func:`make_env`)."""
-    entry = "latentvi.rl.chain_env:PixelChainEnv"
+    entry = "latentvi.envs.chain:PixelChainEnv"
     if "latentvi/PixelChain-v0" not in gym.registry:
         gym.register(id="latentvi/PixelChain-v0", entry_point=entry)
     if "latentvi/PixelChainContinuous-v0" not in gym.registry:
@@ -220,10 +220,10 @@ def make_env(
     check_positive_int("frame_stack", frame_stack)
     check_positive_int("action_repeat", action_repeat)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # headless pygame for classic control
-    _register_toy_envs()
+    register_toy_envs()
     kwargs = dict(env_kwargs or {})
     if env_id.startswith("dmc/"):  # DeepMind Control Suite tasks (dm_control loads on first make)
-        from latentvi.rl.dmc import register_dmc
+        from latentvi.envs.dmc import register_dmc
 
         register_dmc()
         if pixels:

@@ -21,7 +21,7 @@ How far ahead an episode *can* be predicted depends on the episode: the agent's 
 the rod up and balance it near upright, where Pendulum is unstable (errors grow ~1.47× per 0.1 s),
 while random actions mostly swing it below the pivot, where errors grow slowly.
 :func:`pendulum_simulator_errors` measures that limit without a model: the true equations
-(:func:`latentvi.rl.pendulum.pendulum_step`) run open loop from the true state at the last context
+(:func:`latentvi.envs.pendulum.pendulum_step`) run open loop from the true state at the last context
 frame plus Gaussian noise of a given size, under the same actions.
 """
 
@@ -148,8 +148,8 @@ def report_episodes(
     B]`` (rewards[t] for the step into t, 0 at t = 0). ``policy``: ``"agent"`` (``agent`` acting
     without noise) or ``"random"`` (uniform random actions). The random generators (the agent's
     filter samples from them) are isolated and seeded with ``REPORT_SEED``."""
-    from latentvi.experiments.world_model import make_run_env
-    from latentvi.rl.episodes import EpisodeRunner
+    from latentvi.data.episodes import EpisodeRunner
+    from latentvi.jobs.world_model import make_run_env
 
     if policy not in REPORT_POLICIES:
         raise ValueError(f"policy = {policy!r} is unknown: use one of {', '.join(REPORT_POLICIES)}")
@@ -177,10 +177,10 @@ def pendulum_states(seeds: list[int], actions: Tensor, repeat: int) -> np.ndarra
     """The true (θ, θ̇) of Pendulum-v1 episodes reset with ``seeds`` (B of them) and driven by the
     aligned ``actions [T, B, 1]`` in [-1, 1] (actions[t] led to step t; ``repeat`` environment
     steps each): ``[T, B, 2]``. Gymnasium's reset gives the initial state; the steps are
-    :func:`~latentvi.rl.pendulum.pendulum_step`, Pendulum-v1's equations."""
+    :func:`~latentvi.envs.pendulum.pendulum_step`, Pendulum-v1's equations."""
     import gymnasium as gym
 
-    from latentvi.rl.pendulum import MAX_TORQUE, pendulum_step
+    from latentvi.envs.pendulum import MAX_TORQUE, pendulum_step
 
     if actions.dim() != 3 or actions.shape[1] != len(seeds) or actions.shape[2] != 1:
         raise ValueError(
@@ -218,7 +218,7 @@ def pendulum_simulator_errors(
     steps from the state at frame ``context − 1`` plus N(0, ``noise``²) errors on θ and θ̇
     (``draws`` per episode), under the episode's actions. Returns the median absolute angle error
     over the B·draws rollouts per step, ``[horizon]`` (radians), as :func:`open_loop_errors`."""
-    from latentvi.rl.pendulum import MAX_TORQUE, pendulum_step
+    from latentvi.envs.pendulum import MAX_TORQUE, pendulum_step
 
     check_positive_int("draws", draws)
     generator = np.random.default_rng(seed)
@@ -260,7 +260,7 @@ def open_loop_report(
     :func:`open_loop_errors`). On Pendulum-v1 the summary also has the recognizable steps at
     half the threshold and those of the true equations from a noisy true state
     (:func:`pendulum_simulator_errors`, noise σ in ``SIMULATOR_NOISE``): the episodes' limit."""
-    from latentvi.experiments.world_model import load_run
+    from latentvi.jobs.world_model import load_run
     from latentvi.plots import plot_image_grid, plot_prediction_errors
 
     agent_name, agent, run, step = load_run(run_dir)

@@ -13,7 +13,7 @@ transition's action, reward and termination flag:
 
 A transition ending in slot ``j`` has next observation stack(j) and observation stack(j − 1), where
 stack(j) holds frames j−k+1 … j, each clamped to the episode's first frame — the padding Gymnasium's
-``FrameStackObservation(padding_type="reset")`` and :class:`latentvi.rl.pixels.FrameStack` use, so a
+``FrameStackObservation(padding_type="reset")`` and :class:`latentvi.envs.pixels.FrameStack` use, so a
 stack never mixes two episodes. An episode of T transitions takes T + 1 slots.
 
 Memory (``bytes_per_slot``): one frame (C·H·W bytes as uint8) + the action + 4 (float32 reward)

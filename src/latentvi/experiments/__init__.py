@@ -1,1 +1,0 @@
-"""Jobs that compose the library into one run: what the CLI's sub-commands call."""

@@ -1,0 +1,2 @@
+"""Thin jobs behind the command line: each builds its configs, calls the library (models, agents,
+:mod:`latentvi.train`) and writes its figures and reports."""
