@@ -52,13 +52,8 @@ import numpy as np
 import torch
 
 from latentvi.data.episodes import EpisodeStore
-from latentvi.jobs.open_loop import (
-    REPORT_SEED,
-    open_loop_errors,
-    open_loop_report,
-    recognizable_steps,
-    report_episodes,
-)
+from latentvi.diagnostics import REPORT_SEED, open_loop_errors, recognizable_steps
+from latentvi.jobs.open_loop import open_loop_report, report_episodes
 from latentvi.jobs.world_model import (
     AGENTS,
     WorldModelRunConfig,

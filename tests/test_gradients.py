@@ -28,18 +28,20 @@ from torch import nn
 from torch.distributions import OneHotCategorical
 
 from latentvi.bounds import elbo_enumerated, elbo_kl
+from latentvi.diagnostics import (
+    ProbeResult,
+    exact_elbo_linear_gaussian,
+    format_probe_table,
+    variance_probe,
+)
 from latentvi.distributions import diagonal_gaussian, inverse_softplus, positive_scale
 from latentvi.gradients import (
     LearnedBaseline,
     LeaveOneOut,
     MovingAverageBaseline,
-    ProbeResult,
-    exact_elbo_linear_gaussian,
-    format_probe_table,
     gumbel_softmax_elbo,
     reparameterized_elbo,
     score_function_elbo,
-    variance_probe,
 )
 from latentvi.models import GaussianMixture, LinearGaussian
 

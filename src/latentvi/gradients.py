@@ -22,8 +22,8 @@ The estimators, as in the lecture on variational inference (Berkeley CS 285):
 * :func:`gumbel_softmax_elbo` — the Gumbel-softmax / Concrete relaxation for one-hot latents
   (Jang, Gu & Poole 2017; Maddison, Mnih & Teh 2017). Low variance, but biased for temperature > 0.
 
-:func:`variance_probe` measures each estimator's gradient mean and variance over many draws (and its
-distance from an exact gradient, when one is known); :func:`format_probe_table` prints the result.
+:func:`latentvi.diagnostics.variance_probe` measures each estimator's gradient mean and variance
+over many draws (and its distance from an exact gradient, when one is known).
 
 Shapes follow :mod:`latentvi.bounds`: ``x: [*B, *X]``; ``q`` with batch ``[*B]`` and event ``[Z]``;
 ``prior`` with batch broadcastable to ``[*B]``; ``likelihood: z [S, *B, Z] -> p(x|z)`` with batch
@@ -32,8 +32,6 @@ Shapes follow :mod:`latentvi.bounds`: ``x: [*B, *X]``; ``q`` with batch ``[*B]``
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import torch
@@ -55,14 +53,10 @@ __all__ = [
     "LearnedBaseline",
     "LeaveOneOut",
     "MovingAverageBaseline",
-    "ProbeResult",
-    "exact_elbo_linear_gaussian",
-    "format_probe_table",
     "gumbel_softmax_elbo",
     "iwae_dreg",
     "reparameterized_elbo",
     "score_function_elbo",
-    "variance_probe",
 ]
 
 
@@ -406,147 +400,3 @@ def gumbel_softmax_elbo(
     with torch.no_grad():
         value = likelihood(hard).log_prob(x).mean(0) - divergence
     return value + (relaxed_objective - relaxed_objective.detach())
-
-
-# --------------------------------------------------------------------------------------------------
-# Exact reference
-
-
-def exact_elbo_linear_gaussian(model, x: Tensor, q: Distribution) -> Tensor:
-    """The analytic ELBO of a ``LinearGaussian`` for a Gaussian q: ``[*B]`` in nats.
-
-    ``E_q[log p(x|z)] − KL(q ‖ p(z))``, both in closed form; its autograd gradient is the exact
-    gradient that the estimators above approximate (the reference in tests and the CLI's probe).
-    """
-    return model.expected_log_likelihood(x, q) - kl(q, model.prior)
-
-
-# --------------------------------------------------------------------------------------------------
-# Variance probe
-
-
-@dataclasses.dataclass(frozen=True)
-class ProbeResult:
-    """One estimator's gradient statistics over ``num_draws`` independent draws.
-
-    ``mean`` and ``per_coordinate_variance`` are ``[P]`` over the flattened, concatenated
-    parameters. ``variance`` is the trace of the covariance (the sum of per-coordinate variances).
-    With an exact gradient: ``mean_abs_error`` = mean |mean − exact| and ``max_abs_z`` =
-    max |mean − exact| / (std / √N) (|z| > ~4 flags a bias); ``None`` without one.
-    """
-
-    name: str
-    mean: Tensor
-    variance: float
-    per_coordinate_variance: Tensor
-    mean_abs_error: float | None
-    max_abs_z: float | None
-    num_draws: int
-
-
-def _flat_gradient(objective: Tensor, params: Sequence[Tensor]) -> Tensor:
-    if objective.numel() != 1:
-        raise ValueError(
-            f"each estimator must return a scalar objective, got shape {tuple(objective.shape)}: "
-            "sum or average the surrogate over the batch"
-        )
-    grads = torch.autograd.grad(objective.reshape(()), list(params), allow_unused=True)
-    return torch.cat(
-        [
-            (g if g is not None else torch.zeros_like(p)).reshape(-1)
-            for g, p in zip(grads, params, strict=True)
-        ]
-    )
-
-
-def variance_probe(
-    estimators: Mapping[str, Callable[[], Tensor]],
-    params: Sequence[Tensor],
-    num_draws: int = 1000,
-    exact_gradient: Sequence[Tensor] | None = None,
-) -> list[ProbeResult]:
-    """Draw ``num_draws`` gradients of each estimator w.r.t. ``params`` and summarize them.
-
-    Args:
-        estimators: name -> a zero-argument callable that draws fresh samples and returns a scalar
-            objective (e.g. a surrogate summed over the batch). Each call must build a new graph.
-        params: the tensors (requiring grad) to differentiate w.r.t.; flattened and concatenated
-            into ``[P]``.
-        num_draws: N >= 2 independent draws per estimator.
-        exact_gradient: the true gradient, one tensor per entry of ``params``, for the bias check.
-
-    Returns:
-        One :class:`ProbeResult` per estimator, in the mapping's order. Variances use N − 1.
-
-    The draws are a plain loop of ``torch.autograd.grad`` calls (about 0.5 ms each for the
-    LinearGaussian of the tests, so 1000 draws take ~0.5 s). On tensors this small the intra-op
-    thread pool costs more than it saves; ``torch.set_num_threads(1)`` can make it much faster.
-    """
-    check_num_samples(num_draws, "num_draws")
-    if num_draws < 2:
-        raise ValueError(f"num_draws must be at least 2 to estimate a variance, got {num_draws}")
-    params = list(params)
-    if not params:
-        raise ValueError("params is empty: pass the tensors to differentiate with respect to")
-    exact = None
-    if exact_gradient is not None:
-        exact_gradient = list(exact_gradient)
-        if len(exact_gradient) != len(params):
-            raise ValueError(
-                f"exact_gradient has {len(exact_gradient)} tensors but params has {len(params)}: "
-                "pass one exact gradient per parameter"
-            )
-        exact = torch.cat([g.detach().reshape(-1) for g in exact_gradient])
-    results = []
-    for name, estimator in estimators.items():
-        draws = torch.stack([_flat_gradient(estimator(), params) for _ in range(num_draws)])
-        mean = draws.mean(0)
-        per_coordinate = draws.var(0)  # unbiased, (P)
-        mean_abs_error = max_abs_z = None
-        if exact is not None:
-            error = (mean - exact.to(mean)).abs()
-            stderr = (per_coordinate / num_draws).sqrt()
-            # Floor the standard error at the rounding level, so a deterministic coordinate (an
-            # analytic KL's, say) that matches up to rounding scores ~0 rather than error / 0.
-            rounding = 16 * torch.finfo(mean.dtype).eps * (1.0 + exact.abs().to(mean))
-            z = error / torch.maximum(stderr, rounding)
-            mean_abs_error, max_abs_z = error.mean().item(), z.max().item()
-        results.append(
-            ProbeResult(
-                name=name,
-                mean=mean,
-                variance=per_coordinate.sum().item(),
-                per_coordinate_variance=per_coordinate,
-                mean_abs_error=mean_abs_error,
-                max_abs_z=max_abs_z,
-                num_draws=num_draws,
-            )
-        )
-    return results
-
-
-def format_probe_table(results: Sequence[ProbeResult]) -> str:
-    """A plain-text table of :func:`variance_probe` results.
-
-    Columns: estimator, total variance (trace of the gradient's covariance; the ELBO is in nats),
-    the ratio to the reparameterization estimator's (the row named ``"reparameterization"``, else
-    the first whose name starts with it; blank if none), the mean |error| and the max |z| against
-    the exact gradient (blank without one).
-    """
-    reference = next((r for r in results if r.name == "reparameterization"), None)
-    if reference is None:
-        reference = next((r for r in results if r.name.startswith("reparameterization")), None)
-    width = max([len("estimator"), *(len(r.name) for r in results)]) + 2
-    header = f"{'estimator':<{width}}{'total variance':>16}{'× reparam':>12}"
-    header += f"{'mean |err|':>12}{'max |z|':>10}"
-    lines = [header, "-" * len(header)]
-    for r in results:
-        ratio = ""
-        if reference is not None and reference.variance > 0:
-            ratio = f"{r.variance / reference.variance:.1f}"
-        error = "" if r.mean_abs_error is None else f"{r.mean_abs_error:.3g}"
-        z = "" if r.max_abs_z is None else f"{r.max_abs_z:.2f}"
-        lines.append(f"{r.name:<{width}}{r.variance:>16.4g}{ratio:>12}{error:>12}{z:>10}")
-    draws = results[0].num_draws if results else 0
-    lines.append(f"({draws} draws per estimator; gradients of the ELBO in nats per example)")
-    return "\n".join(lines)

@@ -13,15 +13,12 @@ from torch import nn
 
 from latentvi.cli import main
 from latentvi.data.episodes import EpisodeStore
+from latentvi.diagnostics import REPORT_SEED, open_loop_errors, pendulum_angle, recognizable_steps
 from latentvi.envs.pixels import make_env
 from latentvi.jobs.open_loop import (
-    REPORT_SEED,
-    open_loop_errors,
     open_loop_report,
-    pendulum_angle,
     pendulum_simulator_errors,
     pendulum_states,
-    recognizable_steps,
     report_episodes,
 )
 from latentvi.jobs.world_model import load_run

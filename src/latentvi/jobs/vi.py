@@ -21,15 +21,14 @@ import torch
 
 from latentvi.bounds import iwae_bound
 from latentvi.config import option, require, to_dict
+from latentvi.diagnostics import exact_elbo_linear_gaussian, variance_probe
 from latentvi.distributions import diagonal_gaussian, inverse_softplus, kl, positive_scale
 from latentvi.gradients import (
     LearnedBaseline,
     LeaveOneOut,
     MovingAverageBaseline,
-    exact_elbo_linear_gaussian,
     reparameterized_elbo,
     score_function_elbo,
-    variance_probe,
 )
 from latentvi.inference import LocalGaussians, VariationalProblem, amortization_gap, fit_vi
 from latentvi.models import LinearGaussian
