@@ -7,10 +7,9 @@ import torch
 from torch.autograd import gradcheck
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
+from latentvi.density_kernels import GaussianKL, GaussianLogDensity
 from latentvi.distributions import (
     DiagonalGaussian,
-    _GaussianKL,
-    _GaussianLogDensity,
     check_finite,
     diagonal_gaussian,
     entropy,
@@ -206,7 +205,7 @@ def test_fused_functions_pass_gradcheck():
         value = torch.randn(shape, dtype=DTYPE, generator=generator)
         return (value.abs() + 0.5 if positive else value).requires_grad_(True)
 
-    log_density = _GaussianLogDensity.apply
+    log_density = GaussianLogDensity.apply
     # value with a sample dimension, loc per example, one scale per coordinate
     assert gradcheck(
         lambda v, m, s: log_density(v, m, s, 1), (leaf(2, 3, 4), leaf(3, 4), leaf(4, positive=True))
@@ -215,7 +214,7 @@ def test_fused_functions_pass_gradcheck():
     assert gradcheck(
         lambda v, m, s: log_density(v, m, s, 2), (leaf(3, 2, 4), leaf(2, 4), leaf(positive=True))
     )
-    kl_function = _GaussianKL.apply
+    kl_function = GaussianKL.apply
     assert gradcheck(
         lambda a, b, c, d: kl_function(a, b, c, d, 1),
         (leaf(3, 4), leaf(3, 4, positive=True), leaf(4), leaf(4, positive=True)),
