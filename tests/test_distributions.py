@@ -10,6 +10,7 @@ from torch.distributions import Independent, MultivariateNormal, Normal, kl_dive
 from latentvi.density_kernels import GaussianKL, GaussianLogDensity
 from latentvi.distributions import (
     DiagonalGaussian,
+    bernoulli,
     check_finite,
     diagonal_gaussian,
     entropy,
@@ -224,14 +225,144 @@ def test_fused_functions_pass_gradcheck():
     )
 
 
-def test_fused_functions_refuse_double_backward():
-    loc = torch.randn(3, dtype=DTYPE, requires_grad=True)
-    log_density = diagonal_gaussian(loc, torch.ones(3, dtype=DTYPE)).log_prob(
-        torch.zeros(3, dtype=DTYPE)
+def _second_derivatives(build, params):
+    """d/dθ of Σ (d loss / dθ)², a gradient penalty: a second derivative through every node."""
+    loss = build(*params).sum()
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    penalty = sum(g.square().sum() for g in grads)
+    return torch.autograd.grad(penalty, params)
+
+
+def _gaussian_params(shape=(4, 3), scale_shape=None, seed=11):
+    generator = torch.Generator().manual_seed(seed)
+    loc = torch.randn(shape, dtype=DTYPE, generator=generator).requires_grad_()
+    raw = torch.randn(scale_shape or shape, dtype=DTYPE, generator=generator)
+    scale = (raw.exp() * 0.5 + 0.3).requires_grad_()
+    value = torch.randn(shape, dtype=DTYPE, generator=generator).requires_grad_()
+    return loc, scale, value
+
+
+@pytest.mark.parametrize("scale_shape", [(4, 3), (3,), ()])
+def test_double_backward_of_log_prob_equals_torch(scale_shape):
+    params = _gaussian_params(scale_shape=scale_shape)
+    ours = _second_derivatives(lambda m, s, v: diagonal_gaussian(m, s).log_prob(v), params)
+    torch_ = _second_derivatives(lambda m, s, v: Independent(Normal(m, s), 1).log_prob(v), params)
+    for a, b in zip(ours, torch_, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+        assert b.abs().max() > 1e-3  # a real second derivative, not zeros on both sides
+
+
+@pytest.mark.parametrize("standard", [False, True])
+def test_double_backward_of_kl_equals_torch(standard):
+    loc, scale, _ = _gaussian_params()
+    loc_p, scale_p, _ = _gaussian_params(scale_shape=(3,), seed=12)
+    if standard:
+        p_ours, p_torch = (
+            standard_normal(3, dtype=DTYPE),
+            Independent(Normal(torch.zeros(3, dtype=DTYPE), torch.ones(3, dtype=DTYPE)), 1),
+        )
+        params = (loc, scale)
+    else:
+        params = (loc, scale, loc_p, scale_p)
+
+    def ours(m, s, *p):
+        prior = diagonal_gaussian(*p) if p else p_ours
+        return kl(diagonal_gaussian(m, s), prior)
+
+    def reference(m, s, *p):
+        prior = Independent(Normal(*p), 1) if p else p_torch
+        return kl_divergence(Independent(Normal(m, s), 1), prior)
+
+    for a, b in zip(
+        _second_derivatives(ours, params), _second_derivatives(reference, params), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+        assert b.abs().max() > 1e-3
+
+
+def test_double_backward_of_rsample_and_entropy_equals_torch():
+    loc, scale, _ = _gaussian_params()
+
+    def ours(m, s):
+        torch.manual_seed(3)
+        q = diagonal_gaussian(m, s)
+        return q.rsample((2,)).square().sum(-1).sum(0) * q.entropy()
+
+    def reference(m, s):
+        torch.manual_seed(3)
+        q = Independent(Normal(m, s), 1)
+        return q.rsample((2,)).square().sum(-1).sum(0) * q.entropy()
+
+    for a, b in zip(
+        _second_derivatives(ours, (loc, scale)),
+        _second_derivatives(reference, (loc, scale)),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_double_backward_of_bernoulli_log_prob_equals_torch():
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(5, 7, dtype=DTYPE, generator=generator).requires_grad_()
+    value = torch.rand(5, 7, dtype=DTYPE, generator=generator).requires_grad_()
+    ours = _second_derivatives(lambda ell, v: bernoulli(ell).log_prob(v), (logits, value))
+    reference = _second_derivatives(
+        lambda ell, v: (ell * v - torch.nn.functional.softplus(ell)).sum(-1), (logits, value)
     )
-    (gradient,) = torch.autograd.grad(log_density, loc, create_graph=True)
-    with pytest.raises(RuntimeError):
-        gradient.sum().backward()
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_torch_func_transforms_give_torch_values():
+    loc, scale, value = (t.detach() for t in _gaussian_params())
+
+    def ours(m):
+        return (
+            diagonal_gaussian(m, scale).log_prob(value).sum()
+            + kl(diagonal_gaussian(m, scale), standard_normal(3, dtype=DTYPE)).sum()
+        )
+
+    def reference(m):
+        q = Independent(Normal(m, scale), 1)
+        prior = Independent(Normal(torch.zeros(3, dtype=DTYPE), torch.ones(3, dtype=DTYPE)), 1)
+        return q.log_prob(value).sum() + kl_divergence(q, prior).sum()
+
+    torch.testing.assert_close(torch.func.grad(ours)(loc), torch.func.grad(reference)(loc))
+    torch.testing.assert_close(torch.func.jacrev(ours)(loc), torch.func.jacrev(reference)(loc))
+    batched = torch.func.vmap(lambda m: diagonal_gaussian(m, scale[0]).log_prob(value[0]))(loc)
+    torch.testing.assert_close(batched, Independent(Normal(loc, scale[0]), 1).log_prob(value[0]))
+    logits = torch.randn(4, 6, dtype=DTYPE)
+    bits = torch.rand(4, 6, dtype=DTYPE)
+    torch.testing.assert_close(
+        torch.func.vmap(lambda ell, x: bernoulli(ell).log_prob(x))(logits, bits),
+        bernoulli(logits).log_prob(bits),
+    )
+
+
+def test_kl_of_scalar_event_diagonal_gaussian_against_normal():
+    loc, scale, _ = _gaussian_params()
+    other = Normal(loc.detach() * 0.5, scale.detach() * 2)
+    expected = kl_divergence(Normal(loc, scale), other)
+    torch.testing.assert_close(kl(diagonal_gaussian(loc, scale, event_dims=0), other), expected)
+    expected = kl_divergence(other, Normal(loc, scale))
+    torch.testing.assert_close(kl(other, diagonal_gaussian(loc, scale, event_dims=0)), expected)
+
+
+def test_importing_latentvi_leaves_torch_kl_registry_for_torch_classes_alone():
+    import subprocess
+    import sys
+
+    script = (
+        "import torch.distributions.kl as k\n"
+        "def torch_pairs():\n"
+        "    return sorted((a.__name__, b.__name__) for a, b in k._KL_REGISTRY\n"
+        "                  if a.__module__.startswith('torch') and b.__module__.startswith('torch'))\n"
+        "before = torch_pairs()\n"
+        "import latentvi.distributions, latentvi.models, latentvi.bounds\n"
+        "print(before == torch_pairs())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.stdout.strip() == "True", result.stderr
 
 
 def test_diagonal_gaussian_validation():

@@ -3,6 +3,12 @@
 diagonal Gaussians and the Bernoulli log density in logits, each one autograd node with a
 hand-written gradient instead of a dozen small ones (they sit in every step of every model here).
 Inputs broadcast together; the event dimensions are summed.
+
+Each backward is itself differentiable: under ``create_graph=True`` (gradient penalties,
+Hessian-vector products) it rebuilds its intermediates from the saved inputs with ordinary autograd
+operations, so second derivatives equal ``torch.distributions``' (tested to 1e-10 in float64);
+without it, the fast in-place path runs. ``torch.func`` transforms do not go through these nodes:
+:func:`transformed` tells the distributions to take the generic path instead.
 """
 
 from __future__ import annotations
@@ -12,10 +18,22 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 SQRT_TWO_PI = math.sqrt(2 * math.pi)
+
+
+def transformed(*tensors: Tensor | None) -> bool:
+    """Whether any tensor is wrapped by a ``torch.func`` transform (grad, vmap, jacrev, …): the
+    custom autograd nodes here have no ``setup_context``/vmap rule, so callers then compute the
+    same values with ordinary operations."""
+    for tensor in tensors:  # a plain loop: this runs on every call of the fast path
+        if tensor is not None and _is_wrapped(tensor):
+            return True
+    return False
+
+
+_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
 _EVENT_DIMS = {n: tuple(range(-n, 0)) for n in range(1, 9)}
 
@@ -60,26 +78,28 @@ class GaussianLogDensity(torch.autograd.Function):
             squares = torch.linalg.vecdot(standardized, standardized)
         else:
             squares = sum_event(standardized.square(), event_dims)
-        ctx.save_for_backward(standardized, scale)
+        ctx.save_for_backward(standardized, value, loc, scale)
         ctx.event_dims = event_dims
-        ctx.shapes = value.shape, loc.shape
         return torch.add(normalizer, squares, alpha=-0.5)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, gradient: Tensor):
-        standardized, scale = ctx.saved_tensors
-        value_shape, loc_shape = ctx.shapes
+        standardized, value, loc, scale = ctx.saved_tensors
         needs_value, needs_loc, needs_scale, _ = ctx.needs_input_grad
+        differentiable = torch.is_grad_enabled()  # create_graph: the gradient gets a graph too
+        if differentiable:  # the saved intermediate has no graph: rebuild it from the inputs
+            standardized = (value - loc) / scale
         gradient = _event_gradient(gradient, ctx.event_dims) / scale
         value_gradient = loc_gradient = scale_gradient = None
         pulled = standardized * gradient  # ∂/∂loc before un-broadcasting
         if needs_value:
-            value_gradient = _unbroadcast(pulled.neg(), value_shape)
+            value_gradient = _unbroadcast(pulled.neg(), value.shape)
         if needs_scale:
-            scale_gradient = _unbroadcast(standardized.mul(pulled).sub_(gradient), scale.shape)
+            spread = standardized * pulled
+            spread = spread - gradient if differentiable else spread.sub_(gradient)
+            scale_gradient = _unbroadcast(spread, scale.shape)
         if needs_loc:
-            loc_gradient = _unbroadcast(pulled, loc_shape)
+            loc_gradient = _unbroadcast(pulled, loc.shape)
         return value_gradient, loc_gradient, scale_gradient, None
 
 
@@ -102,17 +122,20 @@ class GaussianKL(torch.autograd.Function):
         terms = torch.addcmul(ratio.log().neg_(), ratio, ratio, value=0.5)  # ½ r² − log r
         terms = torch.addcmul(terms, difference, difference, value=0.5)  # (*B, *E): all four
         event_size = math.prod(terms.shape[terms.dim() - event_dims :])
-        ctx.save_for_backward(ratio, difference, scale_p)
+        ctx.save_for_backward(ratio, difference, loc_q, scale_q, loc_p, scale_p)
         ctx.event_dims = event_dims
-        ctx.shapes = loc_q.shape, scale_q.shape, getattr(loc_p, "shape", None)
         return sum_event(terms, event_dims).sub_(0.5 * event_size)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, gradient: Tensor):
-        ratio, difference, scale_p = ctx.saved_tensors
-        loc_q_shape, scale_q_shape, loc_p_shape = ctx.shapes
+        ratio, difference, loc_q, scale_q, loc_p, scale_p = ctx.saved_tensors
         needs = ctx.needs_input_grad
+        differentiable = torch.is_grad_enabled()  # create_graph: the gradient gets a graph too
+        if differentiable:  # the saved intermediates have no graph: rebuild them from the inputs
+            if scale_p is None:
+                ratio, difference = scale_q, loc_q
+            else:
+                ratio, difference = scale_q / scale_p, (loc_q - loc_p) / scale_p
         gradient = _event_gradient(gradient, ctx.event_dims)
         if scale_p is not None:
             gradient = gradient / scale_p
@@ -120,15 +143,18 @@ class GaussianKL(torch.autograd.Function):
         if needs[0] or needs[2]:
             loc_gradient = difference * gradient
             if needs[2]:
-                gradients[2] = _unbroadcast(loc_gradient.neg(), loc_p_shape)
+                gradients[2] = _unbroadcast(loc_gradient.neg(), loc_p.shape)
             if needs[0]:
-                gradients[0] = _unbroadcast(loc_gradient, loc_q_shape)
+                gradients[0] = _unbroadcast(loc_gradient, loc_q.shape)
         if needs[1]:
-            scale_gradient = (ratio - ratio.reciprocal()).mul_(gradient)
-            gradients[1] = _unbroadcast(scale_gradient, scale_q_shape)
+            factor = ratio - ratio.reciprocal()
+            scale_gradient = factor * gradient if differentiable else factor.mul_(gradient)
+            gradients[1] = _unbroadcast(scale_gradient, scale_q.shape)
         if needs[3]:
-            spread = torch.addcmul(ratio.square(), difference, difference).neg_().add_(1)
-            gradients[3] = _unbroadcast(spread.mul_(gradient), scale_p.shape)
+            squares = torch.addcmul(ratio.square(), difference, difference)  # r² + d²
+            fast = not differentiable  # in place on the fresh tensor, else with a graph
+            spread = squares.neg_().add_(1).mul_(gradient) if fast else (1 - squares) * gradient
+            gradients[3] = _unbroadcast(spread, scale_p.shape)
         return tuple(gradients)
 
 
@@ -155,14 +181,16 @@ class BernoulliLogDensity(torch.autograd.Function):
         return sum_event(terms, event_dims)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, gradient: Tensor):
         logits, value = ctx.saved_tensors
         gradient = _event_gradient(gradient, ctx.event_dims)
         logits_gradient = value_gradient = None
         if ctx.needs_input_grad[0]:
-            residual = torch.sigmoid(logits).sub_(value).neg_()  # x − sigmoid(ℓ)
-            logits_gradient = _unbroadcast(residual.mul_(gradient), logits.shape)
+            if torch.is_grad_enabled():  # create_graph: a gradient with a graph of its own
+                residual = (value - torch.sigmoid(logits)) * gradient
+            else:
+                residual = torch.sigmoid(logits).sub_(value).neg_().mul_(gradient)  # (x − σ(ℓ)) g
+            logits_gradient = _unbroadcast(residual, logits.shape)
         if ctx.needs_input_grad[1]:
             value_gradient = _unbroadcast(logits * gradient, value.shape)
         return logits_gradient, value_gradient, None

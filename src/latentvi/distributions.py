@@ -39,6 +39,7 @@ from latentvi.density_kernels import (
     GaussianLogDensity,
     softplus,
     sum_event,
+    transformed,
 )
 
 __all__ = [
@@ -176,7 +177,10 @@ class DiagonalGaussian(Independent):
         """log N(value; loc, diag scale²), summed over the event: ``[*S, *B, *E] -> [*S, *B]``."""
         if self._validate_args:
             self._validate_sample(value)
-        return GaussianLogDensity.apply(value, self.loc, self.scale, self.reinterpreted_batch_ndims)
+        event_dims = self.reinterpreted_batch_ndims
+        if transformed(value, self.loc, self.scale):  # torch.func: the same values, generically
+            return sum_event(self.base_dist.log_prob(value), event_dims)
+        return GaussianLogDensity.apply(value, self.loc, self.scale, event_dims)
 
     def entropy(self) -> Tensor:
         """½ log(2πe σ²) summed over the event: ``[*B]``."""
@@ -205,8 +209,27 @@ def _kl_diagonal_gaussians(q: DiagonalGaussian, p: DiagonalGaussian) -> Tensor:
     if p.reinterpreted_batch_ndims != event_dims:
         raise NotImplementedError
     if p.is_standard:  # N(0, I): its parameters take no part (and get no gradient)
-        return GaussianKL.apply(q.loc, q.scale, None, None, event_dims)
-    return GaussianKL.apply(q.loc, q.scale, p.loc, p.scale, event_dims)
+        loc_p = scale_p = None
+    else:
+        loc_p, scale_p = p.loc, p.scale
+    if transformed(q.loc, q.scale, loc_p, scale_p):  # torch.func: the same values, generically
+        return sum_event(kl_divergence(q.base_dist, p.base_dist), event_dims)
+    return GaussianKL.apply(q.loc, q.scale, loc_p, scale_p, event_dims)
+
+
+@register_kl(DiagonalGaussian, Normal)
+def _kl_diagonal_normal(q: DiagonalGaussian, p: Normal) -> Tensor:
+    """A DiagonalGaussian with ``event_dims=0`` is a ``Normal`` with its fast paths."""
+    if q.reinterpreted_batch_ndims:
+        raise NotImplementedError
+    return _kl_diagonal_gaussians(q, DiagonalGaussian(p.loc, p.scale, 0, validate_args=False))
+
+
+@register_kl(Normal, DiagonalGaussian)
+def _kl_normal_diagonal(q: Normal, p: DiagonalGaussian) -> Tensor:
+    if p.reinterpreted_batch_ndims:
+        raise NotImplementedError
+    return _kl_diagonal_gaussians(DiagonalGaussian(q.loc, q.scale, 0, validate_args=False), p)
 
 
 def diagonal_gaussian(
@@ -234,6 +257,8 @@ class IndependentBernoulli(Independent):
         logits = self.base_dist.logits
         if value.dtype != logits.dtype:
             value = value.to(logits.dtype)
+        if transformed(logits, value):  # torch.func: the same values with ordinary operations
+            return sum_event(logits * value - softplus(logits), self.reinterpreted_batch_ndims)
         return BernoulliLogDensity.apply(logits, value, self.reinterpreted_batch_ndims)
 
 
@@ -340,28 +365,21 @@ def check_finite(name: str, value: Tensor) -> Tensor:
     return value
 
 
-def _as_multivariate(d: Independent) -> MultivariateNormal:
-    base = d.base_dist
-    return MultivariateNormal(base.loc, scale_tril=torch.diag_embed(base.scale))
+def _as_multivariate(d: DiagonalGaussian) -> MultivariateNormal:
+    return MultivariateNormal(d.mean, scale_tril=torch.diag_embed(d.stddev))
 
 
-def _is_diagonal_gaussian(d: Distribution) -> bool:
-    return (
-        isinstance(d, Independent)
-        and isinstance(d.base_dist, Normal)
-        and d.reinterpreted_batch_ndims == 1
-    )
-
-
-@register_kl(MultivariateNormal, Independent)
-def _kl_mvn_diagonal(q: MultivariateNormal, p: Independent) -> Tensor:
-    if not _is_diagonal_gaussian(p):
+# KLs between a full-covariance Gaussian and ours, registered for latentvi's class only (torch's own
+# Independent and MultivariateNormal pairs are left as torch has them).
+@register_kl(MultivariateNormal, DiagonalGaussian)
+def _kl_mvn_diagonal(q: MultivariateNormal, p: DiagonalGaussian) -> Tensor:
+    if p.reinterpreted_batch_ndims != 1:
         raise NotImplementedError
     return kl_divergence(q, _as_multivariate(p))
 
 
-@register_kl(Independent, MultivariateNormal)
-def _kl_diagonal_mvn(q: Independent, p: MultivariateNormal) -> Tensor:
-    if not _is_diagonal_gaussian(q):
+@register_kl(DiagonalGaussian, MultivariateNormal)
+def _kl_diagonal_mvn(q: DiagonalGaussian, p: MultivariateNormal) -> Tensor:
+    if q.reinterpreted_batch_ndims != 1:
         raise NotImplementedError
     return kl_divergence(_as_multivariate(q), p)
