@@ -8,7 +8,7 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-import latentvi.envs
+import latentvi.envs  # noqa: F401 (registers the latentvi/ ids)
 from latentvi.envs.demos import (
     DemoConfig,
     Demonstrations,
@@ -16,8 +16,6 @@ from latentvi.envs.demos import (
     collect_demonstrations,
 )
 from latentvi.envs.tasks import TASKS, PointNavigationEnv, make_task, rollout
-
-latentvi.envs.register()  # the latentvi/ ids, for gym.make below
 
 
 @pytest.mark.parametrize("task", list(TASKS))
@@ -108,3 +106,74 @@ def test_bad_names_and_mismatched_demonstrations_are_named():
         Demonstrations(**{**good, "lengths": torch.full((2,), 5)})
     with pytest.raises(ValueError, match="final_states"):
         Demonstrations(**{**good, "final_states": torch.zeros(3, 3)})
+
+
+LATENTVI_IDS = (
+    "latentvi/Obstacle-v0",
+    "latentvi/Passages-v0",
+    "latentvi/PixelChain-v0",
+    "latentvi/PixelChainContinuous-v0",
+)
+
+
+def test_gym_make_finds_every_latentvi_id_after_one_import():
+    import subprocess
+    import sys
+
+    script = (
+        "import gymnasium as gym\n"
+        f"ids = {LATENTVI_IDS!r}\n"
+        "try:\n    gym.make(ids[2])\nexcept gym.error.Error:\n    print('unknown before')\n"
+        "gym.make('latentvi.envs:' + ids[0])\n"  # Gymnasium's module:id form imports us
+        "import latentvi.envs\n"
+        "for i in ids:\n    gym.make(i).reset(seed=0)\n"
+        "print('made', len(ids))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.stdout.split("\n")[:2] == ["unknown before", "made 4"], result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env_id", "options"),
+    [
+        ("Pendulum-v1", {"pixels": True, "size": 32, "frame_stack": 2, "action_repeat": 2}),
+        ("latentvi/PixelChain-v0", {"pixels": True, "size": 32, "frame_stack": 2}),
+        ("latentvi/Obstacle-v0", {"pixels": True, "size": 32}),
+        ("CartPole-v1", {"action_repeat": 3}),
+    ],
+)
+def test_wrapped_environments_pass_gymnasium_checker_and_recreate_from_spec(env_id, options):
+    from latentvi.envs.pixels import make_env
+
+    env = make_env(env_id, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it recommends env.unwrapped: the point is not to
+        check_env(env)
+    again = gym.make(env.spec)  # every wrapper records its constructor arguments
+    assert again.observation_space == env.observation_space
+    first, _ = env.reset(seed=3)
+    second, _ = again.reset(seed=3)
+    np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_imitation_tasks_render_rgb_array(task):
+    env = gym.make(TASKS[task].env_id, render_mode="rgb_array")
+    env.reset(seed=0)
+    frame = env.render()
+    assert frame.shape == (96, 96, 3) and frame.dtype == np.uint8
+    base = env.unwrapped
+    arena = base.layout.arena
+
+    def pixel(point):  # world (x, y) -> the pixel drawn there (row 0 at y = +arena)
+        column = int((point[0] + arena) / (2 * arena) * 96)
+        row = int((arena - point[1]) / (2 * arena) * 96)
+        return tuple(frame[min(row, 95), min(column, 95)])
+
+    assert pixel(base._position) == (210, 40, 40)  # the robot, red
+    assert pixel(base.goal) == (40, 170, 60)  # the goal, green
+    obstacle = base.layout.discs[0][:2] if base.layout.discs else None
+    if obstacle is not None:
+        assert pixel(obstacle) == (150, 150, 150)
+    with pytest.raises(ValueError, match="render_mode"):
+        PointNavigationEnv(task, render_mode="ansi")

@@ -7,21 +7,30 @@
 - :mod:`latentvi.envs.tasks`: the 2-D imitation tasks; :mod:`latentvi.envs.demos`: their
   scripted demonstrators.
 
-:func:`register` puts every ``latentvi/`` id into Gymnasium's registry (idempotent); nothing is
-registered at import. ``make_env`` and ``make_task`` call it themselves.
+:func:`register` is the one function that puts every ``latentvi/`` id into Gymnasium's registry
+(idempotent). Importing this package calls it, as Gymnasium's convention for third-party
+environments asks, so after ``import latentvi.envs`` (or with the id written
+``"latentvi.envs:latentvi/PixelChain-v0"``, which imports it) ``gymnasium.make`` finds every id::
+
+    import gymnasium as gym
+    import latentvi.envs  # noqa: F401 (registers the latentvi/ ids)
+
+    env = gym.make("latentvi/Obstacle-v0", render_mode="rgb_array")
+
+The ids: ``latentvi/Obstacle-v0`` and ``latentvi/Passages-v0`` (imitation tasks),
+``latentvi/PixelChain-v0`` and ``latentvi/PixelChainContinuous-v0`` (the pixel chain).
 """
 
-from latentvi.envs.pixels import make_env
-from latentvi.envs.tasks import TASKS, make_task
+from latentvi.envs.pixels import make_env, register_toy_envs
+from latentvi.envs.tasks import TASKS, make_task, register_envs
 
 
 def register() -> None:
     """Register every ``latentvi/`` Gymnasium id (the imitation tasks and the pixel chain)."""
-    from latentvi.envs.pixels import register_toy_envs
-    from latentvi.envs.tasks import register_envs
-
     register_envs()
     register_toy_envs()
 
 
 __all__ = ["TASKS", "make_env", "make_task", "register"]
+
+register()

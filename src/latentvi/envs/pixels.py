@@ -61,7 +61,7 @@ def _resize_area(image: np.ndarray, size: int) -> np.ndarray:
     return resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-class PixelObservation(gym.ObservationWrapper):
+class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Observations become ``uint8 [C, size, size]`` images (see the module docstring).
 
     Args:
@@ -72,7 +72,8 @@ class PixelObservation(gym.ObservationWrapper):
     """
 
     def __init__(self, env: gym.Env, size: int = 64, grayscale: bool = True) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, size=size, grayscale=grayscale)
+        gym.ObservationWrapper.__init__(self, env)
         self.size = check_positive_int("size", size)
         self.grayscale = grayscale
         self.from_observation = is_image_space(env.observation_space)
@@ -91,6 +92,8 @@ class PixelObservation(gym.ObservationWrapper):
                 # Its cart (50×30 px, top at y = 100) fits a 300×200 canvas: 4× fewer pixels to
                 # draw and average than the default 600×400, the same picture at half the scale.
                 base.screen_width, base.screen_height = 300, 200
+            # frames come from render(): the wrapped environment renders rgb_array only
+            self.metadata = {**env.metadata, "render_modes": ["rgb_array"]}
         channels = 1 if grayscale else 3
         self.observation_space = gym.spaces.Box(0, 255, (channels, size, size), np.uint8)
 
@@ -107,14 +110,15 @@ class PixelObservation(gym.ObservationWrapper):
         return np.ascontiguousarray(image.transpose(2, 0, 1))
 
 
-class ActionRepeat(gym.Wrapper):
+class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Repeat each action ``repeat`` times (rewards summed; stops at the end of an episode).
 
     ``info["env_steps"]`` is the number of underlying environment steps the call took.
     """
 
     def __init__(self, env: gym.Env, repeat: int) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, repeat=repeat)
+        gym.Wrapper.__init__(self, env)
         self.repeat = check_positive_int("action_repeat", repeat)
 
     def step(self, action):
@@ -133,7 +137,7 @@ class ActionRepeat(gym.Wrapper):
         return observation, dict(info, env_steps=0)
 
 
-class FrameStack(gym.ObservationWrapper):
+class FrameStack(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """The last ``k`` observations concatenated along the first axis: ``[C, …] -> [k·C, …]``.
 
     After a reset, the reset observation fills all ``k`` places (so a stack never spans two
@@ -141,7 +145,8 @@ class FrameStack(gym.ObservationWrapper):
     """
 
     def __init__(self, env: gym.Env, k: int) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, k=k)
+        gym.ObservationWrapper.__init__(self, env)
         self.k = check_positive_int("frame_stack", k)
         space = env.observation_space
         if not isinstance(space, gym.spaces.Box):

@@ -42,6 +42,7 @@ MAX_EPISODE_STEPS = 60
 POSITION_DIMS = 2
 """The first two observation entries are the position (the goal space of goal-conditioned policies)."""
 _SUBSTEPS = 4
+RENDER_SIZE = 96  # pixels a side of rgb_array frames
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +100,14 @@ def task_spec(task: str) -> TaskSpec:
 class PointNavigationEnv(gym.Env):
     """A point robot in the square ``[−arena, arena]²`` with the obstacles of ``spec``."""
 
-    metadata = {"render_modes": []}  # noqa: RUF012 (Gymnasium's class attribute)
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}  # noqa: RUF012 (Gymnasium's)
 
-    def __init__(self, task: str = "obstacle") -> None:
+    def __init__(self, task: str = "obstacle", render_mode: str | None = None) -> None:
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(
+                f"render_mode = {render_mode!r} is invalid: use 'rgb_array' or leave it out"
+            )
+        self.render_mode = render_mode
         self.layout = task_spec(task)
         self.task = task
         bound = np.float32(self.layout.arena)
@@ -153,6 +159,23 @@ class PointNavigationEnv(gym.Env):
         reward = 1.0 if success else (-1.0 if collision else 0.0)
         info = {"success": success, "collision": collision, "mode": self._mode}
         return self._observation(), reward, success or collision, False, info
+
+    def render(self) -> np.ndarray | None:
+        """With ``render_mode="rgb_array"``: the arena as ``uint8 [RENDER_SIZE, RENDER_SIZE, 3]``,
+        obstacles grey, the goal green, the robot red (y up); otherwise None."""
+        if self.render_mode != "rgb_array":
+            return None
+        arena = self.layout.arena
+        centres = (np.arange(RENDER_SIZE) + 0.5) / RENDER_SIZE * 2 * arena - arena
+        x, y = np.meshgrid(centres, centres[::-1])  # row 0 at the top: y = +arena
+        points = np.stack([x, y], -1)
+        image = np.full((RENDER_SIZE, RENDER_SIZE, 3), 255, np.uint8)
+        image[self.collides(points)] = (150, 150, 150)
+        near_goal = np.linalg.norm(points - self.goal, axis=-1) < self.layout.goal_radius
+        image[near_goal] = (40, 170, 60)
+        robot = np.linalg.norm(points - self._position, axis=-1) < 8 * arena / RENDER_SIZE
+        image[robot] = (210, 40, 40)
+        return image
 
 
 def register_envs() -> None:
