@@ -104,15 +104,29 @@ def image_grid(images: torch.Tensor, columns: int | None = None, pad: int = 1) -
 
 
 def plot_image_grid(
-    images: torch.Tensor, path: str | os.PathLike, title: str = "", columns: int | None = None
+    images: torch.Tensor,
+    path: str | os.PathLike,
+    title: str = "",
+    columns: int | None = None,
+    row_labels: Sequence[str] | None = None,
 ) -> Path:
-    """Save a grid of images ``[N, C, H, W]`` in [0, 1] as a PNG."""
+    """Save a grid of images ``[N, C, H, W]`` in [0, 1] as a PNG; ``row_labels`` name the rows
+    (one label per row of the grid, written left of it)."""
     grid = image_grid(images, columns)
     figure, axis = plt.subplots(
         figsize=(max(3.0, grid.shape[1] / 30), max(3.0, grid.shape[0] / 30))
     )
     axis.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    axis.set_axis_off()
+    if row_labels:
+        height = (grid.shape[0] - 1) / len(row_labels)  # rows of images, padding included
+        axis.set_yticks([1 + height * (i + 0.5) for i in range(len(row_labels))])
+        axis.set_yticklabels(row_labels, fontsize=8)
+        axis.set_xticks([])
+        axis.tick_params(length=0)
+        for spine in axis.spines.values():
+            spine.set_visible(False)
+    else:
+        axis.set_axis_off()
     if title:
         axis.set_title(title)
     return save_figure(figure, path)
@@ -190,14 +204,31 @@ def plot_trajectories(
         axis.set_xticks([])
         axis.set_yticks([])
         axis.set_title(name, fontsize=9)
+    names = list(getattr(layout, "mode_names", ()))
+    legend = [
+        plt.Line2D([], [], color=colours[i % len(colours)], label=f"mode: {mode}")
+        for i, mode in enumerate(names)
+    ]
+    legend += [
+        plt.Line2D([], [], color="tab:red", label="collision"),
+        plt.Line2D([], [], color="0.6", label="timeout"),
+    ]
+    figure.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
+    figure.subplots_adjust(bottom=0.14)
     if title:
         figure.suptitle(title, fontsize=10)
     return save_figure(figure, path)
 
 
-def plot_prediction_errors(mse: np.ndarray, baseline: np.ndarray, path: str | os.PathLike) -> Path:
+def plot_prediction_errors(
+    mse: np.ndarray,
+    baseline: np.ndarray,
+    path: str | os.PathLike,
+    title: str = "open-loop prediction error against steps ahead",
+) -> Path:
     """Per-step error of an open-loop prediction ``[H]`` beside a baseline's ``[H]``."""
     figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.set_title(title)
     steps = np.arange(1, len(mse) + 1)
     axis.plot(steps, mse, label="open-loop prediction")
     axis.plot(steps, baseline, linestyle="--", label="mean context frame")

@@ -194,6 +194,7 @@ def _figures(model: CVAE, regressor, data: CVAEDataConfig, shape, out: Path) -> 
             figures / "samples-per-digit.png",
             "p(image | digit): one row per digit (decoder means of z ~ p(z|digit))",
             columns=columns,
+            row_labels=[f"digit {digit}" for digit in range(NUM_CLASSES)],
         )
         return [path]
     test_x, test_y, _ = conditional_data(data, "test", TEST_BINARIZATION_SEED)
