@@ -27,10 +27,7 @@ def transformed(*tensors: Tensor | None) -> bool:
     """Whether any tensor is wrapped by a ``torch.func`` transform (grad, vmap, jacrev, …): the
     custom autograd nodes here have no ``setup_context``/vmap rule, so callers then compute the
     same values with ordinary operations."""
-    for tensor in tensors:  # a plain loop: this runs on every call of the fast path
-        if tensor is not None and _is_wrapped(tensor):
-            return True
-    return False
+    return any(tensor is not None and _is_wrapped(tensor) for tensor in tensors)
 
 
 _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
