@@ -145,7 +145,8 @@ class Baseline(Protocol):
 
 
 class MovingAverageBaseline(nn.Module):
-    """A scalar baseline: an exponential moving average of past mean rewards (nats).
+    """A scalar baseline: an exponential moving average of past mean rewards (nats), the classic
+    control variate of REINFORCE (Williams 1992); ``reward [S, *B] -> (b [], zeros [*B])``.
 
     ``b`` is the average *before* the current call, so it is independent of the current samples and
     the estimator stays unbiased. After each call (when ``update`` is true) the average moves
@@ -236,7 +237,8 @@ class LearnedBaseline(nn.Module):
 
 
 class LeaveOneOut:
-    """The leave-one-out baseline (Kool, van Hoof & Welling 2019), free with M > 1 samples.
+    """The leave-one-out baseline (Kool, van Hoof & Welling 2019), free with M > 1 samples:
+    ``reward [M, *B] -> (b [M, *B], zeros [*B])``.
 
     For sample s the baseline is the mean reward of the other M − 1 samples of the same example,
     ``b_s = (Σ_t r_t − r_s) / (M − 1)``: independent of z_s, so unbiased. The resulting estimator

@@ -77,7 +77,7 @@ class _ExactModel(nn.Module):
 
 
 class LinearGaussian(_ExactModel):
-    """Probabilistic PCA: z ~ N(0, I_k), x | z ~ N(W z + b, noise_std² I_D).
+    """Probabilistic PCA (Tipping & Bishop 1999): z ~ N(0, I_k), x | z ~ N(W z + b, noise_std² I_D).
 
     Args:
         weight: ``W``, shape ``[D, k]``.
@@ -223,7 +223,7 @@ def _gaussian_moments(q: Distribution) -> tuple[Tensor, Tensor]:
 
 
 class GaussianMixture(_ExactModel):
-    """A mixture of diagonal Gaussians with a one-hot discrete latent.
+    """A mixture of diagonal Gaussians with a one-hot discrete latent (Bishop 2006, §9.2).
 
     z ~ OneHotCategorical(softmax(logits)), x | z = e_k ~ N(means[k], diag(scales[k]²)).
 
