@@ -142,6 +142,14 @@ def test_e2c_typed_value_equal_to_the_default_beats_the_preset(prefix):
     run, model = resolve_world_model(_parse(*E2C, "--preset", "debug", "--steps", "4"))
     assert run.steps == 4 and run.image_size == PRESETS["e2c"]["debug"]["image_size"]
     assert resolve_world_model(_parse(*E2C, "--hidden", "8,8"))[1].hidden == (8, 8)
+    # a typed boolean in either spelling beats the default preset's regulator = True
+    assert PRESETS["e2c"]["default"]["regulator"] is True
+    for option in ("--no-regulator", "--no-e2c-regulator"):
+        assert resolve_world_model(_parse(*E2C, option))[0].regulator is False
+    # --agent=e2c and argparse's abbreviation --ag reach E2C's options too
+    for agent in (["--agent=e2c"], ["--ag", "e2c"]):
+        argv = ["world-model", "train", *agent, "--transitions", "64"]
+        assert resolve_world_model(_parse(*argv))[0].transitions == 64
 
 
 def test_e2c_refuses_the_other_agents_options(capsys):

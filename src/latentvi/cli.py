@@ -22,7 +22,7 @@ from latentvi.models.cvae import CVAEConfig
 from latentvi.models.e2c import E2CConfig
 from latentvi.models.ssm import RSSMConfig
 from latentvi.models.vae import VAEConfig
-from latentvi.presets import DEFAULT_PRESET, preset_names, resolve
+from latentvi.presets import DEFAULT_PRESET, preset_names, preset_notes, resolve
 from latentvi.rl.dreamer import DreamerConfig
 from latentvi.rl.imitation import PolicyConfig
 from latentvi.rl.latent_q import LatentQConfig
@@ -39,35 +39,41 @@ __all__ = ["build_parser", "main", "resolve_latent_q", "resolve_world_model"]
 Groups = tuple[tuple[str, type], ...]  # option groups of a command: (group name, config type)
 
 
-def _add_preset(parser: argparse.ArgumentParser, command: str, help: str) -> None:
-    parser.add_argument(
-        "--preset",
-        choices=preset_names(command),
-        default=DEFAULT_PRESET,
-        help=f"{help} (default: {DEFAULT_PRESET}). A preset fills only the options not typed: a "
-        "typed value always wins, even one equal to the default",
-    )
-
-
-def _command(
-    subparsers, name: str, handler: Callable, groups: Groups = (), **keywords
-) -> CommandParser:
-    """Sub-command ``name`` of ``subparsers`` (``keywords``: its help, description ...), see
-    :func:`_with_options`."""
-    resume = keywords.pop("resume", False)
-    return _with_options(subparsers.add_parser(name, **keywords), handler, groups, resume)
+def _command(subparsers, name: str, handler: Callable, groups: Groups = (), **keywords):
+    """Sub-command ``name`` of ``subparsers``: ``help``, ``description`` and the other keywords
+    of ``add_parser``, and those of :func:`_with_options`."""
+    options = {k: keywords.pop(k) for k in ("resume", "json_help", "presets") if k in keywords}
+    return _with_options(subparsers.add_parser(name, **keywords), handler, groups, **options)
 
 
 def _with_options(
-    parser: CommandParser, handler: Callable, groups: Groups, resume=False
+    parser: CommandParser,
+    handler: Callable,
+    groups: Groups,
+    resume: bool = False,
+    json_help: str = "print the summary as one JSON object",
+    presets: tuple[str, str] | None = None,
 ) -> CommandParser:
-    """``parser`` with one option per field of ``groups``' configs, then ``--resume`` (with
-    ``resume``) and ``--json``; it runs ``handler(parsed arguments)``."""
+    """``parser`` with ``--preset`` (``presets``: the command in :mod:`latentvi.presets` and what
+    its presets are), one option per field of ``groups``' configs (their help says what the
+    presets set them to), then ``--resume`` (with ``resume``) and ``--json``; it runs
+    ``handler(parsed arguments)``."""
+    notes = {}
+    if presets is not None:
+        command, text = presets
+        parser.add_argument(
+            "--preset",
+            choices=preset_names(command),
+            default=DEFAULT_PRESET,
+            help=f"{text} (default: {DEFAULT_PRESET}). A preset fills only the options not "
+            "typed: a typed value always wins, even one equal to the default",
+        )
+        notes = preset_notes(command)
     for group_name, config_type in groups:
-        add_arguments(parser.add_argument_group(group_name), config_type)
+        add_arguments(parser.add_argument_group(group_name), config_type, notes)
     if resume:
         parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument("--json", action="store_true", help=json_help)
     parser.set_defaults(handler=handler)
     return parser
 
@@ -109,6 +115,7 @@ def _add_vi(subparsers) -> None:
         "vi",
         _run_vi,
         (("options", vi.VIConfig),),
+        json_help="print the results as one JSON object",
         help="fit a linear-Gaussian data set by per-datapoint and amortized VI with both gradient "
         "estimators; compare with the exact log p(x)",
         description="Fit probabilistic PCA by per-datapoint and amortized variational inference "
@@ -179,6 +186,7 @@ def _add_eval(subparsers) -> None:
         subparsers,
         "eval",
         _run_eval,
+        json_help="print one JSON object",
         help="held-out ELBO and importance-sampled log-likelihood of a run",
         description="Evaluate a trained run on held-out data: the ELBO and the importance-"
         "sampled log-likelihood (nats per example), each with its standard error.",
@@ -246,6 +254,7 @@ def _add_imitate(subparsers) -> None:
         "imitate",
         _run_imitate,
         IMITATE_GROUPS,
+        json_help="print the results as one JSON object",
         help="imitation learning from multimodal demonstrations (BC, CVAE, chunk CVAE, latent plans)",
         description="Collect scripted demonstrations of a 2-D navigation task that can be solved in "
         "several ways, train a policy on them once per seed, and evaluate it on fresh episodes: "
@@ -278,22 +287,23 @@ def _add_rl(subparsers) -> None:
     agents = rl.add_subparsers(
         dest="agent", required=True, metavar="AGENT", parser_class=CommandParser
     )
-    parser = _command(
+    _command(
         agents,
         "latent-q",
         _run_latent_q,
         LATENT_Q_GROUPS,
         resume=True,
+        json_help="print the summary as JSON",
+        presets=(
+            "latent-q",
+            "debug: a tiny run in seconds; latentvi/PixelChain-v0 gets action repeat 1 in any "
+            "preset",
+        ),
         help="Q-learning on a VAE latent of pixel observations (and its baselines)",
         description="Train double DQN (discrete actions) or SAC (continuous) on the true state, on "
         "pixels end to end, or on the latent of a VAE trained on the replay buffer (optionally "
         "pretrained on prior observations). Writes curve.csv/png, reconstructions.png, metrics, "
         "TensorBoard scalars and resumable checkpoints to --out.",
-    )
-    _add_preset(
-        parser,
-        "latent-q",
-        "debug: a tiny run in seconds; latentvi/PixelChain-v0 gets action repeat 1 in any preset",
     )
 
 
@@ -330,11 +340,8 @@ def _add_world_model(subparsers) -> None:
     commands = parser.add_subparsers(
         dest="action", required=True, metavar="ACTION", parser_class=CommandParser
     )
-    train = _command(
-        commands,
+    train = commands.add_parser(
         "train",
-        _run_world_model,
-        resume=True,
         help="train an agent on a pixel environment (PlaNet, Dreamer, SLAC, E2C)",
         description="Train PlaNet (CEM planning in the learned latent space), Dreamer (actor-"
         "critic on imagined rollouts) or SLAC (soft actor-critic: critics on the latent state, "
@@ -352,14 +359,18 @@ def _add_world_model(subparsers) -> None:
         help="the agent (default: planet); only its own option group applies (e2c has its own "
         "options: --agent e2c --help)",
     )
-    _add_preset(
+    _with_options(
         train,
-        "world-model",
-        "debug: CPU, minutes; default: CPU pixel Pendulum, 50k steps; paper: the papers' sizes, "
-        "for a GPU",
+        _run_world_model,
+        WORLD_MODEL_GROUPS,
+        resume=True,
+        json_help="print the summary as JSON",
+        presets=(
+            "world-model",
+            "debug: CPU, minutes; default: CPU pixel Pendulum, 50k steps; paper: the papers' "
+            "sizes, for a GPU",
+        ),
     )
-    for group_name, config_type in WORLD_MODEL_GROUPS:
-        add_arguments(train.add_argument_group(group_name), config_type)
 
 
 def _e2c_parser() -> CommandParser:
@@ -379,12 +390,17 @@ def _e2c_parser() -> CommandParser:
         help="Pendulum-v1 only: E2C sets the pendulum's state to collect its data",
     )
     parser.add_argument("--out", default=None, help="run folder (required)")
-    _add_preset(
+    return _with_options(
         parser,
-        "e2c",
-        "debug: seconds; default: CPU, BENCHMARKS.md's runs; paper: Watter et al.'s sizes",
+        _run_world_model,
+        E2C_GROUPS,
+        resume=True,
+        json_help="print the summary as JSON",
+        presets=(
+            "e2c",
+            "debug: seconds; default: CPU, BENCHMARKS.md's runs; paper: Watter et al.'s sizes",
+        ),
     )
-    return _with_options(parser, _run_world_model, E2C_GROUPS, resume=True)
 
 
 def resolve_world_model(arguments: argparse.Namespace) -> tuple:

@@ -91,55 +91,42 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
 
 
 def add_arguments(
-    parser: argparse.ArgumentParser,
-    config_type: type,
-    prefix: str = "",
-    exclude: tuple[str, ...] = (),
+    parser: argparse.ArgumentParser, config_type: type, notes: dict[str, str] | None = None
 ) -> None:
     """Add one ``--option`` per field of the dataclass ``config_type`` (help: :func:`option`).
 
-    With a ``prefix`` (e.g. ``"e2c"``) the options are ``--e2c-field-name`` and their values
-    ``arguments.e2c_field_name`` (read back by :func:`from_arguments` with the same prefix), for a
-    config whose field names other option groups already use. Fields in ``exclude`` get none.
     An option left out of the command line leaves no attribute on the namespace (the dataclass
-    default applies in :func:`from_arguments`); ``--help`` shows the dataclass default."""
+    default applies in :func:`from_arguments`); ``--help`` shows the dataclass default, and
+    ``notes[field]`` after it (e.g. the presets' values of that field)."""
     hints = typing.get_type_hints(config_type)
+    notes = notes or {}
     for field in dataclasses.fields(config_type):
-        if not field.init or field.name in exclude:
+        if not field.init:
             continue
         kind, optional = _base_type(hints[field.name])
         help_text = field.metadata.get("help", "").replace("%", "%%")  # argparse formats help
-        choices = field.metadata.get("choices")
-        name = _option_name(f"{prefix}_{field.name}" if prefix else field.name)
+        shown = field.default
+        if typing.get_origin(kind) is tuple:
+            help_text, shown = f"{help_text}, comma-separated", ",".join(map(str, field.default))
+        # An option without a default says what leaving it out means in its own help text.
+        extra = [f"default: {shown}"] if field.default is not None else []
+        extra += [notes[field.name].replace("%", "%%")] if field.name in notes else []
+        if extra:
+            help_text = f"{help_text} ({'; '.join(extra)})"
+        arguments: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
         if typing.get_origin(kind) is tuple:
             item = typing.get_args(kind)[0]
-            parser.add_argument(
-                name,
-                type=_comma_separated(item),
-                default=argparse.SUPPRESS,
-                metavar=f"{item.__name__.upper()},...",
-                help=f"{help_text}, comma-separated (default: {','.join(map(str, field.default))})",
-            )
-            continue
-        if kind is bool:
-            parser.add_argument(
-                name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text
-                if field.default is None
-                else f"{help_text} (default: {field.default})",
-            )
-            continue
-        parser.add_argument(
-            name,
-            type=_none_or(kind) if optional else kind,
-            default=argparse.SUPPRESS,
-            choices=choices,
-            metavar=kind.__name__.upper() if choices is None else None,
-            # An option without a default says what leaving it out means in its own help text.
-            help=help_text if field.default is None else f"{help_text} (default: {field.default})",
-        )
+            arguments |= {"type": _comma_separated(item), "metavar": f"{item.__name__.upper()},..."}
+        elif kind is bool:
+            arguments |= {"action": argparse.BooleanOptionalAction}
+        else:
+            choices = field.metadata.get("choices")
+            arguments |= {
+                "type": _none_or(kind) if optional else kind,
+                "choices": choices,
+                "metavar": kind.__name__.upper() if choices is None else None,
+            }
+        parser.add_argument(_option_name(field.name), **arguments)
 
 
 def _comma_separated(item: type):
@@ -163,23 +150,18 @@ def _none_or(kind: type):
     return parse
 
 
-def from_arguments(config_type: type[T], arguments: argparse.Namespace, prefix: str = "") -> T:
-    """Build ``config_type`` from parsed arguments (its ``__post_init__`` validates); ``prefix``
-    as given to :func:`add_arguments`."""
-    return config_type(**argument_values(config_type, arguments, prefix))
+def from_arguments(config_type: type[T], arguments: argparse.Namespace) -> T:
+    """Build ``config_type`` from parsed arguments (its ``__post_init__`` validates)."""
+    return config_type(**argument_values(config_type, arguments))
 
 
-def argument_values(
-    config_type: type, arguments: argparse.Namespace, prefix: str = ""
-) -> dict[str, Any]:
+def argument_values(config_type: type, arguments: argparse.Namespace) -> dict[str, Any]:
     """The parsed values of ``config_type``'s options, by field name: the options typed on the
-    command line (and values of the parser's ``set_defaults``); fields left out of it, or without
-    an option (see ``exclude`` of :func:`add_arguments`), are left out."""
-    start = f"{prefix}_" if prefix else ""
+    command line (and values of the parser's ``set_defaults``); fields left out are left out."""
     return {
-        f.name: getattr(arguments, start + f.name)
+        f.name: getattr(arguments, f.name)
         for f in dataclasses.fields(config_type)
-        if f.init and hasattr(arguments, start + f.name)
+        if f.init and hasattr(arguments, f.name)
     }
 
 
@@ -222,22 +204,28 @@ class CommandParser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def _without_prefix(self, arg: str) -> str:
+        """``--PREFIX-name[=value]`` -> ``--name[=value]`` (and ``--no-PREFIX-name`` ->
+        ``--no-name``) where this parser has that option; other arguments as they are."""
         name, equals, value = arg.partition("=")
-        start = f"--{self.old_prefix}-"
-        new = "--" + name[len(start) :]
-        if name.startswith(start) and new in self._option_string_actions:
-            return new + equals + value
+        for old, new in ((f"--{self.old_prefix}-", "--"), (f"--no-{self.old_prefix}-", "--no-")):
+            renamed = new + name[len(old) :]
+            if name.startswith(old) and renamed in self._option_string_actions:
+                return renamed + equals + value
         return arg
 
 
 def _last_value(args: list[str], option: str) -> str | None:
-    """The value of the last ``option VALUE`` or ``option=VALUE`` in ``args``."""
+    """The value of the last ``option VALUE`` or ``option=VALUE`` in ``args``, ``option`` also
+    abbreviated as argparse allows (``--ag e2c`` for ``--agent e2c``)."""
     value = None
     for i, arg in enumerate(args):
-        if arg == option and i + 1 < len(args):
+        name, equals, given = arg.partition("=")
+        if not (name.startswith("--") and len(name) > 2 and option.startswith(name)):
+            continue
+        if equals:
+            value = given
+        elif i + 1 < len(args):
             value = args[i + 1]
-        elif arg.startswith(option + "="):
-            value = arg[len(option) + 1 :]
     return value
 
 

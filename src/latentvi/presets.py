@@ -32,6 +32,7 @@ __all__ = [
     "ENV_PRESETS",
     "PRESETS",
     "preset_names",
+    "preset_notes",
     "preset_values",
     "resolve",
 ]
@@ -219,6 +220,17 @@ def preset_names(command: str) -> tuple[str, ...]:
     """The presets of ``command`` (a key of :data:`PRESETS`), for ``--preset``'s choices."""
     _check_command(command)
     return tuple(PRESETS[command])
+
+
+def preset_notes(command: str) -> dict[str, str]:
+    """field -> ``"presets: debug 32, default 100"``: what each preset of ``command`` sets the
+    field to, for the ``--help`` text beside the dataclass default."""
+    notes: dict[str, list[str]] = {}
+    for name, values in PRESETS[command].items():
+        for field, value in values.items():
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            notes.setdefault(field, []).append(f"{name} {shown}")
+    return {field: "presets: " + ", ".join(items) for field, items in notes.items()}
 
 
 def preset_values(
