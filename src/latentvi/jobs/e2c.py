@@ -16,11 +16,9 @@ pendulum directly, so a controller has to pump energy):
 * **control** — from hanging down (θ = π ± ``start_noise``, θ̇ ∈ ±``start_noise``; ``start_angle``
   = 0 starts upright instead, to test balancing alone) for ``episode_steps`` agent steps: encode
   the two newest frames and act with the run's controller toward the latent of the upright goal
-  image (:func:`latentvi.rl.e2c.latent_controller`): receding-horizon iLQR (``controller`` =
-  ``mpc``, the paper's; E2C's own ``A_t, B_t`` or autograd Jacobians, optionally started from the
-  goal's LQR regulator) or the greedy policy of value iteration on a grid over the training
-  latents (``value``, the default preset: iLQR is local, and from a pendulum at rest its plans
-  tend to put the swing-up at the end of the horizon, which recedes). **Success**:
+  image (:func:`latentvi.rl.e2c.latent_controller`): receding-horizon iLQR (``mpc``, the
+  paper's) or value iteration's greedy policy on a grid over the training latents (``value``, the
+  default preset's: iLQR is local, and its plans from rest put the swing-up off). **Success**:
   |θ| < ``success_angle`` at each of the last ``success_steps`` agent steps (θ wrapped to
   (−π, π]). ``trials`` episodes with start states from fixed seeds, all planned in one batch.
 
