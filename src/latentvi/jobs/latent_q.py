@@ -38,7 +38,6 @@ from latentvi.train.rng import isolated_rng, mixed_seed, seed_everything
 from latentvi.train.storage import read_json, read_tensors, replace_text, write_json, write_tensors
 
 __all__ = [
-    "PRESETS",
     "RunConfig",
     "collect_prior_data",
     "evaluate_policy",
@@ -110,32 +109,6 @@ class RunConfig:
         require(
             self.device in ("cpu", "cuda", "auto"), "device", self.device, "use cpu, cuda or auto"
         )
-
-
-# A preset fills the options left at their defaults (see latentvi.cli).
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "debug": {
-        "steps": 400,
-        "buffer_size": 2000,
-        "learning_starts": 100,
-        "eval_every": 200,
-        "eval_episodes": 2,
-        "prior_steps": 200,
-        "pretrain_updates": 10,
-        "log_every": 100,
-        "update_every": 1,
-        "checkpoint_every": 200,
-        "image_size": 32,
-        "latent_dim": 8,
-        "channels": (8, 16),
-        "feature_dim": 16,
-        "hidden": (64, 64),
-        "batch_size": 32,
-        "epsilon_decay_steps": 200,
-        "target_update_every": 50,
-    },
-}
 
 
 def _check(agent_config: LatentQConfig, run: RunConfig) -> bool:

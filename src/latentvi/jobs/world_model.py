@@ -61,13 +61,9 @@ from latentvi.train.storage import replace_text
 
 __all__ = [
     "AGENTS",
-    "AGENT_PRESETS",
-    "PRESETS",
     "WorldModelRunConfig",
     "load_run",
-    "preset_config",
     "train_world_model",
-    "with_preset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -120,115 +116,6 @@ AGENTS: dict[str, tuple[type, AgentFactory]] = {
     "dreamer": (DreamerConfig, DreamerAgent),
     "slac": (SlacConfig, SlacAgent),
 }
-
-# A preset fills the options left at their defaults (field name -> value, over every config).
-# The class defaults are the papers' sizes; `paper` adds only the papers' run settings.
-PRESETS: dict[str, dict[str, Any]] = {
-    "debug": {
-        # seconds to a few minutes on one CPU core
-        "image_size": 32,
-        "grayscale": True,
-        "steps": 1000,
-        "seed_episodes": 1,
-        "train_steps": 5,
-        "eval_every": 400,
-        "eval_episodes": 2,
-        "checkpoint_every": 400,
-        "open_loop_horizon": 30,
-        "deter_dim": 32,
-        "stoch_dim": 8,
-        "hidden": 32,
-        "channels": (8, 16),
-        "batch_size": 4,
-        "chunk_length": 16,
-        "plan_horizon": 5,
-        "candidates": 64,
-        "cem_iterations": 3,
-        "top_k": 8,
-        "imag_horizon": 5,
-        "actor_hidden": (32, 32),
-        "history": 4,
-        "sac_hidden": (32, 32),
-        "model_only_updates": 2,  # so that a debug run takes both kinds of update
-    },
-    "default": {
-        # pixel Pendulum-v1, 50k environment steps on 2 CPU cores
-        "grayscale": True,
-        "steps": 50_000,
-        "seed_episodes": 5,
-        "train_steps": 30,
-        "eval_every": 5000,
-        "deter_dim": 100,
-        "stoch_dim": 16,
-        "hidden": 100,
-        "channels": (8, 16, 32, 64),
-        "batch_size": 16,
-        "chunk_length": 32,
-        "model_lr": 1e-3,
-        # PlaNet's 3 free nats left the prior without gradient here (the KL per step stayed
-        # below 3 with 16 stochastic units), so imagination drifted from the posterior;
-        # 1 free nat and DreamerV2's balancing train the prior towards the posterior.
-        "free_nats": 1.0,
-        "kl_balance": 0.8,
-        "plan_horizon": 12,
-        "candidates": 300,
-        "cem_iterations": 5,
-        "top_k": 30,
-        "imag_horizon": 15,
-        "actor_hidden": (200, 200),
-        "actor_lr": 2e-4,
-        "critic_lr": 2e-4,
-        # without an entropy bonus the actor collapsed to a constant torque (BENCHMARKS.md)
-        "actor_entropy": 1.0,
-        # SLAC: the paper's K = 8 and 256-256 networks; the model alone for the first 300
-        # updates (10 episodes), as the paper pretrains it before SAC
-        "model_only_updates": 300,
-    },
-    "paper": {
-        # PlaNet/Dreamer sizes (the config defaults), for a GPU
-        "device": "auto",
-        "steps": 500_000,
-        "train_steps": 100,
-        # SLAC: the model alone for the first 10k updates (100 episodes): our choice of length
-        # for the pretraining the paper does before SAC starts
-        "model_only_updates": 10_000,
-    },
-}
-
-# Values of one agent's preset for fields the agents share (over PRESETS): agent -> preset -> values.
-AGENT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "slac": {
-        # SLAC's batch: 32 sequences of 8 steps, i.e. 9 observations (K = 8 frames of history at
-        # t and at t+1).
-        "paper": {"batch_size": 32, "chunk_length": 9},
-    },
-}
-
-
-def preset_config(
-    config_type: type,
-    preset: str,
-    values: dict[str, Any] | None = None,
-    agent: str | None = None,
-) -> Any:
-    """``config_type(**values)`` with the preset's values for the fields ``values`` leaves out or
-    sets to their defaults (validated once, on the final values); ``agent``'s own values of the
-    preset (:data:`AGENT_PRESETS`) take precedence over the shared ones."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset = {preset!r} is invalid: use one of {sorted(PRESETS)}")
-    chosen = {**PRESETS[preset], **AGENT_PRESETS.get(agent or "", {}).get(preset, {})}
-    values = dict(values or {})
-    for f in dataclasses.fields(config_type):
-        if f.name in chosen and values.get(f.name, f.default) == f.default:
-            values[f.name] = chosen[f.name]
-    return config_type(**values)
-
-
-def with_preset(config: Any, preset: str, agent: str | None = None) -> Any:
-    """``config`` with the preset's values (``agent``'s, see :func:`preset_config`) in place of
-    fields left at their defaults."""
-    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
-    return preset_config(type(config), preset, values, agent)
 
 
 def load_run(
