@@ -58,7 +58,7 @@ from latentvi.envs.pixels import make_env
 from latentvi.models.e2c import E2C, E2CConfig
 from latentvi.plots import plot_image_grid, save_figure
 from latentvi.train import TrainConfig, fit
-from latentvi.train.rng import mixed_seed
+from latentvi.train.rng import mixed_seed, seed_everything
 from latentvi.train.storage import write_json
 
 __all__ = [
@@ -598,7 +598,7 @@ def run_e2c(
     model_config = model_config or preset("default")[1]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(run.seed)
+    seed_everything(run.seed)  # seed first, then build anything random
     started = time.perf_counter()
     data = collect_transitions(run, mixed_seed(run.seed, 1))
     collect_seconds = time.perf_counter() - started
