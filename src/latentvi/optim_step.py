@@ -165,6 +165,7 @@ def optimizer_step(
     name: str = "loss",
     norm: NormMode = "torch",
     any_failed: Callable[[bool], bool] | None = None,
+    only_optimized: bool = False,
 ) -> float:
     """One gradient step on ``loss`` (a scalar tensor); returns the gradient norm before clipping.
 
@@ -187,6 +188,9 @@ def optimizer_step(
         any_failed: for data-parallel training, ``local_failure -> whether any process failed``
             (a collective every process calls every step); backward then always runs, so that
             every process joins the gradient reduction.
+        only_optimized: differentiate with respect to the optimizers' parameters alone
+            (``loss.backward(inputs=...)``): nothing else the loss depends on (a model held fixed
+            while a posterior is refined) gets a gradient.
 
     Raises:
         NonFiniteError: something was not finite; the parameters and optimizer states are
@@ -199,7 +203,11 @@ def optimizer_step(
     bad = None if math.isfinite(loss_value) else name
     norm_value = math.nan
     if bad is None or any_failed is not None:
-        loss.backward()
+        if only_optimized:
+            inputs = [p for o in optimizers for group in o.param_groups for p in group["params"]]
+            loss.backward(inputs=inputs)
+        else:
+            loss.backward()
         norm_value, bad_gradient = gradient_norm(_named(optimizers, parameters), clip, norm)
         bad = bad or bad_gradient
     if any_failed is not None and any_failed(bad is not None) and bad is None:
