@@ -12,9 +12,14 @@ Contracts:
   :mod:`latentvi.train.distributed`). ``num_batches``: batches per epoch (per rank).
 - **validation**: ``make_valid_batches() -> Iterable[batch]``, see :func:`evaluate`.
 
+Read top-down: :func:`fit` sets up (checks and resume: :mod:`latentvi.train.setup`), then runs
+:func:`_train_epoch` until done; each batch is one :func:`latentvi.train.step.train_step`, then
+:func:`_after_step` logs, validates, runs callbacks and checkpoints.
+
 One step (1-based count of optimizer updates): move the batch to the device, ``loss.backward()``,
 check the loss and every gradient are finite (else :class:`TrainingDivergedError` before the
-update), clip, ``optimizer.step()``. Then, in this order: log training means (every
+update), clip, ``optimizer.step()`` (:func:`latentvi.optim_step.optimizer_step`, the one step
+every model and agent takes). Then, in this order: log training means (every
 ``log_every``), validate (every ``eval_every``, or at the end of each epoch when 0), run callbacks
 (on logging steps), checkpoint (every ``checkpoint_every``). The last step also logs (the
 partial window), validates and checkpoints; callbacks run only every ``log_every`` steps, so
