@@ -106,6 +106,9 @@ def iwae_dreg(
     (2019) ``Σ_k w̃_k² ∂ log w_k/∂z_k · ∂z_k/∂φ`` with log q evaluated at stopped parameters — unbiased
     for ∇φ IWAE_K with a variance that does not swamp the signal as K grows. ``w̃`` are the
     normalized importance weights. ``q`` must be a diagonal Gaussian (``Independent(Normal)``).
+
+    With gradients off (``torch.no_grad``, e.g. in validation) it returns the bound's value alone,
+    from the same draw: the surrogate exists only for gradients.
     """
     check_num_samples(num_samples)
     check_data(x, q)
@@ -119,6 +122,8 @@ def iwae_dreg(
     z = q.rsample((num_samples,))  # (K, *B, Z), pathwise in φ
     z_leaf = z.detach().requires_grad_(True)
     log_w = likelihood(z_leaf).log_prob(x) + prior.log_prob(z_leaf) - q_stopped.log_prob(z_leaf)
+    if not log_w.requires_grad:  # no graph to differentiate (gradients off): the bound's value
+        return log_mean_exp(log_w, dim=0)
     weights = torch.softmax(log_w.detach(), dim=0)  # (K, *B)
     (grad_z,) = torch.autograd.grad(log_w.sum(), z_leaf, retain_graph=True)  # ∂ log w_k / ∂z_k
     model_term = (weights * log_w).sum(0)  # θ-gradient Σ w̃ ∇θ log w (z held fixed)

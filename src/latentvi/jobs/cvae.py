@@ -35,6 +35,7 @@ from latentvi.data import Batches, binarize_static, load_dataset
 from latentvi.jobs.vae import MODEL_FILE, TEST_BINARIZATION_SEED, DataSource
 from latentvi.models.cvae import CVAE, CVAEConfig, Regressor
 from latentvi.train import TrainConfig, fit, load_checkpoint
+from latentvi.train.rng import seed_everything
 from latentvi.train.storage import replace_text
 
 __all__ = ["CVAE_TASKS", "CVAEDataConfig", "conditional_data", "load_cvae", "train_cvae"]
@@ -113,6 +114,7 @@ def train_cvae(
         model_config.likelihood,
         "binarized images need --likelihood bernoulli",
     )
+    seed_everything(train.seed)  # seed first, then build anything random
     out = Path(train.out)
     x, y, shape = conditional_data(data, "train", train.seed)
     spec = {

@@ -50,7 +50,7 @@ from latentvi.presets import DEFAULT_PRESET, resolve
 from latentvi.rl.e2c import Controller, goal_stability, latent_controller
 from latentvi.train import TrainConfig, fit
 from latentvi.train.checkpoint import load_checkpoint
-from latentvi.train.rng import mixed_seed
+from latentvi.train.rng import mixed_seed, seed_everything
 from latentvi.train.storage import write_json
 
 __all__ = [
@@ -354,7 +354,7 @@ def run_e2c(
     model_config = model_config or resolve("e2c", DEFAULT_PRESET, (E2CConfig,))[0]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(run.seed)
+    seed_everything(run.seed)  # seed first, then build anything random
     started = time.perf_counter()
     data = collect_transitions(run, mixed_seed(run.seed, 1))
     collect_seconds = time.perf_counter() - started

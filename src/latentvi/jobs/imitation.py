@@ -27,6 +27,7 @@ from latentvi.rl.imitation import (
     summarize,
     train_policy,
 )
+from latentvi.train.rng import seed_everything
 from latentvi.train.storage import replace_text
 
 __all__ = [
@@ -89,6 +90,7 @@ def run_imitation(
     out: str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate ``policy`` on ``job.task`` (see the module docstring); JSON-ready."""
+    seed_everything(policy.seed)  # seed first, then build anything random
     demos = demos or DemoConfig()
     demonstrations = collect_demonstrations(job.task, demos)
     names = task_spec(job.task).mode_names

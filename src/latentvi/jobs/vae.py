@@ -23,6 +23,7 @@ from latentvi.data import DATASETS, Batches, ImageDataset, binarize_static, load
 from latentvi.models.vae import VAE, VAEConfig
 from latentvi.train import TrainConfig, fit, load_checkpoint
 from latentvi.train.distributed import current
+from latentvi.train.rng import seed_everything
 from latentvi.train.storage import replace_text
 
 __all__ = [
@@ -132,6 +133,7 @@ def train_vae(
     """Train a VAE; return the training result summary (JSON-ready)."""
     _check_likelihood(model_config, data)
     require(train.out is not None, "out", train.out, "give a run folder, e.g. --out runs/vae")
+    seed_everything(train.seed)  # seed first: the model's initial weights come from it
     train_set = load_data(data, "train")
     held_out = load_data(data, "valid" if data.validation else "test")
     images = train_set.images
