@@ -55,6 +55,27 @@ def _run_vi(arguments: argparse.Namespace) -> None:
         print(format_vi_report(results))
 
 
+def _add_em(subparsers) -> None:
+    from latentvi.jobs.em import EMConfig, format_em_report, run_em
+
+    def run(arguments: argparse.Namespace) -> None:
+        results = run_em(from_arguments(EMConfig, arguments))
+        print(json.dumps(results, indent=2) if arguments.json else format_em_report(results))
+
+    parser = subparsers.add_parser(
+        "em",
+        help="EM, hard EM, per-datapoint and amortized VI and gradient ascent on the exact "
+        "log p(x), from one start: log p(x) against passes and wall time",
+        description="The expected log-likelihood: fit probabilistic PCA (and a Gaussian mixture) "
+        "by EM, hard EM, variational inference and gradient ascent on the exact log p(x) from "
+        "the same start, and compare the exact log-likelihood against passes and wall time. "
+        "All values are nats per example.",
+    )
+    add_arguments(parser, EMConfig)
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.set_defaults(handler=run)
+
+
 def _add_train(subparsers) -> None:
     from latentvi.jobs.vae import DataConfig
     from latentvi.models.vae import VAEConfig
@@ -492,6 +513,7 @@ def _run_world_model(arguments: argparse.Namespace) -> None:
 
 COMMANDS: list[Callable] = [
     _add_vi,
+    _add_em,
     _add_train,
     _add_eval,
     _add_sample,

@@ -247,6 +247,7 @@ def fit_em(
     step_size_power: float = 0.6,
     reg_variance: float = 0.0,
     seed: int = 0,
+    evaluate: Callable[[], float] | None = None,
     callback: Callable[[dict[str, float]], bool | None] | None = None,
 ) -> list[dict[str, float]]:
     """Fit ``model`` to ``x [N, D]`` by ``iterations`` passes of EM (``hard``: hard EM), in place.
@@ -261,6 +262,8 @@ def fit_em(
             EM's average over passes is then still a decaying average.
         step_size_power: κ ∈ (0.5, 1] of the stepwise mode.
         reg_variance: added to every variance in the M-step (0 = exact maximum likelihood).
+        evaluate: returns the value recorded as ``log_marginal`` after each pass (e.g. log p(x)
+            from a float64 copy of θ); default: the model's mean exact log p(x) of ``x``.
         callback: called with each record; returning True stops early.
 
     Returns:
@@ -281,8 +284,13 @@ def fit_em(
     batches = list(x.split(batch_size))
     generator = torch.Generator().manual_seed(seed)
 
+    if evaluate is None:
+
+        def evaluate() -> float:
+            return model.log_marginal(x).mean().item()
+
     def record(iteration: int, steps: int, seconds: float) -> dict[str, float]:
-        log_marginal = model.log_marginal(x).mean().item()
+        log_marginal = evaluate()
         return {
             "iteration": iteration,
             "steps": steps,
