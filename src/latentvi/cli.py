@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from latentvi.config import USAGE_ERROR, CommandParser, add_arguments, from_arguments, typed_values
 from latentvi.envs.demos import DemoConfig
-from latentvi.jobs import cvae, e2c, imitation, latent_q, vae, vi, world_model
+from latentvi.jobs import cvae, e2c, em, imitation, latent_q, vae, vi, world_model
 from latentvi.models.cvae import CVAEConfig
 from latentvi.models.e2c import E2CConfig
 from latentvi.models.ssm import RSSMConfig
@@ -127,6 +127,27 @@ def _add_vi(subparsers) -> None:
 def _run_vi(arguments: argparse.Namespace) -> None:
     results = vi.run_vi(from_arguments(vi.VIConfig, arguments), progress=not arguments.json)
     print(json.dumps(results, indent=2) if arguments.json else vi.format_vi_report(results))
+
+
+def _add_em(subparsers) -> None:
+    _command(
+        subparsers,
+        "em",
+        _run_em,
+        (("options", em.EMConfig),),
+        json_help="print the results as one JSON object",
+        help="EM, hard EM, per-datapoint and amortized VI and gradient ascent on the exact "
+        "log p(x), from one start: log p(x) against passes and wall time",
+        description="The expected log-likelihood: fit probabilistic PCA (and a Gaussian mixture) "
+        "by EM, hard EM, variational inference and gradient ascent on the exact log p(x) from "
+        "the same start, and compare the exact log-likelihood against passes and wall time. "
+        "All values are nats per example.",
+    )
+
+
+def _run_em(arguments: argparse.Namespace) -> None:
+    results = em.run_em(from_arguments(em.EMConfig, arguments))
+    print(json.dumps(results, indent=2) if arguments.json else em.format_em_report(results))
 
 
 def _add_train(subparsers) -> None:
@@ -446,6 +467,7 @@ def _run_world_model(arguments: argparse.Namespace) -> None:
 
 COMMANDS: list[Callable] = [
     _add_vi,
+    _add_em,
     _add_train,
     _add_eval,
     _add_sample,
