@@ -59,6 +59,7 @@ from latentvi.models.e2c import E2C, E2CConfig
 from latentvi.plots import plot_image_grid, save_figure
 from latentvi.train import TrainConfig, fit
 from latentvi.train.rng import mixed_seed
+from latentvi.train.runs import check_run_folder, write_run
 from latentvi.train.storage import write_json
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "latent_controller",
     "load_model",
     "open_loop_error",
+    "plot_e2c",
     "preset",
     "run_e2c",
     "train_model",
@@ -597,7 +599,20 @@ def run_e2c(
     run = config
     model_config = model_config or preset("default")[1]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_folder(out, resume=False)  # E2C runs do not resume: checkpoints there refuse it
+    if run.controller == "value":  # the grid's size, checked before anything is written
+        nodes = run.value_cells**model_config.latent_dim
+        require(
+            nodes <= MAX_VALUE_NODES,
+            "value_cells",
+            run.value_cells,
+            f"the grid would have value_cells^latent_dim = {nodes:,} nodes; the value controller "
+            "is for latents of 2–3 dimensions: use fewer cells or controller = mpc",
+        )
+    write_run(
+        out, "e2c", {"run": run, "model": model_config},
+        obs_shape=[2, run.image_size, run.image_size], action_dim=1,
+    )  # fmt: skip
     torch.manual_seed(run.seed)
     started = time.perf_counter()
     data = collect_transitions(run, mixed_seed(run.seed, 1))
@@ -696,6 +711,12 @@ def _evaluate(
         "run_config": to_dict(run),
         "model_config": to_dict(model_config),
     }
+
+
+def plot_e2c(model: E2C, data: dict[str, torch.Tensor], result: dict, out: Path) -> list[Path]:
+    """``reconstructions.png``, ``latent.png`` and ``control.png`` (see the module docstring)
+    into ``out``, from transitions ``data`` and a :func:`control` ``result``."""
+    return _figures(model, data, result, Path(out))
 
 
 def _figures(model: E2C, data: dict[str, torch.Tensor], result: dict, out: Path) -> list[Path]:

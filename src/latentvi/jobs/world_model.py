@@ -57,6 +57,7 @@ from latentvi.train.config import resolve_device
 from latentvi.train.errors import TrainingDivergedError
 from latentvi.train.metrics import MetricsLogger
 from latentvi.train.rng import isolated_rng, mixed_seed, seed_everything
+from latentvi.train.runs import check_run_folder, write_run
 from latentvi.train.storage import replace_text
 
 __all__ = [
@@ -74,6 +75,12 @@ logger = logging.getLogger(__name__)
 
 EVAL_SEED = 1_000_000
 OPEN_LOOP_SEED = 3_000_000
+# Run options a resume may change; the others (and every other config) must be the run's.
+RESUMABLE_RUN_FIELDS = (
+    "steps", "train_steps", "eval_every", "eval_episodes", "checkpoint_every",
+    "keep_checkpoints", "open_loop_context", "open_loop_horizon", "device", "out", "progress",
+    "tensorboard",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,13 +317,8 @@ def train_world_model(
     require(run.out is not None, "out", run.out, "give a run folder, e.g. --out runs/planet")
     out = Path(run.out)
     latest = find_latest(out) if out.is_dir() else None
-    if not resume and (latest is not None or any((out / "episodes").glob("episode-*.npz"))):
-        raise ValueError(
-            f"out = {str(out)!r} already holds a run: pass --resume to continue it, or choose "
-            "another folder"
-        )
-    if resume and latest is None:
-        raise ValueError(f"out = {str(out)!r} holds no checkpoint to resume; drop --resume")
+    episodes_found = any((out / "episodes").glob("episode-*.npz"))
+    check_run_folder(out, resume, holds_run=episodes_found)
     env = make_run_env(run)
     eval_env = make_run_env(run)
     model_config = dataclasses.replace(
@@ -330,6 +332,11 @@ def train_world_model(
         training.chunk_length,
         "use at most the observations of one episode",
     )
+    configs = {"run": run, "model": model_config, "training": training, "agent": agent_config}
+    check_run_folder(
+        out, resume, kind="world-model", configs=configs,
+        fixed=("run", "model", "training", "agent"), ignore={"run": RESUMABLE_RUN_FIELDS},
+    )  # fmt: skip
     device = resolve_device(run.device)
     seed_everything(run.seed)
     agent = factory(model_config, training, agent_config).to(device)
@@ -358,7 +365,7 @@ def train_world_model(
         generator.bit_generator.state = loaded["action_generator"]
         logger.info("resumed %s at environment step %d", latest, state["env_steps"])
     else:
-        out.mkdir(parents=True, exist_ok=True)
+        write_run(out, "world-model", configs, agent=agent_name)
         replace_text(out / "config.json", json.dumps(spec, indent=2) + "\n")
     metrics_logger = MetricsLogger(
         out, tensorboard=run.tensorboard, resume_step=state["env_steps"] if latest else None
