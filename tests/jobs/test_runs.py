@@ -356,6 +356,7 @@ def test_refused_imitate_changes_nothing(imitation_run, capsys):
     folder = imitation_run[0]
     out = ["--out", str(folder)]
     refused(capsys, folder, *IMITATE, *out, says="already holds a run")
+    refused(capsys, folder, *IMITATE, *out, "--seed", "4", says="already holds a run")
     refused(capsys, folder, *IMITATE, *out, "--seeds", "0", says="seeds")
     refused(capsys, folder, *IMITATE, *out, "--steps", "0", says="steps")
 

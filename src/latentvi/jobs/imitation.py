@@ -30,7 +30,7 @@ from latentvi.rl.imitation import (
     summarize,
     train_policy,
 )
-from latentvi.train.runs import check_run_folder, write_run
+from latentvi.train.runs import RUN_FILE, check_run_folder, read_run, write_run
 from latentvi.train.storage import replace_text
 
 __all__ = [
@@ -50,11 +50,15 @@ def seed_folder(out: str | Path, seed: int) -> Path:
 
 
 def _check_folders(out: str | Path | None, policy: PolicyConfig, seeds: int) -> None:
-    """Refuse, before anything is written, an ``out`` whose seed folders hold checkpoints."""
+    """Refuse, before anything is written, an ``out`` whose seed folders (those of this call,
+    and those an earlier job there lists in its run.json) hold checkpoints."""
     if out is None:
         return
-    for offset in range(seeds):
-        check_run_folder(seed_folder(out, policy.seed + offset), resume=False)
+    folders = [seed_folder(out, policy.seed + offset) for offset in range(seeds)]
+    if (Path(out) / RUN_FILE).is_file():
+        folders += [Path(out) / name for name in read_run(out).info.get("runs", [])]
+    for folder in folders:
+        check_run_folder(folder, resume=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -287,9 +287,9 @@ def run_latent_q(
         out, resume, kind="latent-q", configs={"agent": agent_config, "run": run},
         fixed=("agent", "run"), ignore={"run": RESUMABLE_RUN_FIELDS},
     )  # fmt: skip
-    if agent_config.variant == "vae-pretrained" and not resume and run.prior_data:
-        if Path(f"{run.prior_data}.json").is_file():  # existing prior data: the run's stack
-            load_prior_data(run.prior_data, run.frame_stack, check_only=True)
+    pretrains = agent_config.variant == "vae-pretrained" and not resume and run.prior_data
+    if pretrains and Path(f"{run.prior_data}.json").is_file():  # it must have the run's stack
+        load_prior_data(run.prior_data, run.frame_stack, check_only=True)
     device = torch.device(
         "cuda" if run.device == "auto" and torch.cuda.is_available() else
         ("cpu" if run.device == "auto" else run.device)

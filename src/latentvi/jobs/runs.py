@@ -137,30 +137,11 @@ def _load_latent_q(run: Run, map_location, checkpoint):
 def _load_world_model(run: Run, map_location, checkpoint):
     """The agent, optimizers included (it can train on), with ``agent_name``, ``run_config``
     and ``env_steps``."""
-    from latentvi.jobs.world_model import AGENTS, WorldModelRunConfig
-    from latentvi.models.ssm import RSSMConfig
-    from latentvi.rl.world_model_agent import ModelTrainingConfig
+    from latentvi.jobs.world_model import load_run
 
-    name = run.info.get("agent")
-    require(name in AGENTS, "agent", name, f"{run.path}: use one of {', '.join(AGENTS)}")
-    config_type, factory = AGENTS[name]
-    configs = _configs(
-        run,
-        {
-            "run": WorldModelRunConfig,
-            "model": RSSMConfig,
-            "training": ModelTrainingConfig,
-            "agent": config_type,
-        },
-    )
-    agent = factory(configs["model"], configs["training"], configs["agent"])
-    loaded = load_checkpoint(
-        _source(run, checkpoint), agent, map_location=map_location, restore_rng=False
-    )
-    agent.load_optimizer_state(loaded["optimizers"])
-    agent.agent_name, agent.run_config = name, configs["run"]
-    agent.env_steps = int(loaded["counters"]["env_steps"])
-    return agent.eval()
+    name, agent, config, env_steps = load_run(run.path, map_location, checkpoint)
+    agent.agent_name, agent.run_config, agent.env_steps = name, config, env_steps
+    return agent
 
 
 def _load_e2c(run: Run, map_location, checkpoint):

@@ -57,7 +57,7 @@ from latentvi.train.config import resolve_device
 from latentvi.train.errors import TrainingDivergedError
 from latentvi.train.metrics import MetricsLogger
 from latentvi.train.rng import isolated_rng, mixed_seed, seed_everything
-from latentvi.train.runs import check_run_folder, write_run
+from latentvi.train.runs import check_run_folder, read_run, write_run
 from latentvi.train.storage import replace_text
 
 __all__ = [
@@ -239,29 +239,34 @@ def with_preset(config: Any, preset: str, agent: str | None = None) -> Any:
 
 
 def load_run(
-    run_dir: str | Path, map_location: str | torch.device = "cpu"
+    run_dir: str | Path,
+    map_location: str | torch.device = "cpu",
+    checkpoint: str | Path | None = None,
 ) -> tuple[str, WorldModelAgent, WorldModelRunConfig, int]:
     """``(agent name, agent in eval mode, run config, environment step)`` of a run folder's latest
-    checkpoint, optimizer states included (safetensors + JSON: loading runs no code from the
-    folder)."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{path} is missing: {str(run_dir)!r} is not a world-model run folder")
+    checkpoint (or of ``checkpoint``), optimizer states included (safetensors + JSON: loading runs
+    no code from the folder). ``latentvi.load`` gives the same agent."""
     try:
-        spec = json.loads(path.read_text())
-        agent_name = spec["agent"]
+        record = read_run(run_dir)
+    except ValueError as error:
+        raise ValueError(f"{error} ({str(run_dir)!r} is not a world-model run folder)") from None
+    if record.kind != "world-model":
+        raise ValueError(f"{str(run_dir)!r} is not a world-model run folder: a {record.kind} run")
+    try:
+        agent_name = record.info["agent"]
         check_agent(agent_name)
         config_type, factory = AGENTS[agent_name]
-        run = from_dict(WorldModelRunConfig, spec["run"])
-        model = from_dict(RSSMConfig, spec["model"])
-        training = from_dict(ModelTrainingConfig, spec["training"])
-        agent_config = from_dict(config_type, spec[agent_name])
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is corrupt ({error}); restore it from the run") from None
+        run = from_dict(WorldModelRunConfig, record.config("run"))
+        model = from_dict(RSSMConfig, record.config("model"))
+        training = from_dict(ModelTrainingConfig, record.config("training"))
+        agent_config = from_dict(config_type, record.config("agent"))
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{record.path} holds a corrupt world-model run ({error})") from None
     if find_latest(run_dir) is None:
         raise ValueError(f"{str(run_dir)!r} holds no checkpoint yet: wait for the first one")
     agent = factory(model, training, agent_config)
-    loaded = load_checkpoint(run_dir, agent, map_location=map_location, restore_rng=False)
+    source = run_dir if checkpoint is None else checkpoint
+    loaded = load_checkpoint(source, agent, map_location=map_location, restore_rng=False)
     agent.load_optimizer_state(loaded["optimizers"])  # so that it can train on from here
     return agent_name, agent.eval(), run, int(loaded["counters"]["env_steps"])
 
