@@ -184,19 +184,6 @@ def test_vae_loads_as_the_trained_model(vae_run):
         same(elbo, trained.elbo(x))
 
 
-def test_an_older_vae_folder_with_model_json_still_loads(vae_run, tmp_path):
-    folder, trained = vae_run
-    old = tmp_path / "old"
-    shutil.copytree(folder, old)
-    run = read_run(old)
-    (old / RUN_FILE).unlink()
-    spec = {"kind": "vae", "data_shape": run.info["data_shape"], **run.configs}
-    (old / "model.json").write_text(json.dumps(spec))
-    z = torch.zeros(1, 2)
-    with torch.no_grad():
-        same(latentvi.load(old).decode(z).mean, trained.decode(z).mean)
-
-
 def test_cvae_and_its_regressor_load_as_trained(cvae_run):
     folder, cvae, regressor, _ = cvae_run
     loaded, loaded_regressor = latentvi.load(folder), latentvi.load(folder / "regressor")
@@ -248,15 +235,39 @@ def test_world_model_agent_loads_and_acts_as_trained(world_model_run, capsys):
     assert result["return_mean"] == summary["final_return_mean"]
 
 
-def test_an_older_world_model_folder_without_run_json_still_loads(world_model_run, tmp_path):
+def _as_older_format(folder: Path, copy: Path) -> None:
+    """``copy``: ``folder`` as the commands wrote it before run.json (VAE and CVAE runs had a
+    model.json; the other kinds only their config.json, summary.json or results.json)."""
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("episodes"))
+    for index in copy.rglob(RUN_FILE):
+        run = read_run(index.parent)
+        if run.kind in ("vae", "cvae", "cvae-regressor"):
+            kind = {"cvae-regressor": "regressor"}.get(run.kind, run.kind)
+            spec = {"kind": kind, **run.info, **run.configs}
+            (index.parent / "model.json").write_text(json.dumps(spec))
+        index.unlink()
+
+
+@pytest.mark.parametrize(
+    "fixture", ["vae_run", "cvae_run", "imitation_run", "latent_q_run", "e2c_run"]
+)
+def test_older_run_folders_still_load(fixture, request, tmp_path):
+    folder = request.getfixturevalue(fixture)[0]
+    _as_older_format(folder, tmp_path / "old")
+    assert not list((tmp_path / "old").rglob(RUN_FILE))
+    old, new = latentvi.load(tmp_path / "old"), latentvi.load(folder)
+    assert type(old) is type(new) and read_run(tmp_path / "old").kind == read_run(folder).kind
+    for a, b in zip(old.state_dict().values(), new.state_dict().values(), strict=True):
+        same(a, b)
+
+
+def test_an_older_world_model_folder_still_loads(world_model_run, tmp_path):
     folder, summary = world_model_run
-    old = tmp_path / "old"
-    shutil.copytree(folder, old, ignore=shutil.ignore_patterns("episodes"))
-    (old / RUN_FILE).unlink()
-    loaded, original = latentvi.load(old), latentvi.load(folder)
+    _as_older_format(folder, tmp_path / "old")
+    loaded, original = latentvi.load(tmp_path / "old"), latentvi.load(folder)
     for a, b in zip(loaded.state_dict().values(), original.state_dict().values(), strict=True):
         same(a, b)
-    assert read_run(old).kind == "world-model" and loaded.agent_name == summary["agent"]
+    assert loaded.agent_name == summary["agent"]
 
 
 def test_e2c_model_loads_as_trained(e2c_run, capsys):
