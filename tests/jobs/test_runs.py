@@ -271,7 +271,7 @@ def test_an_older_world_model_folder_still_loads(world_model_run, tmp_path):
 
 
 def test_e2c_model_loads_as_trained(e2c_run, capsys):
-    from latentvi.jobs.e2c import goal_stability, open_loop_error
+    from latentvi.jobs.e2c import goal_stability, load_model, open_loop_error
     from latentvi.train.rng import mixed_seed
 
     folder, summary = e2c_run
@@ -283,6 +283,9 @@ def test_e2c_model_loads_as_trained(e2c_run, capsys):
     }
     drift = open_loop_error(model, run, mixed_seed(run.seed, 2))
     assert drift[0] == summary["open_loop_latent_error"]["step_1"]
+    own = load_model(folder)  # the job's own loader reads the same run.json
+    for a, b in zip(own.state_dict().values(), model.state_dict().values(), strict=True):
+        same(a, b)
     capsys.readouterr()
     assert main(["eval", str(folder), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

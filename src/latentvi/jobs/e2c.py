@@ -636,11 +636,20 @@ def run_e2c(
     return summary
 
 
-def load_model(run_dir: str | Path, config: E2CRunConfig, model_config: E2CConfig) -> E2C:
+def load_model(
+    run_dir: str | Path, config: E2CRunConfig | None = None, model_config: E2CConfig | None = None
+) -> E2C:
     """The trained model of ``run_dir`` (its latest checkpoint), in eval mode; ``model_config``
-    and ``config.image_size`` must be those of the trained run."""
+    and ``config.image_size`` must be those of the trained run (default: from its run.json)."""
+    from latentvi.config import from_dict
     from latentvi.train.checkpoint import load_checkpoint
+    from latentvi.train.runs import read_run
 
+    if config is None or model_config is None:
+        run = read_run(run_dir)
+        require(run.kind == "e2c", "run_dir", str(run_dir), f"it holds a {run.kind} run")
+        config = config or from_dict(E2CRunConfig, run.config("run"))
+        model_config = model_config or from_dict(E2CConfig, run.config("model"))
     model = E2C((2, config.image_size, config.image_size), 1, model_config)
     load_checkpoint(run_dir, model, restore_rng=False)
     return model.eval()
