@@ -332,6 +332,28 @@ def test_sample_and_plot_write_figures_of_each_kind(vae_run, cvae_run, imitation
         assert written and all(Path(p).is_file() and Path(p).parent == out for p in written)
 
 
+def plots_into_the_run(capsys, folder: Path, names: set[str]) -> None:
+    """``latentvi plot RUN`` writes ``names`` into RUN/figures and nothing else in RUN."""
+    before = snapshot(folder)
+    capsys.readouterr()
+    assert main(["plot", str(folder)]) == 0
+    written = [Path(p) for p in capsys.readouterr().out.split()]
+    assert {p.name for p in written} == names
+    assert all(p.is_file() and p.parent == folder / "figures" for p in written)
+    after = snapshot(folder)
+    assert {k: v for k, v in after.items() if not k.startswith("figures")} == before
+    shutil.rmtree(folder / "figures")
+
+
+def test_plot_draws_a_world_model_runs_figures(world_model_run, capsys):
+    names = {"curve.png", "open_loop.png", "open_loop_mse.png"}
+    plots_into_the_run(capsys, world_model_run[0], names)
+
+
+def test_plot_draws_an_e2c_runs_figures(e2c_run, capsys):
+    plots_into_the_run(capsys, e2c_run[0], {"reconstructions.png", "latent.png", "control.png"})
+
+
 def test_commands_that_do_not_apply_say_so_in_one_line(cvae_run, latent_q_run, capsys):
     refused(capsys, latent_q_run[0], "sample", str(latent_q_run[0]), says="sample does not apply")
     regressor = cvae_run[0] / "regressor"
