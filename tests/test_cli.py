@@ -148,7 +148,7 @@ def test_train_cvae_on_digits(task, tmp_path, capsys):
     assert result["test_examples"] == 50 and result["task"] == task
     for figure in result["figures"]:
         assert Path(figure).is_file()
-    assert (out / "model.json").is_file() and (out / "results.json").is_file()
+    assert (out / "run.json").is_file() and (out / "results.json").is_file()
     # The run folder reloads (JSON + safetensors) into the model that gave these numbers.
     model = load_cvae(out)
     x, y, _ = conditional_data(model.data_config, "test", 0)

@@ -150,14 +150,17 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from latentvi.train import TrainConfig, fit, read_metrics  # fmt: skip
 
 
-def load(run_dir, map_location="cpu"):
-    """The trained model of a run folder written by ``latentvi train`` (eval mode): a :class:`VAE`
-    (``encode(x [*B, C, H, W])``, ``decode(z [*S, *B, Z])``).
+def load(run_dir, map_location="cpu", checkpoint=None):
+    """The trained object of a run folder written by any ``latentvi`` training command, in eval
+    mode: a VAE (``encode(x [*B, C, H, W])``, ``decode(z [*S, *B, Z])``, ``prior``,
+    ``elbo(x) -> [*B]``, ``log_likelihood(x, K) -> [*B]``, ``sample(n)``), a CVAE or the halves
+    task's regressor, an imitation policy's model, a latent-Q agent, a world-model agent (PlaNet,
+    Dreamer, SLAC) or an E2C model. ``checkpoint``: a checkpoint folder of the run (default: the
+    latest).
 
-    It has ``encode(x)`` (q(z|x)), ``decode(z)`` (p(x|z)), ``prior`` (p(z)) — all torch
-    Distributions — and ``elbo(x)``, ``log_likelihood(x, importance_samples=K)``, ``sample(n)``.
     Only JSON and safetensors are read: loading runs no code from the folder.
+    See :mod:`latentvi.jobs.runs` for what each kind gives.
     """
-    from latentvi.jobs.vae import load as load_run
+    from latentvi.jobs.runs import load as load_run
 
-    return load_run(run_dir, map_location)
+    return load_run(run_dir, map_location, checkpoint)

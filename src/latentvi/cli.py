@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from latentvi.config import USAGE_ERROR, CommandParser, add_arguments, from_arguments, typed_values
 from latentvi.envs.demos import DemoConfig
-from latentvi.jobs import cvae, e2c, em, imitation, latent_q, vae, vi, world_model
+from latentvi.jobs import cvae, e2c, em, imitation, latent_q, runs, vae, vi, world_model
 from latentvi.models.cvae import CVAEConfig
 from latentvi.models.e2c import E2CConfig
 from latentvi.models.ssm import RSSMConfig
@@ -208,13 +208,18 @@ def _add_eval(subparsers) -> None:
         "eval",
         _run_eval,
         json_help="print one JSON object",
-        help="held-out ELBO and importance-sampled log-likelihood of a run",
-        description="Evaluate a trained run on held-out data: the ELBO and the importance-"
-        "sampled log-likelihood (nats per example), each with its standard error.",
+        help="evaluate a run of any kind (held-out bounds, or evaluation episodes)",
+        description="Evaluate a trained run. vae: the held-out ELBO and importance-sampled "
+        "log-likelihood; cvae: the conditional ones (nats per example, with standard errors); "
+        "imitate: success and mode shares on fresh episodes; rl latent-q, world-model: the "
+        "return of evaluation episodes; e2c: swing-up trials.",
     )
-    parser.add_argument("run", help="run folder written by latentvi train")
+    parser.add_argument("run", help="run folder written by a latentvi training command")
     parser.add_argument(
-        "--importance-samples", type=int, default=5000, help="K per example (default: 5000)"
+        "--importance-samples",
+        type=int,
+        default=None,
+        help="K per example (default: 5000 for vae, the run's own for cvae)",
     )
     parser.add_argument(
         "--n-examples", type=int, default=None, help="evaluate the first N examples (default: all)"
@@ -222,14 +227,25 @@ def _add_eval(subparsers) -> None:
     parser.add_argument(
         "--split", choices=("test", "valid"), default="test", help="held-out split (default: test)"
     )
+    parser.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="evaluation episodes of agents and policies, trials of e2c (default: the run's)",
+    )
 
 
 def _run_eval(arguments: argparse.Namespace) -> None:
-    result = vae.evaluate_run(
+    for name in ("importance_samples", "n_examples", "episodes"):
+        value = getattr(arguments, name)
+        if value is not None and value < 1:
+            raise ValueError(f"{name} = {value} is invalid: use a positive integer")
+    result = runs.evaluate(
         arguments.run,
         importance_samples=arguments.importance_samples,
         n_examples=arguments.n_examples,
         split=arguments.split,
+        episodes=arguments.episodes,
         progress=not arguments.json,
     )
     _print(result, arguments.json)
@@ -238,8 +254,9 @@ def _run_eval(arguments: argparse.Namespace) -> None:
 def _add_sample(subparsers) -> None:
     parser = subparsers.add_parser(
         "sample",
-        help="draw images from a trained model",
-        description="Sample z ~ p(z), x ~ p(x|z).",
+        help="draw images from a trained vae or cvae",
+        description="Sample z ~ p(z), x ~ p(x|z) (cvae: digit i mod 10, or test top halves "
+        "completed).",
     )
     parser.add_argument("run", help="run folder written by latentvi train")
     parser.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
@@ -249,23 +266,25 @@ def _add_sample(subparsers) -> None:
 
 
 def _run_sample(arguments: argparse.Namespace) -> None:
-    print(vae.sample_run(arguments.run, arguments.n, arguments.out, arguments.seed))
+    print(runs.sample(arguments.run, arguments.n, arguments.out, arguments.seed))
 
 
 def _add_plot(subparsers) -> None:
     parser = subparsers.add_parser(
         "plot",
-        help="figures of a trained run",
-        description="Reconstructions, prior samples, the 2-D latent manifold (latent-dim 2), a "
-        "scatter of posterior means coloured by label, and training curves.",
+        help="figures of a trained run of any kind",
+        description="vae: reconstructions, prior samples, the 2-D latent manifold (latent-dim 2), "
+        "posterior means coloured by label, training curves; cvae: samples per digit or completed "
+        "halves; imitate: trajectories; rl latent-q: the return curve; world-model: the curve and "
+        "open-loop predictions; e2c: reconstructions, latents and a swing-up.",
     )
-    parser.add_argument("run", help="run folder written by latentvi train")
+    parser.add_argument("run", help="run folder written by a latentvi training command")
     parser.add_argument("--out", default=None, help="folder for the PNGs (default: RUN/figures)")
     parser.set_defaults(handler=_run_plot)
 
 
 def _run_plot(arguments: argparse.Namespace) -> None:
-    for path in vae.plot_run(arguments.run, arguments.out):
+    for path in runs.plot(arguments.run, arguments.out):
         print(path)
 
 

@@ -3,6 +3,7 @@ and writes a PNG through :func:`save_figure`, which replaces the file atomically
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ import matplotlib.pyplot as plt
 
 __all__ = [
     "image_grid",
+    "plot_e2c",
     "plot_em_comparison",
     "plot_frame_strip",
     "plot_image_grid",
@@ -291,3 +293,54 @@ def plot_frame_strip(
     chosen = torch.as_tensor(frames[::every][:count]).float() / 255.0
     return plot_image_grid(chosen, path, f"{title}, every {every} step(s)",
                            columns=len(chosen))  # fmt: skip
+
+
+def plot_e2c(
+    model, data: Mapping[str, torch.Tensor], result: Mapping, out: str | os.PathLike
+) -> list[Path]:
+    """An E2C run's figures in ``out``: ``reconstructions.png`` (x_t, its reconstruction, x_{t+1}
+    and the model's prediction of it), ``latent.png`` (latent means coloured by the angle) and
+    ``control.png`` (trial 0 of a control ``result``), from transitions ``data`` (``x``, ``u``,
+    ``x_next``, ``theta``) and an :class:`~latentvi.models.e2c.E2C` ``model``."""
+    out = Path(out)
+    with torch.no_grad():
+        x, u, x_next = data["x"][:8], data["u"][:8], data["x_next"][:8]
+        if x_next.dim() == 5:  # K-step data: its first step
+            u, x_next = u[:, 0], x_next[:, 0]
+        q = model.encode(x)
+        reconstruction = model.decode(q.mean).mean
+        prediction = model.decode(model.step(q.mean, u)).mean
+        rows = torch.cat([x[:, 1:], reconstruction[:, 1:], x_next[:, 1:], prediction[:, 1:]])
+        paths = [
+            plot_image_grid(
+                rows,
+                out / "reconstructions.png",
+                "rows: x_t, reconstruction, x_{t+1}, prediction (newest frame)",
+                columns=8,
+            )
+        ]
+        means = model.encode(data["x"][:3000]).mean.numpy()
+    theta = data["theta"][:3000].numpy()
+    figure, axis = plt.subplots(figsize=(6, 5))
+    if means.shape[1] >= 3:
+        figure.delaxes(axis)
+        axis = figure.add_subplot(projection="3d")
+        points = axis.scatter(means[:, 0], means[:, 1], means[:, 2], c=theta, cmap="twilight", s=3)
+    else:
+        second = means[:, 1] if means.shape[1] > 1 else np.zeros(len(means))
+        points = axis.scatter(means[:, 0], second, c=theta, cmap="twilight", s=3)
+    figure.colorbar(points, ax=axis, label="angle θ (rad, 0 upright)")
+    axis.set_title("E2C latent means on pixel pendulum")
+    paths.append(save_figure(figure, out / "latent.png"))
+    strip = result["strip"]
+    every = max(1, math.ceil(len(strip) / 20))
+    frames = torch.from_numpy(strip[::every]).float() / 255.0
+    paths.append(
+        plot_image_grid(
+            1 - frames,
+            out / "control.png",
+            f"trial 0, every {every} agent steps (success: {bool(result['success'][0])})",
+            columns=len(frames),
+        )
+    )
+    return paths

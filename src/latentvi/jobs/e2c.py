@@ -41,16 +41,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from latentvi.config import check_positive_int, option, require, to_dict
+from latentvi.config import check_positive_int, from_dict, option, require, to_dict
 from latentvi.envs.pendulum import MAX_SPEED, MAX_TORQUE
 from latentvi.envs.pendulum_pixels import PendulumPixels, to_input, wrap
 from latentvi.models.e2c import E2C, E2CConfig
-from latentvi.plots import plot_image_grid, save_figure
+from latentvi.plots import plot_e2c
 from latentvi.presets import DEFAULT_PRESET, resolve
-from latentvi.rl.e2c import Controller, goal_stability, latent_controller
+from latentvi.rl.e2c import Controller, check_value_grid, goal_stability, latent_controller
 from latentvi.train import TrainConfig, fit
 from latentvi.train.checkpoint import load_checkpoint
 from latentvi.train.rng import mixed_seed, seed_everything
+from latentvi.train.runs import check_run_folder, read_run, write_run
 from latentvi.train.storage import write_json
 
 __all__ = [
@@ -353,7 +354,13 @@ def run_e2c(
     run = config
     model_config = model_config or resolve("e2c", DEFAULT_PRESET, (E2CConfig,))[0]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_folder(out, resume=False)  # E2C runs do not resume: checkpoints there refuse it
+    if run.controller == "value":  # the grid's size, checked before anything is written
+        check_value_grid(run.value_cells, model_config.latent_dim)
+    write_run(
+        out, "e2c", {"run": run, "model": model_config},
+        obs_shape=[2, run.image_size, run.image_size], action_dim=1,
+    )  # fmt: skip
     seed_everything(run.seed)  # seed first, then build anything random
     started = time.perf_counter()
     data = collect_transitions(run, mixed_seed(run.seed, 1))
@@ -377,9 +384,16 @@ def run_e2c(
     return summary
 
 
-def load_model(run_dir: str | Path, config: E2CRunConfig, model_config: E2CConfig) -> E2C:
+def load_model(
+    run_dir: str | Path, config: E2CRunConfig | None = None, model_config: E2CConfig | None = None
+) -> E2C:
     """The trained model of ``run_dir`` (its latest checkpoint), in eval mode; ``model_config``
-    and ``config.image_size`` must be those of the trained run."""
+    and ``config.image_size`` must be those of the trained run (default: from its run.json)."""
+    if config is None or model_config is None:
+        run = read_run(run_dir)
+        require(run.kind == "e2c", "run_dir", str(run_dir), f"it holds a {run.kind} run")
+        config = config or from_dict(E2CRunConfig, run.config("run"))
+        model_config = model_config or from_dict(E2CConfig, run.config("model"))
     model = E2C((2, config.image_size, config.image_size), 1, model_config)
     load_checkpoint(run_dir, model, restore_rng=False)
     return model.eval()
@@ -427,7 +441,7 @@ def _evaluate(
         controller = latent_controller(model, run, latents=latents)
     setup_seconds = time.perf_counter() - started
     result = control(model, run, TRIAL_SEED + run.seed, controller)
-    figures = _figures(model, data, result, out)
+    figures = plot_e2c(model, data, result, out)
     upright = np.abs(result["angles"]) < run.success_angle  # (trials, steps)
     return {
         **goal_stability(model, run),
@@ -450,49 +464,3 @@ def _evaluate(
         "run_config": to_dict(run),
         "model_config": to_dict(model_config),
     }
-
-
-def _figures(model: E2C, data: dict[str, torch.Tensor], result: dict, out: Path) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    with torch.no_grad():
-        x, u, x_next = data["x"][:8], data["u"][:8], data["x_next"][:8]
-        if x_next.dim() == 5:  # K-step data: its first step
-            u, x_next = u[:, 0], x_next[:, 0]
-        q = model.encode(x)
-        reconstruction = model.decode(q.mean).mean
-        prediction = model.decode(model.step(q.mean, u)).mean
-        rows = torch.cat([x[:, 1:], reconstruction[:, 1:], x_next[:, 1:], prediction[:, 1:]])
-        paths = [
-            plot_image_grid(
-                rows,
-                out / "reconstructions.png",
-                "rows: x_t, reconstruction, x_{t+1}, prediction (newest frame)",
-                columns=8,
-            )
-        ]
-        means = model.encode(data["x"][:3000]).mean.numpy()
-    theta = data["theta"][:3000].numpy()
-    figure, axis = plt.subplots(figsize=(6, 5))
-    if means.shape[1] >= 3:
-        figure.delaxes(axis)
-        axis = figure.add_subplot(projection="3d")
-        points = axis.scatter(means[:, 0], means[:, 1], means[:, 2], c=theta, cmap="twilight", s=3)
-    else:
-        second = means[:, 1] if means.shape[1] > 1 else np.zeros(len(means))
-        points = axis.scatter(means[:, 0], second, c=theta, cmap="twilight", s=3)
-    figure.colorbar(points, ax=axis, label="angle θ (rad, 0 upright)")
-    axis.set_title("E2C latent means on pixel pendulum")
-    paths.append(save_figure(figure, out / "latent.png"))
-    strip = result["strip"]
-    every = max(1, math.ceil(len(strip) / 20))
-    frames = torch.from_numpy(strip[::every]).float() / 255.0
-    paths.append(
-        plot_image_grid(
-            1 - frames,
-            out / "control.png",
-            f"trial 0, every {every} agent steps (success: {bool(result['success'][0])})",
-            columns=len(frames),
-        )
-    )
-    return paths

@@ -35,6 +35,7 @@ from latentvi.rl.latent_q import PIXEL_VARIANTS, LatentQAgent, LatentQConfig
 from latentvi.train.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from latentvi.train.metrics import MetricsLogger
 from latentvi.train.rng import isolated_rng, mixed_seed, seed_everything
+from latentvi.train.runs import check_run_folder, space_info, write_run
 from latentvi.train.storage import read_json, read_tensors, replace_text, write_json, write_tensors
 
 __all__ = [
@@ -109,6 +110,12 @@ class RunConfig:
         require(
             self.device in ("cpu", "cuda", "auto"), "device", self.device, "use cpu, cuda or auto"
         )
+
+
+RESUMABLE_RUN_FIELDS = (  # a resume may change these; the other options must be the run's
+    "steps", "eval_every", "eval_episodes", "log_every", "checkpoint_every", "keep_checkpoints",
+    "device", "out", "progress", "tensorboard", "prior_data", "prior_steps", "pretrain_updates",
+)  # fmt: skip
 
 
 def _check(agent_config: LatentQConfig, run: RunConfig) -> bool:
@@ -199,17 +206,20 @@ def save_prior_data(buffer: ReplayBuffer, path: str | Path, info: dict[str, Any]
     replace_text(Path(f"{path}.json"), json.dumps(meta, indent=2) + "\n")
 
 
-def load_prior_data(path: str | Path, stack: int) -> ReplayBuffer:
-    """A buffer written by :func:`save_prior_data` (``stack`` must match the run's)."""
+def load_prior_data(path: str | Path, stack: int, check_only: bool = False) -> ReplayBuffer | None:
+    """A buffer written by :func:`save_prior_data` (``stack`` must match the run's; with
+    ``check_only``, only that is checked, from the JSON sidecar, and None returned)."""
     path = Path(path)
     meta = read_json(Path(f"{path}.json"))
-    arrays = read_tensors(path)
     require(
         int(meta["stack"]) == stack,
         "frame_stack",
         stack,
         f"the prior data {path} was collected with frame_stack {meta['stack']}; use that",
     )
+    if check_only:
+        return None
+    arrays = read_tensors(path)
     buffer = ReplayBuffer(
         int(meta["capacity"]),
         tuple(meta["frame_shape"]),
@@ -246,11 +256,13 @@ def run_latent_q(
     """Train an agent for ``run.steps`` environment steps; return a JSON-ready summary."""
     pixels = _check(agent_config, run)
     out = Path(run.out)
-    if not resume and find_latest(out) is not None:
-        raise ValueError(
-            f"out = {str(out)!r} already holds a run: pass --resume to continue it, or choose "
-            "another folder"
-        )
+    check_run_folder(
+        out, resume, kind="latent-q", configs={"agent": agent_config, "run": run},
+        fixed=("agent", "run"), ignore={"run": RESUMABLE_RUN_FIELDS},
+    )  # fmt: skip
+    pretrains = agent_config.variant == "vae-pretrained" and not resume and run.prior_data
+    if pretrains and Path(f"{run.prior_data}.json").is_file():  # it must have the run's stack
+        load_prior_data(run.prior_data, run.frame_stack, check_only=True)
     device = torch.device(
         "cuda" if run.device == "auto" and torch.cuda.is_available() else
         ("cpu" if run.device == "auto" else run.device)
@@ -272,7 +284,11 @@ def run_latent_q(
         state = loaded["counters"]
         logger.info("resumed %s at environment step %d", latest, state["env_steps"])
     else:
-        out.mkdir(parents=True, exist_ok=True)
+        write_run(
+            out, "latent-q", {"agent": agent_config, "run": run},
+            observation_space=space_info(env.observation_space),
+            action_space=space_info(env.action_space),
+        )  # fmt: skip
         replace_text(out / "config.json", json.dumps(spec, indent=2) + "\n")
         if agent_config.variant == "vae-pretrained":
             _pretrain(agent, run, out, stack)

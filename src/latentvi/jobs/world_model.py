@@ -57,6 +57,7 @@ from latentvi.train.config import resolve_device
 from latentvi.train.errors import TrainingDivergedError
 from latentvi.train.metrics import MetricsLogger
 from latentvi.train.rng import isolated_rng, mixed_seed, seed_everything
+from latentvi.train.runs import check_run_folder, read_run, write_run
 from latentvi.train.storage import replace_text
 
 __all__ = [
@@ -70,6 +71,12 @@ logger = logging.getLogger(__name__)
 
 EVAL_SEED = 1_000_000
 OPEN_LOOP_SEED = 3_000_000
+# Run options a resume may change; the others (and every other config) must be the run's.
+RESUMABLE_RUN_FIELDS = (
+    "steps", "train_steps", "eval_every", "eval_episodes", "checkpoint_every",
+    "keep_checkpoints", "open_loop_context", "open_loop_horizon", "device", "out", "progress",
+    "tensorboard",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,29 +126,34 @@ AGENTS: dict[str, tuple[type, AgentFactory]] = {
 
 
 def load_run(
-    run_dir: str | Path, map_location: str | torch.device = "cpu"
+    run_dir: str | Path,
+    map_location: str | torch.device = "cpu",
+    checkpoint: str | Path | None = None,
 ) -> tuple[str, WorldModelAgent, WorldModelRunConfig, int]:
     """``(agent name, agent in eval mode, run config, environment step)`` of a run folder's latest
-    checkpoint, optimizer states included (safetensors + JSON: loading runs no code from the
-    folder)."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{path} is missing: {str(run_dir)!r} is not a world-model run folder")
+    checkpoint (or of ``checkpoint``), optimizer states included (safetensors + JSON: loading runs
+    no code from the folder). ``latentvi.load`` gives the same agent."""
     try:
-        spec = json.loads(path.read_text())
-        agent_name = spec["agent"]
+        record = read_run(run_dir)
+    except ValueError as error:
+        raise ValueError(f"{error} ({str(run_dir)!r} is not a world-model run folder)") from None
+    if record.kind != "world-model":
+        raise ValueError(f"{str(run_dir)!r} is not a world-model run folder: a {record.kind} run")
+    try:
+        agent_name = record.info["agent"]
         check_agent(agent_name)
         config_type, factory = AGENTS[agent_name]
-        run = from_dict(WorldModelRunConfig, spec["run"])
-        model = from_dict(RSSMConfig, spec["model"])
-        training = from_dict(ModelTrainingConfig, spec["training"])
-        agent_config = from_dict(config_type, spec[agent_name])
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is corrupt ({error}); restore it from the run") from None
+        run = from_dict(WorldModelRunConfig, record.config("run"))
+        model = from_dict(RSSMConfig, record.config("model"))
+        training = from_dict(ModelTrainingConfig, record.config("training"))
+        agent_config = from_dict(config_type, record.config("agent"))
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{record.path} holds a corrupt world-model run ({error})") from None
     if find_latest(run_dir) is None:
         raise ValueError(f"{str(run_dir)!r} holds no checkpoint yet: wait for the first one")
     agent = factory(model, training, agent_config)
-    loaded = load_checkpoint(run_dir, agent, map_location=map_location, restore_rng=False)
+    source = run_dir if checkpoint is None else checkpoint
+    loaded = load_checkpoint(source, agent, map_location=map_location, restore_rng=False)
     agent.load_optimizer_state(loaded["optimizers"])  # so that it can train on from here
     return agent_name, agent.eval(), run, int(loaded["counters"]["env_steps"])
 
@@ -197,13 +209,8 @@ def train_world_model(
     require(run.out is not None, "out", run.out, "give a run folder, e.g. --out runs/planet")
     out = Path(run.out)
     latest = find_latest(out) if out.is_dir() else None
-    if not resume and (latest is not None or any((out / "episodes").glob("episode-*.npz"))):
-        raise ValueError(
-            f"out = {str(out)!r} already holds a run: pass --resume to continue it, or choose "
-            "another folder"
-        )
-    if resume and latest is None:
-        raise ValueError(f"out = {str(out)!r} holds no checkpoint to resume; drop --resume")
+    episodes_found = any((out / "episodes").glob("episode-*.npz"))
+    check_run_folder(out, resume, holds_run=episodes_found)
     env = make_run_env(run)
     eval_env = make_run_env(run)
     model_config = dataclasses.replace(
@@ -217,6 +224,11 @@ def train_world_model(
         training.chunk_length,
         "use at most the observations of one episode",
     )
+    configs = {"run": run, "model": model_config, "training": training, "agent": agent_config}
+    check_run_folder(
+        out, resume, kind="world-model", configs=configs,
+        fixed=("run", "model", "training", "agent"), ignore={"run": RESUMABLE_RUN_FIELDS},
+    )  # fmt: skip
     device = resolve_device(run.device)
     seed_everything(run.seed)
     agent = factory(model_config, training, agent_config).to(device)
@@ -245,7 +257,7 @@ def train_world_model(
         generator.bit_generator.state = loaded["action_generator"]
         logger.info("resumed %s at environment step %d", latest, state["env_steps"])
     else:
-        out.mkdir(parents=True, exist_ok=True)
+        write_run(out, "world-model", configs, agent=agent_name)
         replace_text(out / "config.json", json.dumps(spec, indent=2) + "\n")
     metrics_logger = MetricsLogger(
         out, tensorboard=run.tensorboard, resume_step=state["env_steps"] if latest else None

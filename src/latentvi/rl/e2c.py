@@ -32,6 +32,7 @@ from latentvi.models.e2c import E2C
 __all__ = [
     "ControlSettings",
     "Controller",
+    "check_value_grid",
     "goal_latent",
     "goal_stability",
     "latent_controller",
@@ -96,6 +97,18 @@ def swing_up_controller(
     )
 
 
+def check_value_grid(cells: int, latent_dim: int) -> None:
+    """Refuse a value grid of ``cells^latent_dim`` nodes over :data:`MAX_VALUE_NODES`."""
+    nodes = cells**latent_dim
+    require(
+        nodes <= MAX_VALUE_NODES,
+        "value_cells",
+        cells,
+        f"the grid would have value_cells^latent_dim = {nodes:,} nodes; the value controller is "
+        "for latents of 2–3 dimensions: use fewer cells or controller = mpc",
+    )
+
+
 def value_controller(
     run: ControlSettings, step: Callable[[Tensor, Tensor], Tensor], goal: Tensor, latents: Tensor
 ) -> Controller:
@@ -104,14 +117,7 @@ def value_controller(
     ``½ state_cost ‖z − g‖² + ½ action_cost u²``, discount ``run.discount``, on a grid of
     ``run.value_cells`` nodes per dimension over the box of ``latents [N, Z]`` widened by a tenth
     of its size on each side; ``run.value_actions`` actions there, 21 in the policy."""
-    nodes = run.value_cells ** latents.shape[-1]
-    require(
-        nodes <= MAX_VALUE_NODES,
-        "value_cells",
-        run.value_cells,
-        f"the grid would have value_cells^latent_dim = {nodes:,} nodes; the value controller is "
-        f"for latents of 2–3 dimensions: use fewer cells or controller = mpc",
-    )
+    check_value_grid(run.value_cells, latents.shape[-1])
     low, high = latents.min(0).values, latents.max(0).values
     margin = 0.1 * (high - low)
     grid = Grid(low - margin, high + margin, run.value_cells)
