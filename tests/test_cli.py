@@ -185,3 +185,22 @@ def test_every_command_prints_its_help():
     with pytest.raises(SystemExit) as exit_info:
         main(["world-model", "train", "--help"])
     assert exit_info.value.code == 0
+
+
+def test_json_output_never_holds_nan():
+    import math
+
+    from latentvi.cli_options import to_json
+
+    result = {
+        "elbo": -float("nan"),
+        "curve": [1.0, math.inf],
+        "inner": {"ok": 2.5, "bad": math.nan},
+    }
+    printed = to_json(result)
+    parsed = json.loads(printed)  # strict JSON: no NaN or Infinity tokens
+    assert "NaN" not in printed and "Infinity" not in printed
+    assert parsed["elbo"] is None and parsed["curve"] == [1.0, None]
+    assert parsed["inner"] == {"ok": 2.5, "bad": None}
+    assert set(parsed["non_finite"]) == {"elbo", "curve[1]", "inner.bad"}
+    assert "non_finite" not in json.loads(to_json({"a": 1.0}))

@@ -10,19 +10,19 @@ on stderr naming the problem, and exit code 2, with no traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from latentvi.config import USAGE_ERROR, CommandParser, add_arguments, from_arguments, typed_values
+from latentvi.cli_options import Groups, command, print_result, to_json, with_options
+from latentvi.config import USAGE_ERROR, CommandParser, from_arguments, typed_values
 from latentvi.envs.demos import DemoConfig
 from latentvi.jobs import cvae, e2c, em, imitation, latent_q, runs, vae, vi, world_model
 from latentvi.models.cvae import CVAEConfig
 from latentvi.models.e2c import E2CConfig
 from latentvi.models.ssm import RSSMConfig
 from latentvi.models.vae import VAEConfig
-from latentvi.presets import DEFAULT_PRESET, preset_names, preset_notes, resolve
+from latentvi.presets import resolve
 from latentvi.rl.dreamer import DreamerConfig
 from latentvi.rl.imitation import PolicyConfig
 from latentvi.rl.latent_q import LatentQConfig
@@ -34,65 +34,6 @@ from latentvi.train.distributed import destroy_distributed, init_distributed
 from latentvi.train.errors import TrainingDivergedError
 
 __all__ = ["build_parser", "main", "resolve_latent_q", "resolve_world_model"]
-
-
-Groups = tuple[tuple[str, type], ...]  # option groups of a command: (group name, config type)
-
-
-def _command(subparsers, name: str, handler: Callable, groups: Groups = (), **keywords):
-    """Sub-command ``name`` of ``subparsers``: ``help``, ``description`` and the other keywords
-    of ``add_parser``, and those of :func:`_with_options`."""
-    options = {k: keywords.pop(k) for k in ("resume", "json_help", "presets") if k in keywords}
-    return _with_options(subparsers.add_parser(name, **keywords), handler, groups, **options)
-
-
-def _with_options(
-    parser: CommandParser,
-    handler: Callable,
-    groups: Groups,
-    resume: bool = False,
-    json_help: str = "print the summary as one JSON object",
-    presets: tuple[str, str] | None = None,
-) -> CommandParser:
-    """``parser`` with ``--preset`` (``presets``: the command in :mod:`latentvi.presets` and what
-    its presets are), one option per field of ``groups``' configs (their help says what the
-    presets set them to), then ``--resume`` (with ``resume``) and ``--json``; it runs
-    ``handler(parsed arguments)``."""
-    notes = {}
-    if presets is not None:
-        command, text = presets
-        parser.add_argument(
-            "--preset",
-            choices=preset_names(command),
-            default=DEFAULT_PRESET,
-            help=f"{text} (default: {DEFAULT_PRESET}). A preset fills only the options not "
-            "typed: a typed value always wins, even one equal to the default",
-        )
-        notes = preset_notes(command)
-    for group_name, config_type in groups:
-        add_arguments(parser.add_argument_group(group_name), config_type, notes)
-    if resume:
-        parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--json", action="store_true", help=json_help)
-    parser.set_defaults(handler=handler)
-    return parser
-
-
-def _print(result: dict, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result, indent=2))
-        return
-    for key, value in result.items():
-        if isinstance(value, dict):
-            print(f"{key}:")
-            for inner, item in value.items():
-                print(f"  {inner}: {_format(item)}")
-        else:
-            print(f"{key}: {_format(value)}")
-
-
-def _format(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 VAE_GROUPS: Groups = (("data", vae.DataConfig), ("model", VAEConfig), ("training", TrainConfig))
@@ -110,7 +51,7 @@ LATENT_Q_GROUPS: Groups = (("environment and run", latent_q.RunConfig), ("agent"
 
 
 def _add_vi(subparsers) -> None:
-    _command(
+    command(
         subparsers,
         "vi",
         _run_vi,
@@ -126,11 +67,11 @@ def _add_vi(subparsers) -> None:
 
 def _run_vi(arguments: argparse.Namespace) -> None:
     results = vi.run_vi(from_arguments(vi.VIConfig, arguments), progress=not arguments.json)
-    print(json.dumps(results, indent=2) if arguments.json else vi.format_vi_report(results))
+    print(to_json(results) if arguments.json else vi.format_vi_report(results))
 
 
 def _add_em(subparsers) -> None:
-    _command(
+    command(
         subparsers,
         "em",
         _run_em,
@@ -147,7 +88,7 @@ def _add_em(subparsers) -> None:
 
 def _run_em(arguments: argparse.Namespace) -> None:
     results = em.run_em(from_arguments(em.EMConfig, arguments))
-    print(json.dumps(results, indent=2) if arguments.json else em.format_em_report(results))
+    print(to_json(results) if arguments.json else em.format_em_report(results))
 
 
 def _add_train(subparsers) -> None:
@@ -159,7 +100,7 @@ def _add_train(subparsers) -> None:
     models = train.add_subparsers(
         dest="model", required=True, metavar="MODEL", parser_class=CommandParser
     )
-    vae_parser = _command(
+    vae_parser = command(
         models,
         "vae",
         _run_train_vae,
@@ -170,7 +111,7 @@ def _add_train(subparsers) -> None:
         "folder gets checkpoints, metrics and the configs; --resume continues a stopped run.",
     )
     vae_parser.set_defaults(out="runs/vae")
-    cvae_parser = _command(
+    cvae_parser = command(
         models,
         "cvae",
         _run_train_cvae,
@@ -194,16 +135,16 @@ def _run_train_vae(arguments: argparse.Namespace) -> None:
     finally:
         destroy_distributed()
     if info.is_main:
-        _print(summary, arguments.json)
+        print_result(summary, arguments.json)
 
 
 def _run_train_cvae(arguments: argparse.Namespace) -> None:
     data, model, training = (from_arguments(t, arguments) for _, t in CVAE_GROUPS)
-    _print(cvae.train_cvae(model, data, training), arguments.json)
+    print_result(cvae.train_cvae(model, data, training), arguments.json)
 
 
 def _add_eval(subparsers) -> None:
-    parser = _command(
+    parser = command(
         subparsers,
         "eval",
         _run_eval,
@@ -248,7 +189,7 @@ def _run_eval(arguments: argparse.Namespace) -> None:
         episodes=arguments.episodes,
         progress=not arguments.json,
     )
-    _print(result, arguments.json)
+    print_result(result, arguments.json)
 
 
 def _add_sample(subparsers) -> None:
@@ -289,7 +230,7 @@ def _run_plot(arguments: argparse.Namespace) -> None:
 
 
 def _add_imitate(subparsers) -> None:
-    parser = _command(
+    parser = command(
         subparsers,
         "imitate",
         _run_imitate,
@@ -311,7 +252,7 @@ def _run_imitate(arguments: argparse.Namespace) -> None:
     out = arguments.out or f"runs/imitate/{job.task}-{policy.policy}"
     result = imitation.run_imitation(job, policy, demos, out=out)
     if arguments.json:
-        print(json.dumps(result, indent=2))
+        print(to_json(result))
     else:
         print(imitation.format_imitation_table([result]))
         for path in result["figures"]:
@@ -327,7 +268,7 @@ def _add_rl(subparsers) -> None:
     agents = rl.add_subparsers(
         dest="agent", required=True, metavar="AGENT", parser_class=CommandParser
     )
-    _command(
+    command(
         agents,
         "latent-q",
         _run_latent_q,
@@ -355,7 +296,7 @@ def resolve_latent_q(arguments: argparse.Namespace) -> tuple:
 
 def _run_latent_q(arguments: argparse.Namespace) -> None:
     run, agent = resolve_latent_q(arguments)
-    _print(latent_q.run_latent_q(agent, run, resume=arguments.resume), arguments.json)
+    print_result(latent_q.run_latent_q(agent, run, resume=arguments.resume), arguments.json)
 
 
 WORLD_MODEL_GROUPS: Groups = (
@@ -399,7 +340,7 @@ def _add_world_model(subparsers) -> None:
         help="the agent (default: planet); only its own option group applies (e2c has its own "
         "options: --agent e2c --help)",
     )
-    _with_options(
+    with_options(
         train,
         _run_world_model,
         WORLD_MODEL_GROUPS,
@@ -430,7 +371,7 @@ def _e2c_parser() -> CommandParser:
         help="Pendulum-v1 only: E2C sets the pendulum's state to collect its data",
     )
     parser.add_argument("--out", default=None, help="run folder (required)")
-    return _with_options(
+    return with_options(
         parser,
         _run_world_model,
         E2C_GROUPS,
@@ -481,7 +422,7 @@ def _run_e2c_agent(arguments: argparse.Namespace) -> dict:
 
 def _run_world_model(arguments: argparse.Namespace) -> None:
     runner = _run_e2c_agent if arguments.agent == "e2c" else _run_rssm_agent
-    _print(runner(arguments), arguments.json)
+    print_result(runner(arguments), arguments.json)
 
 
 COMMANDS: list[Callable] = [
