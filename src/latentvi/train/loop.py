@@ -81,6 +81,7 @@ from latentvi.train.optim import (
 from latentvi.train.precision import bfloat16_matmuls_in_effect
 from latentvi.train.rng import isolated_rng, mixed_seed, seed_everything
 from latentvi.train.schedule import learning_rate
+from latentvi.train.signals import stop_on_signals, stop_request
 from latentvi.train.storage import replace_text
 
 __all__ = ["Callback", "TrainResult", "fit"]
@@ -134,6 +135,7 @@ def _resolved_config(
     return json.loads(json.dumps(resolved, default=str))
 
 
+@stop_on_signals()  # SIGTERM / SIGINT: a checkpoint after the current step, then RunStopped
 def fit(
     model: torch.nn.Module,
     make_batches: Callable[..., Iterable[Any]],
@@ -363,7 +365,9 @@ def fit(
                             extra = callback(step, model, merged)
                         if extra:
                             log(extra)
-                if last or (config.checkpoint_every and step % config.checkpoint_every == 0):
+                periodic = config.checkpoint_every and step % config.checkpoint_every == 0
+                stopping = any_across_ranks(bool(stop_request()), info)
+                if last or stopping or periodic:
                     loss_now = eval_metrics.get(EVAL_LOSS, math.inf) if validated else math.inf
                     is_best = loss_now < best_loss
                     best_loss = min(best_loss, loss_now)
@@ -377,6 +381,8 @@ def fit(
                         best_checkpoint = last_checkpoint
                         if info.is_main:
                             mark_best(last_checkpoint)
+                if stopping and not last:
+                    raise stop_request().stopped(f"at step {step}", last_checkpoint)
                 if epoch_done:
                     epoch, in_epoch = epoch + 1, 0
                 if epoch_done or last:

@@ -17,18 +17,32 @@ raises :class:`RunStopped` at once, wherever the program is (checkpoints are wri
 so an interrupted write leaves the previous one). Nested contexts share the outermost request; the
 outermost raises :class:`RunStopped` when its block ends normally with a request pending (e.g. a
 signal that came while a finished run wrote its figures). Outside the main thread the context
-installs nothing and never requests a stop.
+installs nothing and never requests a stop. :func:`stop_on_signals` also decorates a function
+(``@stop_on_signals()``), whose loop reads the request with :func:`stop_request`.
+
+Outside those loops the command line uses :func:`exit_on_signals`: either signal raises
+:class:`RunStopped` at once (as Python's default SIGINT raises KeyboardInterrupt).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["RunStopped", "StopRequest", "stop_on_signals"]
+__all__ = [
+    "RunStopped",
+    "StopRequest",
+    "exit_now",
+    "exit_on_signals",
+    "stop_on_signals",
+    "stop_request",
+]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -81,6 +95,53 @@ class StopRequest:
 _active: list[StopRequest] = []  # the request of the outermost context, while one is open
 
 
+def exit_now(code: int) -> None:
+    """End the process with ``code`` after flushing logs and standard streams, skipping the
+    interpreter's teardown (over a second with torch loaded on a busy machine): for a program
+    stopped by a signal, whose files are already closed."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def stop_request() -> StopRequest:
+    """The request of the open :func:`stop_on_signals` context (outside one: never set)."""
+    return _active[0] if _active else StopRequest()
+
+
+def _install(handler) -> dict:
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    for number in STOP_SIGNALS:
+        signal.signal(number, handler)
+    return previous
+
+
+def _restore(previous: dict) -> None:
+    for number, handler in previous.items():
+        # None: a handler installed outside Python (e.g. SDL's); the default replaces it
+        signal.signal(number, signal.SIG_DFL if handler is None else handler)
+
+
+@contextlib.contextmanager
+def exit_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise :class:`RunStopped` at once while the block runs (inside it, a
+    :func:`stop_on_signals` context turns them into stop requests instead)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(number: int, frame) -> None:
+        raise RunStopped(number, f"stopped by {signal.Signals(number).name}")
+
+    previous = _install(handle)
+    try:
+        yield
+    finally:
+        _restore(previous)
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:
     """Turn SIGTERM and SIGINT into a stop request while the block runs (module docstring)."""
@@ -91,17 +152,13 @@ def stop_on_signals() -> Iterator[StopRequest]:
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
-    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
-    for number in STOP_SIGNALS:
-        signal.signal(number, request._handle)
+    previous = _install(request._handle)
     _active.append(request)
     try:
         yield request
     finally:
         _active.pop()
-        for number, handler in previous.items():
-            # None: a handler installed outside Python (e.g. SDL's); the default replaces it
-            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        _restore(previous)
     if request.requested is not None:
         name = signal.Signals(request.requested).name
         raise RunStopped(request.requested, f"stopped by {name} after its last checkpoint")
