@@ -98,14 +98,16 @@ def _cli(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
-def _stop(argv: list[str], metrics: Path, number: int) -> tuple[int, float, str]:
-    """Start the CLI, wait for its first metrics row, send ``number``: (exit code, seconds from
-    the signal to the exit, stderr)."""
+def _stop(
+    argv: list[str], metrics: Path, number: int, started: bool = False
+) -> tuple[int, float, str]:
+    """Start the CLI, wait for its first metrics row (``started``: for the metrics file), send
+    ``number``: (exit code, seconds from the signal to the exit, stderr)."""
     process = subprocess.Popen([sys.executable, "-m", "latentvi.cli", *argv], env=_environment(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 180
-        while not (metrics.is_file() and metrics.stat().st_size > 0):
+        while not (metrics.is_file() and (started or metrics.stat().st_size > 0)):
             assert process.poll() is None, process.stderr.read()
             assert time.monotonic() < deadline, "no metrics row after 180 s"
             time.sleep(0.05)
@@ -212,3 +214,13 @@ def test_a_world_model_run_stopped_inside_a_block_and_an_episode_resumes_exactly
     a, b = (read_tensors(find_latest(tmp_path / run) / "model.safetensors")
             for run in ("straight", "stopped"))  # fmt: skip
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_imitate_stops_on_sigterm_with_a_checkpoint(tmp_path):
+    """``imitate`` trains through fit; it has no --resume (fit(resume=True) continues it)."""
+    out = tmp_path / "imitate"
+    argv = ["imitate", "--policy", "cvae", "--steps", "1000000", "--seeds", "1", "--episodes",
+            "4", "--demos", "20", "--out", str(out)]  # fmt: skip
+    code, seconds, stderr = _stop(argv, out / "seed-0" / "metrics.jsonl", signal.SIGTERM, True)
+    assert code == 143 and seconds < STOP_WITHIN, (code, seconds, stderr)
+    assert _checkpoint_step(out / "seed-0") >= 1
