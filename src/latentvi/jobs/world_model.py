@@ -1,6 +1,9 @@
 """The job behind ``latentvi world-model train``: PlaNet, Dreamer or SLAC on pixels.
 
-A run (Hafner et al. 2019, PlaNet §5; Hafner et al. 2020, Dreamer §5):
+The job composes the shared environment loop (:class:`latentvi.train.env_loop.EnvLoop`) from
+the pixel environment, the agent (:data:`AGENTS`), the episode store (:class:`EpisodeStorage`)
+and the episode schedule (:class:`EpisodeSchedule`). A run (Hafner et al. 2019, PlaNet §5;
+Hafner et al. 2020, Dreamer §5):
 
 1. ``seed_episodes`` episodes of a uniform random policy;
 2. repeat until ``steps`` environment steps: ``train_steps`` updates (world model, and Dreamer's
@@ -19,7 +22,8 @@ evaluation episodes included.
 
 Checkpoints (``checkpoints/step-*``, safetensors + JSON via :mod:`latentvi.train.checkpoint`) hold
 the networks, the optimizers, every random state and the counters; they are taken between
-episodes, so the episode files on disk (``episodes/``) are exactly those the checkpoint counts.
+episodes (or between updates, on SIGTERM / SIGINT), so the episode files on disk (``episodes/``)
+are exactly those the checkpoint counts.
 ``--resume`` loads the latest checkpoint and the stored episodes (dropping any written after it)
 and continues, e.g. with a larger ``--steps``.
 
