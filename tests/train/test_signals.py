@@ -224,3 +224,19 @@ def test_imitate_stops_on_sigterm_with_a_checkpoint(tmp_path):
     code, seconds, stderr = _stop(argv, out / "seed-0" / "metrics.jsonl", signal.SIGTERM, True)
     assert code == 143 and seconds < STOP_WITHIN, (code, seconds, stderr)
     assert _checkpoint_step(out / "seed-0") >= 1
+
+
+def test_a_stop_in_vae_pretraining_ends_before_the_first_checkpoint(monkeypatch, tmp_path, capsys):
+    from latentvi.cli import main
+    from latentvi.rl.latent_q import LatentQAgent
+
+    out = tmp_path / "pretrained"
+    argv = ["rl", "latent-q", "--env", "latentvi/PixelChain-v0", "--variant", "vae-pretrained",
+            "--preset", "debug", "--frame-stack", "2", "--action-repeat", "1", "--steps", "20",
+            "--no-progress", "--no-tensorboard", "--out", str(out)]  # fmt: skip
+    with monkeypatch.context() as patch:
+        _signal_on_call(patch, LatentQAgent, "pretrain", 1)
+        assert main(argv) == 143
+    assert "in VAE pretraining, before the first checkpoint" in capsys.readouterr().err
+    assert find_latest(out) is None
+    assert main(argv) == 0  # the same command starts again

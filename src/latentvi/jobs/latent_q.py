@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,9 +141,16 @@ def make_run_env(run: RunConfig, pixels: bool):
     )
 
 
-def collect_prior_data(run: RunConfig, path: str | Path, steps: int, seed: int) -> ReplayBuffer:
+def collect_prior_data(
+    run: RunConfig,
+    path: str | Path,
+    steps: int,
+    seed: int,
+    should_stop: Callable[[], bool] | None = None,
+) -> ReplayBuffer | None:
     """Observations of a uniform random policy, ``steps`` environment steps, saved to ``path``
-    (safetensors + a JSON sidecar, each replaced atomically) and returned as a replay buffer."""
+    (safetensors + a JSON sidecar, each replaced atomically) and returned as a replay buffer;
+    None, with nothing saved, when ``should_stop()`` turns true between steps."""
     env = make_run_env(run, pixels=True)
     stack = run.frame_stack
     buffer = new_replay_buffer(env, steps + steps // 2 + stack + 1, stack, seed)
@@ -154,6 +162,9 @@ def collect_prior_data(run: RunConfig, path: str | Path, steps: int, seed: int) 
         buffer.start(newest_frame(obs, frame_channels))
         done = False
         while not done and taken < steps:
+            if should_stop is not None and should_stop():
+                env.close()
+                return None
             action = random_action(env.action_space, generator)
             obs, reward, terminated, truncated, info = env.step(action)
             buffer.add(action, reward, newest_frame(obs, frame_channels), terminated, truncated)
@@ -235,7 +246,7 @@ def run_latent_q(
         divergence_hint="start again with a lower learning rate (--lr, --vae-lr)",
     ) as loop:
         if not loop.resumed and agent_config.variant == "vae-pretrained":
-            _pretrain(loop.agent, run, loop.out, stack)
+            _pretrain(loop.agent, run, loop.out, stack, loop.stop)
         state = loop.train()
         files = _write_outputs(loop.agent, agent_config, loop.storage.buffer, state, loop.out)
     final = loop.final_row()
@@ -255,13 +266,25 @@ def run_latent_q(
     return summary
 
 
-def _pretrain(agent: LatentQAgent, run: RunConfig, out: Path, stack: int) -> None:
+def _pretrain(agent: LatentQAgent, run: RunConfig, out: Path, stack: int, stop) -> None:
+    """Prior data (collected when missing), then VAE updates on it; a stop request ends the
+    run before its first checkpoint (it starts again without --resume)."""
+    where = "before the first checkpoint (run the command again, without --resume)"
     path = Path(run.prior_data) if run.prior_data else out / "prior-data.safetensors"
     if path.is_file():
         prior = load_prior_data(path, stack)
     else:
-        prior = collect_prior_data(run, path, run.prior_steps, mixed_seed(run.seed, 3))
-    metrics = agent.pretrain(prior.sample_observations, run.pretrain_updates)
+        seed = mixed_seed(run.seed, 3)
+        prior = collect_prior_data(run, path, run.prior_steps, seed, stop.__bool__)
+        if prior is None:
+            raise stop.stopped(f"collecting prior data, {where}", None)
+
+    def sample_observations(batch_size: int) -> torch.Tensor:
+        if stop:
+            raise stop.stopped(f"in VAE pretraining, {where}", None)
+        return prior.sample_observations(batch_size)
+
+    metrics = agent.pretrain(sample_observations, run.pretrain_updates)
     write_json(
         out / "pretrain.json", {"prior_data": str(path), "transitions": len(prior), **metrics}
     )

@@ -76,11 +76,7 @@ class StopRequest:
     def stopped(self, where: str, checkpoint: Path | str | None) -> RunStopped:
         """The error to raise after the checkpoint is written, e.g. ``where = "at step 40"``."""
         name = signal.Signals(self.requested or signal.SIGTERM).name
-        resume = (
-            f"; its checkpoint {checkpoint} resumes with --resume"
-            if checkpoint is not None
-            else "; no checkpoint was written"
-        )
+        resume = f"; its checkpoint {checkpoint} resumes with --resume" if checkpoint else ""
         return RunStopped(self.requested or signal.SIGTERM, f"stopped by {name} {where}{resume}",
                           checkpoint)  # fmt: skip
 
