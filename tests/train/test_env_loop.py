@@ -53,7 +53,7 @@ class SignAgent(nn.Module):
         toward = 1 if x < 0 else 0
         if explore and torch.rand(()) < 0.3:
             return int(torch.randint(2, ()))
-        return toward if float(self.weight) > 0 else 1 - toward
+        return toward if float(self.weight.detach()) > 0 else 1 - toward
 
     def update(self, batch) -> dict[str, float]:
         noise = 0.1 * torch.randn(batch.reward.shape)
