@@ -374,8 +374,8 @@ def _write_outputs(agent, agent_name, run, eval_env, state, out: Path) -> dict[s
 
 def open_loop_figures(agent, episode, run: WorldModelRunConfig, out: Path) -> dict[str, str]:
     """Open-loop prediction from a stored-layout episode: figure, per-step error CSV and plot
-    (errors from :func:`latentvi.jobs.open_loop.open_loop_errors`)."""
-    from latentvi.jobs.open_loop import open_loop_errors
+    (errors from :func:`latentvi.jobs.prediction_errors.open_loop_errors`)."""
+    from latentvi.jobs.prediction_errors import open_loop_errors
     from latentvi.models.ssm import align_episode
     from latentvi.plots import plot_image_grid, plot_prediction_errors
 
