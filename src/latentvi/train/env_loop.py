@@ -200,7 +200,14 @@ class EnvLoop:
                 self.metrics_logger.close()
             self._close_envs()
         finally:
-            self._stack.__exit__(kind, error, traceback)
+            self._release_signals(kind, error, traceback)
+
+    def _release_signals(self, kind=None, error=None, traceback=None) -> None:
+        """Leave the stop-request mode (once): raises ``RunStopped`` for a request still
+        pending after a clean block."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.__exit__(kind, error, traceback)
 
     def _close_envs(self) -> None:
         for env in (self.env, self.eval_env):
@@ -210,7 +217,8 @@ class EnvLoop:
     # --- the loop ----------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         """Run the schedule to ``run.steps`` environment steps, evaluate at the end (unless the
-        last evaluation was there) and write the final checkpoint; returns the counters."""
+        last evaluation was there) and write the final checkpoint; returns the counters. After
+        it, SIGTERM / SIGINT are no longer stop requests (the caller's handlers are back)."""
         from tqdm.auto import tqdm
 
         run, state = self.run, self.state
@@ -228,6 +236,8 @@ class EnvLoop:
         finally:
             self.bar.close()
         self.checkpoint()
+        # the run is complete on disk: from here on (figures) a signal stops the program at once
+        self._release_signals()
         return state
 
     def elapsed(self) -> float:
