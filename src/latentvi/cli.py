@@ -32,6 +32,7 @@ from latentvi.rl.world_model_agent import ModelTrainingConfig
 from latentvi.train import TrainConfig
 from latentvi.train.distributed import destroy_distributed, init_distributed
 from latentvi.train.errors import TrainingDivergedError
+from latentvi.train.signals import RunStopped, exit_now, exit_on_signals
 
 __all__ = ["build_parser", "main", "resolve_latent_q", "resolve_world_model"]
 
@@ -458,7 +459,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        arguments.handler(arguments)
+        with exit_on_signals():  # training loops checkpoint first (latentvi.train.signals)
+            arguments.handler(arguments)
+    except RunStopped as stop:  # 143 after SIGTERM, 130 after SIGINT
+        print(f"latentvi {arguments.command}: {stop}", file=sys.stderr)
+        if argv is None:  # this is the program (not a call from Python): end it now
+            exit_now(stop.exit_code)
+        return stop.exit_code
     except (ValueError, FileNotFoundError) as error:
         print(f"latentvi {arguments.command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR

@@ -23,6 +23,7 @@ __all__ = [
     "plot_frame_strip",
     "plot_image_grid",
     "plot_latent_scatter",
+    "plot_learning_curves",
     "plot_prediction_errors",
     "plot_training_curves",
     "plot_trajectories",
@@ -344,3 +345,23 @@ def plot_e2c(
         )
     )
     return paths
+
+
+def plot_learning_curves(
+    curves: dict[str, list[dict]], path: str | os.PathLike, title: str = ""
+) -> Path:
+    """Evaluation return (mean ± std band) against environment steps, one line per name."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name, rows in curves.items():
+        if not rows:
+            continue
+        steps = np.array([r["env_step"] for r in rows])
+        mean = np.array([r["return_mean"] for r in rows])
+        std = np.array([r["return_std"] for r in rows])
+        axis.plot(steps, mean, label=name, marker="." if len(rows) < 30 else None)
+        axis.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    axis.set_xlabel("environment steps")
+    axis.set_ylabel("evaluation return")
+    axis.set_title(title)
+    axis.legend()
+    return save_figure(figure, path)

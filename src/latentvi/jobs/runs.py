@@ -218,7 +218,8 @@ def world_model_returns(agent, config, episodes: int) -> list[float]:
     """Returns of ``episodes`` evaluation episodes without exploration noise: the reset seeds
     and random state of a world-model run's own evaluations."""
     from latentvi.data.episodes import EpisodeRunner
-    from latentvi.jobs.world_model import EVAL_SEED, make_run_env
+    from latentvi.jobs.world_model import make_run_env
+    from latentvi.train.env_loop import EVAL_SEED
     from latentvi.train.rng import isolated_rng, mixed_seed
 
     env = make_run_env(config)

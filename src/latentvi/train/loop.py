@@ -63,6 +63,7 @@ from latentvi.train.checkpoint import (
 from latentvi.train.config import TrainConfig
 from latentvi.train.distributed import (
     DistInfo,
+    any_across_ranks,
     current,
     gather_rng_states,
     reduce_sums,
@@ -83,6 +84,7 @@ from latentvi.train.setup import (
     resolved_device,
     resume_state,
 )
+from latentvi.train.signals import stop_on_signals, stop_request
 from latentvi.train.step import train_step
 from latentvi.train.storage import replace_text
 
@@ -119,6 +121,7 @@ class TrainResult:
     run_dir: Path | None
 
 
+@stop_on_signals()  # SIGTERM / SIGINT: a checkpoint after the current step, then RunStopped
 def fit(
     model: torch.nn.Module,
     make_batches: Callable[..., Iterable[Any]],
@@ -330,8 +333,12 @@ def _after_step(run: _Run, state: RunState, epoch_done: bool, last: bool) -> Non
                 extra = callback(step, run.model, merged)
             if extra:
                 run.log(step, extra)
-    if last or (config.checkpoint_every and step % config.checkpoint_every == 0):
+    periodic = config.checkpoint_every and step % config.checkpoint_every == 0
+    stopping = any_across_ranks(bool(stop_request()), run.info)  # SIGTERM / SIGINT on any rank
+    if last or stopping or periodic:
         _save(run, state, epoch_done, validated)
+    if stopping and not last:
+        raise stop_request().stopped(f"at step {step}", state.last_checkpoint)
 
 
 def _train_means(run: _Run, state: RunState) -> dict[str, float]:
