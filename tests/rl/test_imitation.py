@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from latentvi.envs.demos import DemoConfig, collect_demonstrations
+from latentvi.jobs.imitation import train_policy
 from latentvi.rl.imitation import (
     PolicyConfig,
     build_policy_model,
     evaluate_policy,
     make_controller,
-    train_policy,
 )
 
 

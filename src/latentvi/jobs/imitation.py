@@ -16,20 +16,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from latentvi.config import option, require, to_dict
+from latentvi.data import Batches
 from latentvi.envs.demos import DemoConfig, Demonstrations, collect_demonstrations
 from latentvi.envs.tasks import TASKS, Episode, task_spec
 from latentvi.rl.imitation import (
     EVAL_SEED,
     PolicyConfig,
+    build_policy_model,
     evaluate_policy,
     make_controller,
     summarize,
-    train_policy,
 )
+from latentvi.train import TrainConfig, fit
 from latentvi.train.rng import seed_everything
 from latentvi.train.runs import RUN_FILE, check_run_folder, read_run, write_run
 from latentvi.train.storage import replace_text
@@ -206,3 +212,32 @@ def format_imitation_table(results: list[dict[str, Any]]) -> str:
     )
     head = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
     return "\n".join([title, head, *lines])
+
+
+def train_policy(
+    demos: Demonstrations, config: PolicyConfig, out: str | None = None
+) -> tuple[nn.Module, float]:
+    """Train ``config.policy`` on ``demos`` with :func:`latentvi.train.fit`; returns the model (in
+    eval mode) and the training time in seconds. With ``out``, the loop writes its run folder
+    there (config, metrics, a final safetensors checkpoint)."""
+    torch.manual_seed(config.seed)
+    model, tensors = build_policy_model(demos, config)
+    batches = Batches(*tensors, batch_size=min(config.batch_size, tensors[0].shape[0]))
+    train = TrainConfig(
+        max_steps=config.steps,
+        lr=config.lr,
+        seed=config.seed,
+        progress=False,
+        tensorboard=False,
+        log_every=max(1, config.steps // 10),
+        out=out,
+    )
+    start = time.perf_counter()
+    fit(
+        model,
+        batches.make_batches,
+        batches,
+        train,
+        extra_config={"policy": to_dict(config)},
+    )
+    return model.eval(), time.perf_counter() - start

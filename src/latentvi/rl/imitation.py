@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -47,13 +46,11 @@ import torch
 from torch import Tensor, nn
 
 from latentvi.bounds import elbo_terms
-from latentvi.config import option, require, require_layer_sizes, to_dict
-from latentvi.data import Batches
+from latentvi.config import option, require, require_layer_sizes
 from latentvi.envs.demos import Demonstrations
 from latentvi.envs.tasks import POSITION_DIMS, Episode, make_task, mode_shares, rollout, task_spec
 from latentvi.models.cvae import ACTIVATIONS, CVAE, CVAEConfig, Regressor, VectorLikelihood
 from latentvi.nn import MLP, DiagonalGaussianEncoder
-from latentvi.train import TrainConfig, fit
 
 __all__ = [
     "POLICIES",
@@ -63,7 +60,6 @@ __all__ = [
     "make_controller",
     "policy_model",
     "summarize",
-    "train_policy",
 ]
 
 POLICIES = ("bc", "cvae", "chunk-cvae", "lmp")
@@ -335,35 +331,6 @@ def make_controller(model: nn.Module, config: PolicyConfig, task: str):
 
 # --------------------------------------------------------------------------------------------------
 # Training and evaluation
-
-
-def train_policy(
-    demos: Demonstrations, config: PolicyConfig, out: str | None = None
-) -> tuple[nn.Module, float]:
-    """Train ``config.policy`` on ``demos`` with :func:`latentvi.train.fit`; returns the model (in
-    eval mode) and the training time in seconds. With ``out``, the loop writes its run folder
-    there (config, metrics, a final safetensors checkpoint)."""
-    torch.manual_seed(config.seed)
-    model, tensors = build_policy_model(demos, config)
-    batches = Batches(*tensors, batch_size=min(config.batch_size, tensors[0].shape[0]))
-    train = TrainConfig(
-        max_steps=config.steps,
-        lr=config.lr,
-        seed=config.seed,
-        progress=False,
-        tensorboard=False,
-        log_every=max(1, config.steps // 10),
-        out=out,
-    )
-    start = time.perf_counter()
-    fit(
-        model,
-        batches.make_batches,
-        batches,
-        train,
-        extra_config={"policy": to_dict(config)},
-    )
-    return model.eval(), time.perf_counter() - start
 
 
 @torch.no_grad()
