@@ -3,8 +3,9 @@
 Run by mkdocs-gen-files (see mkdocs.yml). It walks the package tree, so a module added later gets
 its page without an edit here; modules and packages whose name starts with ``_`` are private and
 left out. Each page holds ``::: latentvi.x.y`` (mkdocstrings renders the docstrings), and
-``reference/SUMMARY.md`` is the section's navigation (mkdocs-literate-nav). The results page's
-figures (``figures/NAME`` there) are copied in from benchmarks/results, so the repository keeps one copy of each.
+``reference/SUMMARY.md`` is the section's navigation (mkdocs-literate-nav). The figures the
+results page shows (``figures/NAME`` there) are copied in from benchmarks/results, so the
+repository keeps one copy of each.
 """
 
 from __future__ import annotations
