@@ -3,9 +3,9 @@
 Run by mkdocs-gen-files (see mkdocs.yml). It walks the package tree, so a module added later gets
 its page without an edit here; modules and packages whose name starts with ``_`` are private and
 left out. Each page holds ``::: latentvi.x.y`` (mkdocstrings renders the docstrings), and
-``reference/SUMMARY.md`` is the section's navigation (mkdocs-literate-nav). The figures the
-results page shows (``figures/NAME`` there) are copied in from benchmarks/results, so the
-repository keeps one copy of each.
+``reference/SUMMARY.md`` is the section's navigation (mkdocs-literate-nav). BENCHMARKS.md becomes
+the page ``benchmarks.md``; the figures it and the results page show (``figures/NAME``) are copied
+in from benchmarks/results, so the repository keeps one copy of each.
 """
 
 from __future__ import annotations
@@ -53,14 +53,24 @@ def write_reference() -> None:
         handle.writelines(nav.build_literate_nav())
 
 
-def copy_figures() -> None:
-    for name in sorted(set(FIGURE.findall((ROOT / "docs" / "results.md").read_text()))):
+def write_benchmarks() -> str:
+    """BENCHMARKS.md as the page ``benchmarks.md``, its figures read from ``figures/``."""
+    text = (ROOT / "BENCHMARKS.md").read_text().replace("](benchmarks/results/", "](figures/")
+    with mkdocs_gen_files.open("benchmarks.md", "w") as handle:
+        handle.write(text)
+    mkdocs_gen_files.set_edit_path("benchmarks.md", "BENCHMARKS.md")
+    return text
+
+
+def copy_figures(*pages: str) -> None:
+    """Copy every ``figures/NAME`` the pages show from benchmarks/results into the site."""
+    for name in sorted({name for page in pages for name in FIGURE.findall(page)}):
         source = FIGURES / name
         if not source.is_file():
-            raise FileNotFoundError(f"docs/results.md shows {source}, which does not exist")
+            raise FileNotFoundError(f"the docs show {source}, which does not exist")
         with mkdocs_gen_files.open(Path("figures", name), "wb") as handle:
             handle.write(source.read_bytes())
 
 
 write_reference()
-copy_figures()
+copy_figures((ROOT / "docs" / "results.md").read_text(), write_benchmarks())

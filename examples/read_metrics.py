@@ -7,7 +7,7 @@ digits (seconds):
 
     latentvi train vae --dataset digits --latent-dim 2 --hidden 32 --max-steps 200 --out runs/digits
     python examples/read_metrics.py runs/digits                  # a table of the last values
-    python examples/read_metrics.py runs/digits --plot curve.png # and each loss/ key against step
+    python examples/read_metrics.py runs/digits --plot curve.png # and the training losses
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from latentvi.train import read_metrics
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run folder written by `latentvi train`")
-    parser.add_argument("--plot", metavar="PNG", help="also draw the loss/ keys against step")
+    parser.add_argument("--plot", metavar="PNG", help="also draw the training losses against step")
     args = parser.parse_args(argv)
 
     rows = read_metrics(args.run)
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         import matplotlib.pyplot as plt
 
         figure, axis = plt.subplots(figsize=(6, 3.5))
-        for key in (k for k in keys if k.startswith("loss/")):
+        for key in (k for k in keys if "loss/" in k and not k.startswith("eval/")):
             points = [(row["step"], row[key]) for row in rows if key in row]
             axis.plot(*zip(*points, strict=True), label=key)
         axis.set(xlabel="step", ylabel="nats per example", title=f"training losses: {args.run}")
