@@ -45,7 +45,8 @@ def write_reference() -> None:
         # The first level is the package itself: "latentvi" is the section's own page.
         nav[parts[1:] or ("latentvi",)] = page.as_posix()
         with mkdocs_gen_files.open(Path("reference", page), "w") as handle:
-            handle.write(f"::: {'.'.join(parts)}\n")
+            name = ".".join(parts)
+            handle.write(f"---\ntitle: {name}\n---\n\n::: {name}\n")
         source = SOURCE.joinpath(*parts)
         source = source / "__init__.py" if is_package else source.with_suffix(".py")
         mkdocs_gen_files.set_edit_path(Path("reference", page), source.relative_to(ROOT))
