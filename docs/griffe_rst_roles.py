@@ -75,11 +75,17 @@ class RstRoles(griffe.Extension):
 
     def on_package(self, *, pkg, loader, **kwargs) -> None:
         def known(path: str) -> bool:
+            """Whether ``path`` gets an anchor in the reference: it exists, is public, and is a
+            module or has a docstring (mkdocstrings leaves members without one out)."""
+            if any(part.startswith("_") for part in path.split(".")):
+                return False
             try:
-                loader.modules_collection.get_member(path)
+                target = loader.modules_collection.get_member(path)
+                if target.is_alias:
+                    target = target.final_target
             except (KeyError, ValueError, AttributeError, griffe.AliasResolutionError):
                 return False
-            return True
+            return target.is_module or target.docstring is not None
 
         def visit(obj, seen) -> None:
             if id(obj) in seen:
