@@ -1,7 +1,8 @@
 """E2C swing-up and balance on pixel Pendulum-v1 from the bottom: success rate and training time.
 
-Trains E2C (:mod:`latentvi.jobs.e2c`, preset ``--preset``, any field of ``E2CRunConfig`` /
-``E2CConfig`` overridable as ``--set name=value``) on random transitions, then runs ``trials``
+Trains E2C (:mod:`latentvi.jobs.e2c`, preset ``--preset`` of :mod:`latentvi.presets`, any field
+of ``E2CRunConfig`` / ``E2CConfig`` overridable as ``--set name=value``) on random transitions,
+then runs ``trials``
 latent-iLQR MPC episodes from the hanging-down state. Success: |θ| < success_angle rad at each of
 the last success_steps agent steps (see the summary's ``success_definition``). Writes
 ``benchmarks/results/e2c_pendulum[_TAG].json`` and copies the three figures next to it.
@@ -25,7 +26,13 @@ from pathlib import Path
 
 import torch
 
-from latentvi.jobs.e2c import evaluate_run, goal_stability, load_model, preset, run_e2c
+from latentvi.jobs.e2c import evaluate_run, load_model, preset, run_e2c, start_states, successes
+from latentvi.rl.e2c import (
+    goal_stability,
+    latent_controller,
+    swing_up_controller,
+    value_controller,
+)
 from results_io import save_results
 
 RESULTS = Path(__file__).parent / "results"
@@ -44,12 +51,6 @@ def oracle(run, state_cost: float, gravity: float | None = None) -> dict:
     the planner's model has that g where the pendulum it controls has Pendulum-v1's 10: a known
     model error (10 → 6 moves the upright eigenvalue per agent step from 1.47 to 1.35)."""
     from latentvi.envs.pendulum import GRAVITY, MAX_SPEED, angle_of, step_normalized
-    from latentvi.jobs.e2c import (
-        start_states,
-        successes,
-        swing_up_controller,
-        value_controller,
-    )
 
     model_gravity = GRAVITY if gravity is None else gravity
 
@@ -91,8 +92,6 @@ def estimator_controller(spec: str):
     2002): the model's one-step residual ``d = μ(x_t) − f(μ(x_{t−1}), u_{t−1})`` is tracked by an
     exponential average of rate β and added to the dynamics the MPC plans with.
     """
-    from latentvi.jobs.e2c import latent_controller
-
     kind, _, value = spec.partition(":")
     rate = float(value)
     if kind not in ("blend", "offset") or not 0 < rate <= 1:

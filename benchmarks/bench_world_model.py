@@ -59,10 +59,10 @@ from latentvi.jobs.world_model import (
     WorldModelRunConfig,
     load_run,
     make_run_env,
-    preset_config,
     train_world_model,
 )
 from latentvi.models.ssm import RSSMConfig, WorldModel
+from latentvi.presets import resolve
 from latentvi.rl.world_model_agent import ModelTrainingConfig, clip_and_step
 from results_io import median_seconds, save_results
 
@@ -70,11 +70,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def configs(agent: str, preset: str, **run_values):
-    run = preset_config(WorldModelRunConfig, preset, run_values, agent)
-    model = preset_config(RSSMConfig, preset, agent=agent)
-    training = preset_config(ModelTrainingConfig, preset, agent=agent)
-    agent_config = preset_config(AGENTS[agent][0], preset, agent=agent)
-    return run, model, training, agent_config
+    types = (WorldModelRunConfig, RSSMConfig, ModelTrainingConfig, AGENTS[agent][0])
+    return resolve("world-model", preset, types, run_values, agent=agent)
 
 
 def throughput_one(agent_name: str, preset: str, args, folder: Path) -> dict:

@@ -60,8 +60,8 @@ JOBS: dict[str, list[str]] = {
     "planet": ["world-model", "train", "--agent", "planet", *WORLD_TINY],
     "dreamer": ["world-model", "train", "--agent", "dreamer", *WORLD_TINY],
     "slac": ["world-model", "train", "--agent", "slac", *WORLD_TINY],
-    "e2c": ["world-model", "train", "--agent", "e2c", "--preset", "debug", "--e2c-steps", "4",
-            "--e2c-transitions", "256", "--e2c-trials", "1", "--no-progress"],
+    "e2c": ["world-model", "train", "--agent", "e2c", "--preset", "debug", "--steps", "4",
+            "--transitions", "256", "--trials", "1", "--no-progress"],
     "vi": ["vi", "--steps", "60", "--num-points", "50", "--batch-size", "50", "--probe-draws", "20",
            "--refine-steps", "20", "--eval-every", "30"],
 }  # fmt: skip

@@ -148,7 +148,7 @@ def test_train_cvae_on_digits(task, tmp_path, capsys):
     assert result["test_examples"] == 50 and result["task"] == task
     for figure in result["figures"]:
         assert Path(figure).is_file()
-    assert (out / "model.json").is_file() and (out / "results.json").is_file()
+    assert (out / "run.json").is_file() and (out / "results.json").is_file()
     # The run folder reloads (JSON + safetensors) into the model that gave these numbers.
     model = load_cvae(out)
     x, y, _ = conditional_data(model.data_config, "test", 0)
@@ -185,3 +185,22 @@ def test_every_command_prints_its_help():
     with pytest.raises(SystemExit) as exit_info:
         main(["world-model", "train", "--help"])
     assert exit_info.value.code == 0
+
+
+def test_json_output_never_holds_nan():
+    import math
+
+    from latentvi.cli_options import to_json
+
+    result = {
+        "elbo": -float("nan"),
+        "curve": [1.0, math.inf],
+        "inner": {"ok": 2.5, "bad": math.nan},
+    }
+    printed = to_json(result)
+    parsed = json.loads(printed)  # strict JSON: no NaN or Infinity tokens
+    assert "NaN" not in printed and "Infinity" not in printed
+    assert parsed["elbo"] is None and parsed["curve"] == [1.0, None]
+    assert parsed["inner"] == {"ok": 2.5, "bad": None}
+    assert set(parsed["non_finite"]) == {"elbo", "curve[1]", "inner.bad"}
+    assert "non_finite" not in json.loads(to_json({"a": 1.0}))

@@ -5,6 +5,11 @@ text; :func:`add_arguments` turns the fields into ``--kebab-case`` command-line 
 :func:`from_arguments` builds the config back, so the dataclass's ``__post_init__`` validation runs
 exactly once, for the Python API and the CLI alike. Validation raises ``ValueError`` naming the
 field, the value and the fix (see :func:`require`).
+
+The options have no argparse default (``argparse.SUPPRESS``): the parsed namespace holds exactly
+the options that were typed (and a parser's ``set_defaults``), so :func:`argument_values` tells a
+typed value from a default even when the two are equal, and a preset (:mod:`latentvi.presets`)
+fills only what was not typed. The dataclass default stays the one source of each default.
 """
 
 from __future__ import annotations
@@ -12,11 +17,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import types
 import typing
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 __all__ = [
+    "USAGE_ERROR",
+    "CommandParser",
     "add_arguments",
     "argument_values",
     "check_positive_int",
@@ -25,9 +34,12 @@ __all__ = [
     "option",
     "require",
     "to_dict",
+    "typed_values",
 ]
 
 T = TypeVar("T")
+
+USAGE_ERROR = 2  # the exit code of a command line with a bad argument
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None) -> Any:
@@ -79,53 +91,42 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
 
 
 def add_arguments(
-    parser: argparse.ArgumentParser,
-    config_type: type,
-    prefix: str = "",
-    exclude: tuple[str, ...] = (),
+    parser: argparse.ArgumentParser, config_type: type, notes: dict[str, str] | None = None
 ) -> None:
     """Add one ``--option`` per field of the dataclass ``config_type`` (help: :func:`option`).
 
-    With a ``prefix`` (e.g. ``"e2c"``) the options are ``--e2c-field-name`` and their values
-    ``arguments.e2c_field_name`` (read back by :func:`from_arguments` with the same prefix), for a
-    config whose field names other option groups already use. Fields in ``exclude`` get none."""
+    An option left out of the command line leaves no attribute on the namespace (the dataclass
+    default applies in :func:`from_arguments`); ``--help`` shows the dataclass default, and
+    ``notes[field]`` after it (e.g. the presets' values of that field)."""
     hints = typing.get_type_hints(config_type)
+    notes = notes or {}
     for field in dataclasses.fields(config_type):
-        if not field.init or field.name in exclude:
+        if not field.init:
             continue
         kind, optional = _base_type(hints[field.name])
         help_text = field.metadata.get("help", "").replace("%", "%%")  # argparse formats help
-        choices = field.metadata.get("choices")
-        name = _option_name(f"{prefix}_{field.name}" if prefix else field.name)
+        shown = field.default
+        if typing.get_origin(kind) is tuple:
+            help_text, shown = f"{help_text}, comma-separated", ",".join(map(str, field.default))
+        # An option without a default says what leaving it out means in its own help text.
+        extra = [f"default: {shown}"] if field.default is not None else []
+        extra += [notes[field.name].replace("%", "%%")] if field.name in notes else []
+        if extra:
+            help_text = f"{help_text} ({'; '.join(extra)})"
+        arguments: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
         if typing.get_origin(kind) is tuple:
             item = typing.get_args(kind)[0]
-            parser.add_argument(
-                name,
-                type=_comma_separated(item),
-                default=field.default,
-                metavar=f"{item.__name__.upper()},...",
-                help=f"{help_text}, comma-separated (default: {','.join(map(str, field.default))})",
-            )
-            continue
-        if kind is bool:
-            parser.add_argument(
-                name,
-                action=argparse.BooleanOptionalAction,
-                default=field.default,
-                help=help_text
-                if field.default is None
-                else f"{help_text} (default: {field.default})",
-            )
-            continue
-        parser.add_argument(
-            name,
-            type=_none_or(kind) if optional else kind,
-            default=field.default,
-            choices=choices,
-            metavar=kind.__name__.upper() if choices is None else None,
-            # An option without a default says what leaving it out means in its own help text.
-            help=help_text if field.default is None else f"{help_text} (default: {field.default})",
-        )
+            arguments |= {"type": _comma_separated(item), "metavar": f"{item.__name__.upper()},..."}
+        elif kind is bool:
+            arguments |= {"action": argparse.BooleanOptionalAction}
+        else:
+            choices = field.metadata.get("choices")
+            arguments |= {
+                "type": _none_or(kind) if optional else kind,
+                "choices": choices,
+                "metavar": kind.__name__.upper() if choices is None else None,
+            }
+        parser.add_argument(_option_name(field.name), **arguments)
 
 
 def _comma_separated(item: type):
@@ -149,22 +150,18 @@ def _none_or(kind: type):
     return parse
 
 
-def from_arguments(config_type: type[T], arguments: argparse.Namespace, prefix: str = "") -> T:
-    """Build ``config_type`` from parsed arguments (its ``__post_init__`` validates); ``prefix``
-    as given to :func:`add_arguments`."""
-    return config_type(**argument_values(config_type, arguments, prefix))
+def from_arguments(config_type: type[T], arguments: argparse.Namespace) -> T:
+    """Build ``config_type`` from parsed arguments (its ``__post_init__`` validates)."""
+    return config_type(**argument_values(config_type, arguments))
 
 
-def argument_values(
-    config_type: type, arguments: argparse.Namespace, prefix: str = ""
-) -> dict[str, Any]:
-    """The parsed values of ``config_type``'s options, by field name (fields without an option,
-    see ``exclude`` of :func:`add_arguments`, are left out)."""
-    start = f"{prefix}_" if prefix else ""
+def argument_values(config_type: type, arguments: argparse.Namespace) -> dict[str, Any]:
+    """The parsed values of ``config_type``'s options, by field name: the options typed on the
+    command line (and values of the parser's ``set_defaults``); fields left out are left out."""
     return {
-        f.name: getattr(arguments, start + f.name)
+        f.name: getattr(arguments, f.name)
         for f in dataclasses.fields(config_type)
-        if f.init and hasattr(arguments, start + f.name)
+        if f.init and hasattr(arguments, f.name)
     }
 
 
@@ -178,3 +175,61 @@ def from_dict(config_type: type[T], values: dict[str, Any]) -> T:
 def to_dict(config: Any) -> dict[str, Any]:
     """A JSON-ready dict of a (possibly nested) dataclass config."""
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse with the project's error format (one line, exit code :data:`USAGE_ERROR`).
+
+    ``by_option = (option, {value: parser})`` hands a command line on which ``option`` is given
+    that value to another parser (``world-model train --agent e2c``: E2C's own options);
+    ``old_prefix = "e2c"`` also accepts ``--e2c-name`` for this parser's ``--name``."""
+
+    def __init__(self, *args, by_option=None, old_prefix: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.by_option = by_option
+        self.old_prefix = old_prefix
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        if self.by_option is not None:
+            option, parsers = self.by_option
+            chosen = parsers.get(_last_value(args, option))
+            if chosen is not None:
+                return chosen.parse_known_args(args, namespace)
+        if self.old_prefix is not None:
+            args = [self._without_prefix(arg) for arg in args]
+        return super().parse_known_args(args, namespace)
+
+    def _without_prefix(self, arg: str) -> str:
+        """``--PREFIX-name[=value]`` -> ``--name[=value]`` (and ``--no-PREFIX-name`` ->
+        ``--no-name``) where this parser has that option; other arguments as they are."""
+        name, equals, value = arg.partition("=")
+        for old, new in ((f"--{self.old_prefix}-", "--"), (f"--no-{self.old_prefix}-", "--no-")):
+            renamed = new + name[len(old) :]
+            if name.startswith(old) and renamed in self._option_string_actions:
+                return renamed + equals + value
+        return arg
+
+
+def _last_value(args: list[str], option: str) -> str | None:
+    """The value of the last ``option VALUE`` or ``option=VALUE`` in ``args``, ``option`` also
+    abbreviated as argparse allows (``--ag e2c`` for ``--agent e2c``)."""
+    value = None
+    for i, arg in enumerate(args):
+        name, equals, given = arg.partition("=")
+        if not (name.startswith("--") and len(name) > 2 and option.startswith(name)):
+            continue
+        if equals:
+            value = given
+        elif i + 1 < len(args):
+            value = args[i + 1]
+    return value
+
+
+def typed_values(arguments: argparse.Namespace, config_types: Sequence[type]) -> dict:
+    """:func:`argument_values` over ``config_types``: the options typed on the command line, by
+    field name (the configs' field names must not clash)."""
+    return {k: v for t in config_types for k, v in argument_values(t, arguments).items()}

@@ -263,7 +263,8 @@ class IndependentBernoulli(Independent):
 
 
 def bernoulli(logits: Tensor, event_dims: int = 1) -> Independent:
-    """Independent Bernoulli pixels/bits over the last ``event_dims`` dimensions (binary data)."""
+    """Independent Bernoulli pixels/bits over the last ``event_dims`` dimensions (binary data):
+    ``logits [*B, *E]`` give batch ``[*B]`` and event ``[*E]`` (``len(E) = event_dims``)."""
     return IndependentBernoulli(Bernoulli(logits=logits, validate_args=False), event_dims)
 
 

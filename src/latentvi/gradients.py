@@ -106,6 +106,9 @@ def iwae_dreg(
     (2019) ``Σ_k w̃_k² ∂ log w_k/∂z_k · ∂z_k/∂φ`` with log q evaluated at stopped parameters — unbiased
     for ∇φ IWAE_K with a variance that does not swamp the signal as K grows. ``w̃`` are the
     normalized importance weights. ``q`` must be a diagonal Gaussian (``Independent(Normal)``).
+
+    With gradients off (``torch.no_grad``, e.g. in validation) it returns the bound's value alone,
+    from the same draw: the surrogate exists only for gradients.
     """
     check_num_samples(num_samples)
     check_data(x, q)
@@ -119,6 +122,8 @@ def iwae_dreg(
     z = q.rsample((num_samples,))  # (K, *B, Z), pathwise in φ
     z_leaf = z.detach().requires_grad_(True)
     log_w = likelihood(z_leaf).log_prob(x) + prior.log_prob(z_leaf) - q_stopped.log_prob(z_leaf)
+    if not log_w.requires_grad:  # no graph to differentiate (gradients off): the bound's value
+        return log_mean_exp(log_w, dim=0)
     weights = torch.softmax(log_w.detach(), dim=0)  # (K, *B)
     (grad_z,) = torch.autograd.grad(log_w.sum(), z_leaf, retain_graph=True)  # ∂ log w_k / ∂z_k
     model_term = (weights * log_w).sum(0)  # θ-gradient Σ w̃ ∇θ log w (z held fixed)
@@ -145,7 +150,8 @@ class Baseline(Protocol):
 
 
 class MovingAverageBaseline(nn.Module):
-    """A scalar baseline: an exponential moving average of past mean rewards (nats).
+    """A scalar baseline: an exponential moving average of past mean rewards (nats), the classic
+    control variate of REINFORCE (Williams 1992); ``reward [S, *B] -> (b [], zeros [*B])``.
 
     ``b`` is the average *before* the current call, so it is independent of the current samples and
     the estimator stays unbiased. After each call (when ``update`` is true) the average moves
@@ -236,7 +242,8 @@ class LearnedBaseline(nn.Module):
 
 
 class LeaveOneOut:
-    """The leave-one-out baseline (Kool, van Hoof & Welling 2019), free with M > 1 samples.
+    """The leave-one-out baseline (Kool, van Hoof & Welling 2019), free with M > 1 samples:
+    ``reward [M, *B] -> (b [M, *B], zeros [*B])``.
 
     For sample s the baseline is the mean reward of the other M − 1 samples of the same example,
     ``b_s = (Σ_t r_t − r_s) / (M − 1)``: independent of z_s, so unbiased. The resulting estimator

@@ -3,6 +3,7 @@ and writes a PNG through :func:`save_figure`, which replaces the file atomically
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -17,9 +18,12 @@ import matplotlib.pyplot as plt
 
 __all__ = [
     "image_grid",
+    "plot_e2c",
+    "plot_em_comparison",
     "plot_frame_strip",
     "plot_image_grid",
     "plot_latent_scatter",
+    "plot_learning_curves",
     "plot_prediction_errors",
     "plot_training_curves",
     "plot_trajectories",
@@ -86,6 +90,50 @@ def plot_vi_report(
     bars.invert_yaxis()
     bars.set_xlabel("total gradient variance (trace of covariance), log scale")
     bars.set_title("Gradient estimator variance at the same q")
+    return save_figure(figure, path)
+
+
+def plot_em_comparison(
+    parts: Mapping[str, Mapping], tolerance: float, path: str | os.PathLike
+) -> Path:
+    """The ``latentvi em`` figure: the gap to the reference log p(x) against passes (left) and
+    against wall time (right), one row per model, log scale.
+
+    ``parts`` maps a model name (``"ppca"``, ``"mixture"``) to a dict with
+    ``reference_log_likelihood``, ``reference`` (what it is) and ``fits``: method name -> a dict
+    with ``history`` (records with ``iteration``, ``seconds``, ``log_marginal``). Gaps below 1e-7
+    nats are drawn at 1e-7; a method above the reference (another local maximum) is drawn there too.
+    """
+    floor = 1e-7
+    rows = len(parts)
+    figure, axes = plt.subplots(
+        rows, 2, figsize=(13, 4.6 * rows), layout="constrained", squeeze=False
+    )
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    titles = {"ppca": "probabilistic PCA", "mixture": "Gaussian mixture"}
+    for row, (name, part) in zip(axes, parts.items(), strict=True):
+        reference = part["reference_log_likelihood"]
+        for colour, (method, fit) in zip(colours, part["fits"].items(), strict=False):
+            history = fit["history"]
+            gaps = [max(reference - r["log_marginal"], floor) for r in history]
+            style = "--" if method == "hard EM" else "-"
+            for axis, key in zip(row, ("iteration", "seconds"), strict=True):
+                axis.plot([r[key] for r in history], gaps, style, color=colour, label=method)
+        for axis, label in zip(
+            row, ("passes over the data", "wall time of the fitting steps (s)"), strict=True
+        ):
+            axis.axhline(
+                tolerance, color="black", linestyle=":", linewidth=1, label=f"{tolerance} nats"
+            )
+            axis.set_yscale("log")
+            axis.set_xlabel(label)
+            axis.set_ylabel("reference log p(x) − log p(x)  (nats per example)")
+            axis.set_title(
+                f"{titles.get(name, name)}: gap to {part['reference'].split(' (')[0]}", fontsize=9
+            )
+        row[1].set_xscale("symlog", linthresh=1e-3)
+        row[1].set_xlim(left=0)
+        row[0].legend(fontsize=8)
     return save_figure(figure, path)
 
 
@@ -246,3 +294,74 @@ def plot_frame_strip(
     chosen = torch.as_tensor(frames[::every][:count]).float() / 255.0
     return plot_image_grid(chosen, path, f"{title}, every {every} step(s)",
                            columns=len(chosen))  # fmt: skip
+
+
+def plot_e2c(
+    model, data: Mapping[str, torch.Tensor], result: Mapping, out: str | os.PathLike
+) -> list[Path]:
+    """An E2C run's figures in ``out``: ``reconstructions.png`` (x_t, its reconstruction, x_{t+1}
+    and the model's prediction of it), ``latent.png`` (latent means coloured by the angle) and
+    ``control.png`` (trial 0 of a control ``result``), from transitions ``data`` (``x``, ``u``,
+    ``x_next``, ``theta``) and an :class:`~latentvi.models.e2c.E2C` ``model``."""
+    out = Path(out)
+    with torch.no_grad():
+        x, u, x_next = data["x"][:8], data["u"][:8], data["x_next"][:8]
+        if x_next.dim() == 5:  # K-step data: its first step
+            u, x_next = u[:, 0], x_next[:, 0]
+        q = model.encode(x)
+        reconstruction = model.decode(q.mean).mean
+        prediction = model.decode(model.step(q.mean, u)).mean
+        rows = torch.cat([x[:, 1:], reconstruction[:, 1:], x_next[:, 1:], prediction[:, 1:]])
+        paths = [
+            plot_image_grid(
+                rows,
+                out / "reconstructions.png",
+                "rows: x_t, reconstruction, x_{t+1}, prediction (newest frame)",
+                columns=8,
+            )
+        ]
+        means = model.encode(data["x"][:3000]).mean.numpy()
+    theta = data["theta"][:3000].numpy()
+    figure, axis = plt.subplots(figsize=(6, 5))
+    if means.shape[1] >= 3:
+        figure.delaxes(axis)
+        axis = figure.add_subplot(projection="3d")
+        points = axis.scatter(means[:, 0], means[:, 1], means[:, 2], c=theta, cmap="twilight", s=3)
+    else:
+        second = means[:, 1] if means.shape[1] > 1 else np.zeros(len(means))
+        points = axis.scatter(means[:, 0], second, c=theta, cmap="twilight", s=3)
+    figure.colorbar(points, ax=axis, label="angle θ (rad, 0 upright)")
+    axis.set_title("E2C latent means on pixel pendulum")
+    paths.append(save_figure(figure, out / "latent.png"))
+    strip = result["strip"]
+    every = max(1, math.ceil(len(strip) / 20))
+    frames = torch.from_numpy(strip[::every]).float() / 255.0
+    paths.append(
+        plot_image_grid(
+            1 - frames,
+            out / "control.png",
+            f"trial 0, every {every} agent steps (success: {bool(result['success'][0])})",
+            columns=len(frames),
+        )
+    )
+    return paths
+
+
+def plot_learning_curves(
+    curves: dict[str, list[dict]], path: str | os.PathLike, title: str = ""
+) -> Path:
+    """Evaluation return (mean ± std band) against environment steps, one line per name."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name, rows in curves.items():
+        if not rows:
+            continue
+        steps = np.array([r["env_step"] for r in rows])
+        mean = np.array([r["return_mean"] for r in rows])
+        std = np.array([r["return_std"] for r in rows])
+        axis.plot(steps, mean, label=name, marker="." if len(rows) < 30 else None)
+        axis.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    axis.set_xlabel("environment steps")
+    axis.set_ylabel("evaluation return")
+    axis.set_title(title)
+    axis.legend()
+    return save_figure(figure, path)

@@ -1,18 +1,20 @@
 """``latentvi world-model train --agent e2c``: the E2C experiment through the world-model CLI, its
-options mapped onto E2C's preset, and the errors for what it cannot honour."""
+own options (and their older ``--e2c-*`` spellings) over E2C's preset, and the errors for what it
+cannot honour."""
 
 import json
 
 import pytest
 
 from latentvi.cli import main
-from latentvi.jobs.e2c import PRESETS
+from latentvi.presets import PRESETS
 
 # the debug preset, smaller still: 4 updates on 256 transitions, one control trial
-SMALL = ["--e2c-steps", "4", "--e2c-transitions", "256", "--e2c-trials", "1"]
+SMALL = ["--steps", "4", "--transitions", "256", "--trials", "1"]
+DEBUG = PRESETS["e2c"]["debug"]
 
 
-def test_debug_run_end_to_end_with_e2c_options(tmp_path, capsys):
+def test_debug_run_end_to_end_with_its_own_options(tmp_path, capsys):
     out = tmp_path / "e2c"
     argv = ["world-model", "train", "--agent", "e2c", "--preset", "debug", "--seed", "3"]
     code = main([*argv, "--no-progress", *SMALL, "--out", str(out), "--json"])
@@ -20,11 +22,13 @@ def test_debug_run_end_to_end_with_e2c_options(tmp_path, capsys):
     assert code == 0, captured.err
     summary = json.loads(captured.out)
     assert summary["trials"] == 1 and 0.0 <= summary["success_rate"] <= 1.0
-    # --e2c-* options and the shared --seed override the preset; the preset fills the rest
+    # typed options override the preset; the preset fills the rest
     run, model = summary["run_config"], summary["model_config"]
     assert run["steps"] == 4 and run["transitions"] == 256 and run["seed"] == 3
-    assert run["image_size"] == PRESETS["debug"]["run"]["image_size"]
-    assert model["hidden"] == list(PRESETS["debug"]["model"]["hidden"])
+    assert run["image_size"] == DEBUG["image_size"]
+    assert model["hidden"] == list(DEBUG["hidden"])
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["preset"] == "debug" and saved["run"] == run and saved["model"] == model
     for name in ("summary.json", "reconstructions.png", "latent.png", "control.png"):
         assert (out / name).stat().st_size > 0, name
 

@@ -76,8 +76,8 @@ def test_corrupted_or_truncated_checkpoint_gives_a_clear_error(trained, tmp_path
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ValueError, match=r"model\.safetensors"):
         latentvi.load(copy)
-    (copy / "model.json").write_text("{not json")
-    with pytest.raises(ValueError, match=r"model\.json"):
+    (copy / "run.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"run\.json"):
         latentvi.load(copy)
 
 

@@ -10,15 +10,17 @@ import torch
 from latentvi.cli import main
 from latentvi.envs.chain import optimal_return
 from latentvi.envs.pixels import make_env
-from latentvi.jobs.latent_q import PRESETS, RunConfig, run_latent_q
+from latentvi.jobs.latent_q import RunConfig, run_latent_q
+from latentvi.presets import PRESETS
 from latentvi.rl.latent_q import LatentQConfig
 from latentvi.train.checkpoint import find_latest, list_checkpoints
 from latentvi.train.metrics import read_metrics
 from latentvi.train.storage import read_tensors
 
 CHAIN = "latentvi/PixelChain-v0"
-AGENT = {k: v for k, v in PRESETS["debug"].items() if k in LatentQConfig.__dataclass_fields__}
-RUN = {k: v for k, v in PRESETS["debug"].items() if k in RunConfig.__dataclass_fields__}
+DEBUG = PRESETS["latent-q"]["debug"]
+AGENT = {k: v for k, v in DEBUG.items() if k in LatentQConfig.__dataclass_fields__}
+RUN = {k: v for k, v in DEBUG.items() if k in RunConfig.__dataclass_fields__}
 RUN |= {"env": CHAIN, "frame_stack": 1, "action_repeat": 1, "progress": False, "tensorboard": False}
 
 

@@ -12,8 +12,8 @@ import torch
 
 from latentvi.cli import main
 from latentvi.data.episodes import EpisodeStore
-from latentvi.jobs.world_model import preset_config
 from latentvi.models.ssm import RSSMConfig
+from latentvi.presets import resolve
 from latentvi.rl.slac import SlacAgent, SlacConfig, history_windows
 from latentvi.rl.world_model_agent import ModelTrainingConfig
 from latentvi.train.checkpoint import find_latest, load_checkpoint
@@ -213,6 +213,9 @@ def test_debug_run_through_the_cli_resumes_with_its_episodes(tmp_path, capsys):
 
 
 def test_the_paper_preset_gives_slac_its_batch_and_leaves_the_others_alone():
+    def preset_config(config_type, preset, values=None, agent=None):
+        return resolve("world-model", preset, (config_type,), values, agent=agent)[0]
+
     slac = preset_config(ModelTrainingConfig, "paper", agent="slac")
     assert (slac.batch_size, slac.chunk_length) == (32, 9)  # 32 sequences of 8 steps
     assert preset_config(ModelTrainingConfig, "paper", agent="dreamer") == ModelTrainingConfig()

@@ -13,8 +13,9 @@ import torch
 
 from latentvi.cli import main
 from latentvi.data.episodes import EpisodeStore
-from latentvi.jobs.world_model import PRESETS, WorldModelRunConfig, load_run, with_preset
+from latentvi.jobs.world_model import WorldModelRunConfig, load_run
 from latentvi.models.ssm import RSSMConfig
+from latentvi.presets import PRESETS, resolve
 from latentvi.rl.dreamer import DreamerAgent, DreamerConfig
 from latentvi.rl.planet import PlanetAgent, PlanetConfig
 from latentvi.rl.world_model_agent import ModelTrainingConfig
@@ -45,7 +46,7 @@ def test_debug_agent_runs_writes_outputs_and_resumes(agent, tmp_path, capsys):
     assert code == 0, err
     summary = json.loads(printed)
     assert summary["env_steps"] == 400 and summary["episodes"] == 2
-    assert summary["updates"] == PRESETS["debug"]["train_steps"]
+    assert summary["updates"] == PRESETS["world-model"]["debug"]["train_steps"]
     for name in ("curve.csv", "curve.png", "open_loop.png", "open_loop.csv", "open_loop_mse.png",
                  "frames.png", "metrics.jsonl", "config.json", "summary.json"):  # fmt: skip
         assert (out / name).is_file(), name
@@ -64,7 +65,7 @@ def test_debug_agent_runs_writes_outputs_and_resumes(agent, tmp_path, capsys):
     assert code == 0, err
     resumed = json.loads(printed)
     assert resumed["env_steps"] == 600 and resumed["episodes"] == 3
-    assert resumed["updates"] == 2 * PRESETS["debug"]["train_steps"]
+    assert resumed["updates"] == 2 * PRESETS["world-model"]["debug"]["train_steps"]
     assert [int(r["env_step"]) for r in _curve(out)] == [400, 600]
     store = EpisodeStore(out / "episodes")
     assert len(store) == 3
@@ -152,12 +153,12 @@ def test_planet_plans_within_bounds_and_filters_from_the_episode_start():
     torch.testing.assert_close(agent._state.deter, observed.deter[0])
 
 
-def test_presets_fill_only_defaults():
-    run = with_preset(WorldModelRunConfig(steps=123), "debug")
-    assert run.steps == 123 and run.image_size == PRESETS["debug"]["image_size"]
-    assert with_preset(DreamerConfig(), "paper") == DreamerConfig()
+def test_presets_fill_what_is_not_given():
+    (run,) = resolve("world-model", "debug", (WorldModelRunConfig,), {"steps": 123})
+    assert run.steps == 123 and run.image_size == PRESETS["world-model"]["debug"]["image_size"]
+    assert resolve("world-model", "paper", (DreamerConfig,)) == (DreamerConfig(),)
     with pytest.raises(ValueError, match=r"preset = 'huge'.*debug"):
-        with_preset(run, "huge")
+        resolve("world-model", "huge", (WorldModelRunConfig,))
     with pytest.raises(ValueError, match="top_k"):
         PlanetConfig(candidates=10, top_k=20)
     with pytest.raises(ValueError, match="return_lambda"):

@@ -262,7 +262,7 @@ def test_move_to_and_batch_size_handle_nested_batches():
 @pytest.mark.parametrize("listed", [False, True])
 def test_gradient_norm_clips_and_names_the_bad_parameter(listed):
     """Given the module, or its named parameters listed once (as `fit` passes them)."""
-    from latentvi.train.optim import gradient_norm
+    from latentvi.optim_step import gradient_norm
 
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
     target = list(model.named_parameters()) if listed else model

@@ -33,6 +33,7 @@ import os
 import re
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -239,8 +240,10 @@ class EpisodeRunner:
         agent: Any | None,
         explore: bool,
         generator: np.random.Generator | None = None,
-    ) -> tuple[dict[str, np.ndarray], float, int]:
-        """One episode: its arrays (actions in [-1, 1]), its return, its environment steps."""
+        should_stop: Callable[[], bool] | None = None,
+    ) -> tuple[dict[str, np.ndarray], float, int] | None:
+        """One episode: its arrays (actions in [-1, 1]), its return, its environment steps; None
+        when ``should_stop()`` turned true before an agent step (the episode is dropped)."""
         started = time.perf_counter()
         obs, _ = self.env.reset(seed=seed)
         self.timing["env"] += time.perf_counter() - started
@@ -249,6 +252,8 @@ class EpisodeRunner:
         frames, actions, rewards, terminals = [obs], [], [], []
         env_steps, done = 0, False
         while not done:
+            if should_stop is not None and should_stop():
+                return None
             started = time.perf_counter()
             if agent is None:
                 action = generator.uniform(-1.0, 1.0, self.action_dim).astype(np.float32)

@@ -3,7 +3,8 @@
 - :mod:`latentvi.envs.pixels`: rendered-frame observations, action repeat, frame stacks,
   :func:`~latentvi.envs.pixels.make_env` for any Gymnasium id;
 - :mod:`latentvi.envs.chain`: the pixel chain toy task; :mod:`latentvi.envs.pendulum`:
-  Pendulum-v1's equations as functions; :mod:`latentvi.envs.dmc`: DeepMind Control from pixels;
+  Pendulum-v1's equations as functions; :mod:`latentvi.envs.pendulum_pixels`: the pixel pendulum
+  whose state can be set (E2C's); :mod:`latentvi.envs.dmc`: DeepMind Control from pixels;
 - :mod:`latentvi.envs.tasks`: the 2-D imitation tasks; :mod:`latentvi.envs.demos`: their
   scripted demonstrators.
 

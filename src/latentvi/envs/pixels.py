@@ -216,7 +216,9 @@ def make_env(
     action_repeat: int = 1,
     env_kwargs: dict[str, Any] | None = None,
 ) -> gym.Env:
-    """``gym.make(env_id)`` wrapped as in the module docstring.
+    """``gym.make(env_id)`` wrapped as in the module docstring: with ``pixels=True`` observations
+    are ``uint8 [frame_stack·C, size, size]`` (C = 1 grayscale or 3), else the state ``[S]``
+    (stacked to ``[frame_stack·S]``); ``action_repeat`` environment steps per ``step``.
 
     With ``pixels=False`` the observation must be a flat float ``Box`` (a state vector); with
     ``pixels=True`` the environment must have image observations or render ``rgb_array``.

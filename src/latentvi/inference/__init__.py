@@ -6,11 +6,14 @@
 * :class:`VariationalProblem`, :func:`fit_vi`, :func:`make_optimizers` — the ELBO as a
   ``loss(batch) -> (loss, metrics)`` and a lean fitting loop for small, exact models.
 * :class:`LazyAdam` — one optimizer for both: Adam on dense parameters, lazy row updates on tables.
+* :func:`fit_em`, :func:`em_step` — EM and hard EM for the exact models (Dempster, Laird & Rubin
+  1977; Tipping & Bishop 1999), full-batch or in minibatches (incremental: Neal & Hinton 1998).
 * :func:`refine`, :func:`amortization_gap` — per-example refinement of an encoder's q and the
   amortization / approximation gaps (Cremer, Li & Duvenaud 2018).
 """
 
 from latentvi.inference.amortized import Encoder, GaussianEncoder
+from latentvi.inference.em import em_step, fit_em
 from latentvi.inference.fit import Estimator, VariationalProblem, fit_vi, make_optimizers
 from latentvi.inference.local import LocalGaussians
 from latentvi.inference.optim import LazyAdam
@@ -24,6 +27,8 @@ __all__ = [
     "LocalGaussians",
     "VariationalProblem",
     "amortization_gap",
+    "em_step",
+    "fit_em",
     "fit_vi",
     "make_optimizers",
     "refine",

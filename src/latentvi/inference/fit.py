@@ -12,7 +12,6 @@ row updates on the local tables, Adam on the rest), an exact log p(x) curve when
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -28,10 +27,10 @@ from latentvi.config import check_positive_int
 from latentvi.gradients import reparameterized_elbo, score_function_elbo
 from latentvi.inference.local import LocalGaussians
 from latentvi.inference.optim import LazyAdam
+from latentvi.optim_step import optimizer_step
 
 __all__ = ["Estimator", "VariationalProblem", "fit_vi", "make_optimizers"]
 
-logger = logging.getLogger(__name__)
 
 Estimator = Callable[..., Tensor]
 """``estimator(x, q, prior, likelihood, num_samples) -> surrogate [*B]`` whose value is the ELBO."""
@@ -236,6 +235,8 @@ def fit_vi(
     ``log_marginal`` (exact mean log p(x) under the current θ, when the model has it),
     ``train_elbo`` (mean of the training surrogates since the last record; absent at step 0) and
     ``seconds``. All in nats per example. ``callback(record)`` returning True stops early.
+    Each step is :func:`latentvi.optim_step.optimizer_step`: a non-finite loss or gradient
+    raises :class:`~latentvi.optim_step.NonFiniteError` before any parameter moves.
 
     Randomness (minibatch order, z draws) is seeded by ``seed`` inside a forked RNG, so the
     caller's global RNG state is left as it was.
@@ -290,7 +291,6 @@ def _fit_loop(
 ) -> list[dict[str, float]]:
     optimizers = make_optimizers(problem, lr)
     groups = [group for optimizer in optimizers for group in optimizer.param_groups]
-    parameters = [parameter for group in groups for parameter in group["params"]]
     num_points = x.shape[0]
     batches_per_epoch = num_points // batch_size
     started = time.perf_counter()
@@ -308,11 +308,7 @@ def _fit_loop(
             for group in groups:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / steps))
         loss, metrics = problem.loss((index, x.index_select(0, index)))
-        for parameter in parameters:
-            parameter.grad = None
-        loss.backward()
-        for optimizer in optimizers:
-            optimizer.step()
+        optimizer_step(optimizers, loss, name="negative ELBO")  # raises NonFiniteError
         train_sum += metrics["elbo"]
         train_count += 1
         bar.update(1)
@@ -326,8 +322,6 @@ def _fit_loop(
             train_sum.zero_()
             train_count = 0
             history.append(record)
-            if not math.isfinite(record["train_elbo"]):
-                logger.warning("fit_vi: the training ELBO is not finite at step %d", step)
             bar.set_postfix(elbo=f"{record['elbo']:.3f}", refresh=False)
             if callback is not None and callback(record):
                 break

@@ -29,7 +29,9 @@ __all__ = ["LocalGaussians"]
 
 
 class LocalGaussians(nn.Module):
-    """A table of Gaussians q_i(z), one per training example, looked up by index.
+    """A table of Gaussians q_i(z), one per training example, looked up by index: the lecture's
+    per-datapoint variational inference (as in Hoffman, Blei, Wang & Paisley 2013's local
+    variational parameters).
 
     Args:
         num_points: number of training examples N (rows of the table).

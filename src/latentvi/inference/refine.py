@@ -28,6 +28,7 @@ from latentvi.distributions import (
     kl,
     positive_scale,
 )
+from latentvi.optim_step import optimizer_step
 
 __all__ = ["amortization_gap", "refine"]
 
@@ -101,8 +102,7 @@ def refine(
             q = diagonal_gaussian(loc, positive_scale(raw_scale, min_scale), validate_args=False)
             loss = -objective(q).sum()
             # Only q's own parameters are differentiated: θ and φ get no gradient.
-            loc.grad, raw_scale.grad = torch.autograd.grad(loss, [loc, raw_scale])
-            optimizer.step()
+            optimizer_step(optimizer, loss, name="negative refined ELBO", only_optimized=True)
     scale = positive_scale(raw_scale.detach(), min_scale)
     return diagonal_gaussian(loc.detach(), scale, validate_args=False)
 

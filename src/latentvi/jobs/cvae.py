@@ -13,8 +13,10 @@ Two conditional problems on binarized images (one fixed Bernoulli draw per image
   regressor's exact log p(y|x). The figure shows, per test image, the given top half completed by
   the truth, by the regressor and by CVAE samples.
 
-The run folder holds ``model.json``, the training loop's checkpoints and metrics
-(``regressor/`` likewise for the baseline), ``results.json`` and ``figures/``.
+The run folder (:mod:`latentvi.train.runs`: kind ``cvae``) holds ``run.json``, the training
+loop's checkpoints and metrics (``regressor/`` likewise for the baseline, kind
+``cvae-regressor``), ``results.json`` and ``figures/``. Everything is checked before anything is
+written: a refused call leaves the folder as it was.
 """
 
 from __future__ import annotations
@@ -30,14 +32,25 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from latentvi.config import option, require, to_dict
+from latentvi.config import from_dict, option, require, to_dict
 from latentvi.data import Batches, binarize_static, load_dataset
-from latentvi.jobs.vae import MODEL_FILE, TEST_BINARIZATION_SEED, DataSource
+from latentvi.jobs.vae import TEST_BINARIZATION_SEED, DataSource
 from latentvi.models.cvae import CVAE, CVAEConfig, Regressor
 from latentvi.train import TrainConfig, fit, load_checkpoint
+from latentvi.train.rng import seed_everything
+from latentvi.train.runs import FIGURES, check_run_folder, read_run, write_run
 from latentvi.train.storage import replace_text
 
-__all__ = ["CVAE_TASKS", "CVAEDataConfig", "conditional_data", "load_cvae", "train_cvae"]
+__all__ = [
+    "CVAE_TASKS",
+    "CVAEDataConfig",
+    "conditional_data",
+    "evaluate_cvae",
+    "load_cvae",
+    "plot_cvae",
+    "sample_cvae",
+    "train_cvae",
+]
 
 CVAE_TASKS = ("label", "halves")
 NUM_CLASSES = 10
@@ -82,8 +95,10 @@ def _halves(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _fit(model, x, y, data: CVAEDataConfig, train: TrainConfig, out: Path, spec: dict):
     batches = Batches(x, y, batch_size=data.batch_size)
-    out.mkdir(parents=True, exist_ok=True)
-    replace_text(out / MODEL_FILE, json.dumps(spec, indent=2) + "\n")
+    configs = {"model": spec["model"], "data": spec["data"], "train": train}
+    info = {k: spec[k] for k in ("x_dim", "y_dim", "data_shape")}
+    kind = "cvae" if spec["kind"] == "cvae" else "cvae-regressor"
+    write_run(out, kind, configs, **info)
     config = dataclasses.replace(train, out=str(out))
     start = time.perf_counter()
     fit(
@@ -113,7 +128,11 @@ def train_cvae(
         model_config.likelihood,
         "binarized images need --likelihood bernoulli",
     )
+    seed_everything(train.seed)  # seed first, then build anything random
     out = Path(train.out)
+    check_run_folder(out, resume=False)  # no --resume: a folder with checkpoints is refused
+    if data.task == "halves":
+        check_run_folder(out / "regressor", resume=False)
     x, y, shape = conditional_data(data, "train", train.seed)
     spec = {
         "kind": "cvae",
@@ -125,17 +144,8 @@ def train_cvae(
     }
     torch.manual_seed(train.seed)
     model, seconds = _fit(CVAE(x.shape[1], y.shape[1], model_config), x, y, data, train, out, spec)
-    test_x, test_y, _ = conditional_data(data, "test", TEST_BINARIZATION_SEED)
-    test_x, test_y = test_x[: data.eval_examples], test_y[: data.eval_examples]
-    torch.manual_seed(TEST_BINARIZATION_SEED)
-    with torch.no_grad():
-        elbo = torch.cat([model.elbo(a, b) for a, b in _chunks(test_x, test_y)])
-    log_likelihood = torch.cat(
-        [
-            model.log_likelihood(a, b, data.importance_samples, 100)
-            for a, b in _chunks(test_x, test_y)
-        ]
-    )
+    test_x, test_y = _test_pairs(data, data.eval_examples)
+    elbo, log_likelihood = _conditional_scores(model, test_x, test_y, data.importance_samples)
     results: dict[str, Any] = {
         "run_dir": str(out),
         "task": data.task,
@@ -174,16 +184,36 @@ def train_cvae(
     return results
 
 
+def _test_pairs(data: CVAEDataConfig, n_examples: int | None) -> tuple[torch.Tensor, ...]:
+    """The first ``n_examples`` (x, y) test pairs, binarized with the evaluation seed."""
+    test_x, test_y, _ = conditional_data(data, "test", TEST_BINARIZATION_SEED)
+    return test_x[:n_examples], test_y[:n_examples]
+
+
+def _conditional_scores(model: CVAE, x: torch.Tensor, y: torch.Tensor, importance_samples: int):
+    """Per-example ELBO and importance-sampled log p(y|x) ``[N]`` (nats), under the evaluation
+    seed, so that the numbers of a run and of its loaded model are the same."""
+    torch.manual_seed(TEST_BINARIZATION_SEED)
+    with torch.no_grad():
+        elbo = torch.cat([model.elbo(a, b) for a, b in _chunks(x, y)])
+    log_likelihood = torch.cat(
+        [model.log_likelihood(a, b, importance_samples, 100) for a, b in _chunks(x, y)]
+    )
+    return elbo, log_likelihood
+
+
 def _chunks(x: torch.Tensor, y: torch.Tensor, size: int = 100):
     for start in range(0, x.shape[0], size):
         yield x[start : start + size], y[start : start + size]
 
 
 @torch.no_grad()
-def _figures(model: CVAE, regressor, data: CVAEDataConfig, shape, out: Path) -> list[Path]:
+def _figures(
+    model: CVAE, regressor, data: CVAEDataConfig, shape, out: Path, figures: Path | None = None
+) -> list[Path]:
     from latentvi.plots import plot_image_grid
 
-    figures = out / "figures"
+    figures = out / FIGURES if figures is None else figures
     torch.manual_seed(0)
     if data.task == "label":
         columns = 10
@@ -220,23 +250,104 @@ def _figures(model: CVAE, regressor, data: CVAEDataConfig, shape, out: Path) -> 
     return [path]
 
 
-def load_cvae(run_dir: str | os.PathLike, map_location: str = "cpu") -> CVAE | Regressor:
+def load_cvae(
+    run_dir: str | os.PathLike,
+    map_location: str = "cpu",
+    checkpoint: str | os.PathLike | None = None,
+) -> CVAE | Regressor:
     """The trained model of a ``train cvae`` run folder (or of its ``regressor/`` subfolder), in
     eval mode, with its data config as ``model.data_config``. Reads JSON and safetensors only."""
-    path = Path(run_dir) / MODEL_FILE
-    if not path.is_file():
-        raise ValueError(f"{path} is missing: {str(run_dir)!r} is not a train cvae run folder")
+    run = read_run(run_dir)
+    builders = {"cvae": CVAE, "cvae-regressor": Regressor}
+    if run.kind not in builders:
+        raise ValueError(f"{str(run.path)!r} holds a {run.kind} run, not a cvae or regressor")
     try:
-        spec = json.loads(path.read_text())
-        kind, x_dim, y_dim = spec["kind"], spec["x_dim"], spec["y_dim"]
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["model"].items()}
-        data = CVAEDataConfig(**spec["data"])
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is corrupt ({error}); retrain or restore it") from None
-    builders = {"cvae": CVAE, "regressor": Regressor}
-    if kind not in builders:
-        raise ValueError(f"{path}: model kind {kind!r} is not a cvae or regressor")
-    model = builders[kind](x_dim, y_dim, CVAEConfig(**fields))
-    load_checkpoint(run_dir, model, map_location=map_location, restore_rng=False)
-    model.data_config = data
+        config = from_dict(CVAEConfig, run.config("model"))
+        data = from_dict(CVAEDataConfig, run.config("data"))
+        x_dim, y_dim = int(run.info["x_dim"]), int(run.info["y_dim"])
+        shape = tuple(int(s) for s in run.info["data_shape"])
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{run.path} holds a corrupt {run.kind} run ({error})") from None
+    model = builders[run.kind](x_dim, y_dim, config)
+    source = run_dir if checkpoint is None else checkpoint
+    load_checkpoint(source, model, map_location=map_location, restore_rng=False)
+    model.data_config, model.data_shape = data, shape
     return model.eval()
+
+
+def evaluate_cvae(
+    run_dir: str | os.PathLike,
+    importance_samples: int | None = None,
+    n_examples: int | None = None,
+) -> dict[str, Any]:
+    """Held-out conditional log-likelihoods of a cvae (or regressor) run, nats per example with
+    standard errors: the CVAE's ELBO and importance-sampled log p(y|x) (K = the run's
+    ``importance_samples`` unless given), the regressor's exact log p(y|x). The defaults give the
+    numbers of the run's ``results.json``."""
+    model = load_cvae(run_dir)
+    data = model.data_config
+    n_examples = data.eval_examples if n_examples is None else n_examples
+    require(n_examples >= 1, "n_examples", n_examples, "use N >= 1")
+    x, y = _test_pairs(data, n_examples)
+    result: dict[str, Any] = {"task": data.task, "test_examples": int(x.shape[0])}
+    if isinstance(model, Regressor):
+        with torch.no_grad():
+            exact = model.log_likelihood(x, y)
+        result["regressor_log_likelihood"], result["regressor_log_likelihood_stderr"] = (
+            _mean_and_stderr(exact)
+        )
+    else:
+        k = data.importance_samples if importance_samples is None else importance_samples
+        require(k >= 1, "importance_samples", k, "use K >= 1")
+        elbo, log_likelihood = _conditional_scores(model, x, y, k)
+        result["cvae_elbo"], result["cvae_elbo_stderr"] = _mean_and_stderr(elbo)
+        result["cvae_log_likelihood"], result["cvae_log_likelihood_stderr"] = _mean_and_stderr(
+            log_likelihood
+        )
+        result["importance_samples"] = k
+    result["units"] = "nats per example, summed over the pixels of y"
+    return result
+
+
+@torch.no_grad()
+def sample_cvae(run_dir: str | os.PathLike, n: int, out: str | os.PathLike, seed: int = 0) -> Path:
+    """``n`` draws of a cvae run as a grid PNG: digit i mod 10 for ``label`` runs (decoder means
+    of z ~ p(z|digit)); for ``halves`` runs, test top halves completed by samples."""
+    from latentvi.plots import plot_image_grid
+
+    require(n >= 1, "n", n, "use a positive number of samples")
+    model = load_cvae(run_dir)
+    if isinstance(model, Regressor):
+        raise ValueError(f"{str(run_dir)!r} holds the deterministic regressor: it has no samples")
+    data, shape = model.data_config, model.data_shape
+    torch.manual_seed(seed)
+    if data.task == "label":
+        labels = torch.arange(n) % NUM_CLASSES
+        images = model.sample(F.one_hot(labels, NUM_CLASSES).float(), mean=True)
+        return plot_image_grid(
+            images.reshape(-1, *shape), out, "p(image | digit), digit = i mod 10"
+        )
+    top, _ = _test_pairs(data, n)
+    bottom = model.sample(top, mean=True)
+    channels, height, width = shape
+    images = torch.cat(
+        [top.reshape(-1, channels, height // 2, width),
+         bottom.reshape(-1, channels, height - height // 2, width)], -2
+    )  # fmt: skip
+    return plot_image_grid(images, out, "test top halves completed by p(bottom | top)")
+
+
+def plot_cvae(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
+    """The run's figure (samples per digit, or completed halves beside the regressor's) into
+    ``out`` (default ``RUN/figures``)."""
+    model = load_cvae(run_dir)
+    if isinstance(model, Regressor):
+        raise ValueError(
+            f"{str(run_dir)!r} holds the regressor alone: plot its cvae run, the folder above"
+        )
+    run = Path(run_dir)
+    regressor = None
+    if model.data_config.task == "halves":
+        regressor = load_cvae(run / "regressor")
+    folder = Path(out) if out is not None else run / FIGURES
+    return _figures(model, regressor, model.data_config, model.data_shape, folder.parent, folder)

@@ -6,7 +6,10 @@ batch order and the evaluation's latent draws; the episodes' start states are th
 seed), evaluates each on ``episodes`` fresh episodes, and reports every metric as mean ± std over
 the seeds. With ``out`` the run folder holds ``results.json``, ``trajectories-<policy>.png`` (the
 demonstrations beside the first seed's episodes) and, per seed, the training loop's run folder
-(config, metrics, a safetensors checkpoint).
+(config, metrics, a safetensors checkpoint). Both are run folders of kind ``imitation``
+(:mod:`latentvi.train.runs`): the job's ``run.json`` lists its seeds' folders, each seed's
+``run.json`` records its policy and the dimensions its model is built from. Every folder is
+checked before anything is written: a refused call leaves them as they were.
 """
 
 from __future__ import annotations
@@ -27,15 +30,36 @@ from latentvi.rl.imitation import (
     summarize,
     train_policy,
 )
+from latentvi.train.rng import seed_everything
+from latentvi.train.runs import RUN_FILE, check_run_folder, read_run, write_run
 from latentvi.train.storage import replace_text
 
 __all__ = [
     "ImitationConfig",
     "describe_demonstrations",
     "format_imitation_table",
+    "plot_episodes",
     "run_imitation",
     "run_seeds",
+    "seed_folder",
 ]
+
+
+def seed_folder(out: str | Path, seed: int) -> Path:
+    """The run folder of one seed's policy inside an imitate job's folder."""
+    return Path(out) / f"seed-{seed}"
+
+
+def _check_folders(out: str | Path | None, policy: PolicyConfig, seeds: int) -> None:
+    """Refuse, before anything is written, an ``out`` whose seed folders (those of this call,
+    and those an earlier job there lists in its run.json) hold checkpoints."""
+    if out is None:
+        return
+    folders = [seed_folder(out, policy.seed + offset) for offset in range(seeds)]
+    if (Path(out) / RUN_FILE).is_file():
+        folders += [Path(out) / name for name in read_run(out).info.get("runs", [])]
+    for folder in folders:
+        check_run_folder(folder, resume=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,10 +88,16 @@ def run_seeds(
     the same ``episodes`` fresh episodes: ``(summary: mean ± std, per-seed metrics, the first
     seed's episodes)``."""
     names = task_spec(task).mode_names
+    _check_folders(out, policy, seeds)
     per_seed, first_runs = [], None
     for offset in range(seeds):
         config = dataclasses.replace(policy, seed=policy.seed + offset)
-        run_dir = None if out is None else str(Path(out) / f"seed-{config.seed}")
+        run_dir = None if out is None else str(seed_folder(out, config.seed))
+        if run_dir is not None:
+            write_run(
+                run_dir, "imitation", {"policy": config}, task=task,
+                state_dim=demonstrations.state_dim, action_dim=demonstrations.action_dim,
+            )  # fmt: skip
         model, seconds = train_policy(demonstrations, config, out=run_dir)
         metrics, runs = evaluate_policy(
             task, make_controller(model, config, task), episodes, EVAL_SEED
@@ -89,9 +119,15 @@ def run_imitation(
     out: str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate ``policy`` on ``job.task`` (see the module docstring); JSON-ready."""
+    seed_everything(policy.seed)  # seed first, then build anything random
     demos = demos or DemoConfig()
+    _check_folders(out, policy, job.seeds)
     demonstrations = collect_demonstrations(job.task, demos)
     names = task_spec(job.task).mode_names
+    if out is not None:
+        runs = [seed_folder(out, policy.seed + i).name for i in range(job.seeds)]
+        configs = {"job": job, "policy": policy, "demos": demos}
+        write_run(out, "imitation", configs, task=job.task, runs=runs)
     summary, per_seed, first_runs = run_seeds(
         job.task, demonstrations, policy, job.seeds, job.episodes, out
     )
@@ -122,6 +158,11 @@ def describe_demonstrations(demonstrations: Demonstrations, names) -> dict[str, 
 
 
 def _plot(task, policy: PolicyConfig, demos: DemoConfig, runs, out: Path) -> Path:
+    return plot_episodes(task, policy, demos, runs, out / f"trajectories-{policy.policy}.png")
+
+
+def plot_episodes(task, policy: PolicyConfig, demos: DemoConfig, runs, path: Path) -> Path:
+    """The demonstrations beside a policy's episodes ``runs``, paths coloured by mode."""
     from latentvi.envs.demos import WaypointDemonstrator
     from latentvi.envs.tasks import make_task, rollout
     from latentvi.plots import plot_trajectories
@@ -133,7 +174,7 @@ def _plot(task, policy: PolicyConfig, demos: DemoConfig, runs, out: Path) -> Pat
     return plot_trajectories(
         panels,
         task_spec(task),
-        out / f"trajectories-{policy.policy}.png",
+        path,
         title=f"{task}: paths coloured by mode; red: collision, grey: timeout",
     )
 

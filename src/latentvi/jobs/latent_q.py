@@ -1,44 +1,49 @@
 """The job behind ``latentvi rl latent-q``: train a :class:`~latentvi.rl.latent_q.LatentQAgent`.
 
-The run folder gets ``curve.csv`` / ``curve.png`` (evaluation return against environment steps),
-``reconstructions.png`` (vae variants: real frames above their reconstructions), ``metrics.jsonl``
-/ ``metrics.csv`` / TensorBoard scalars (:class:`latentvi.train.MetricsLogger`), ``summary.json``
-and ``checkpoints/step-*`` (safetensors + JSON through :mod:`latentvi.train.checkpoint`, named by
-environment step; they hold the networks, the optimizers, the replay buffer and every random
-state). ``--resume`` continues from the latest checkpoint. Periodic checkpoints are taken at the
-end of the first episode after each ``checkpoint_every`` steps, so a run resumed from one is
-identical, on CPU, to one that never stopped; the final checkpoint may fall inside an episode,
-and a run extended from it starts a new episode there.
-
-Environment steps count the underlying environment's steps (an agent step with action repeat R
-counts R). Every episode's reset is seeded from (seed, episode number); evaluation uses 10 fixed
-seeds apart from training's and runs under its own random state.
+It composes the shared environment loop (:class:`latentvi.train.env_loop.EnvLoop`) from a
+pixel or state environment, the agent, a replay buffer (:class:`ReplayStorage`) and the
+step schedule (:class:`StepSchedule`: an update every ``update_every`` agent steps, checkpoints
+at episode boundaries). The run folder gets ``curve.csv`` / ``curve.png`` (evaluation return
+against environment steps), ``reconstructions.png`` (vae variants: real frames above their
+reconstructions), ``metrics.jsonl`` / ``metrics.csv`` / TensorBoard scalars, ``summary.json`` and
+``checkpoints/step-*`` (the networks, the optimizers, the replay buffer and every random state).
+``--resume`` continues from the latest checkpoint; see :mod:`latentvi.train.env_schedules` for
+when a resumed run is identical to one that never stopped. Evaluation uses 10 fixed seeds apart
+from training's and runs under its own random state.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
+import functools
 import json
-import logging
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from latentvi.config import option, require, to_dict
+from latentvi.config import option, require, require_int, to_dict
 from latentvi.data.replay import ReplayBuffer
 from latentvi.envs.pixels import make_env, newest_frame
+from latentvi.plots import plot_learning_curves
+from latentvi.rl.dqn import epsilon_at
 from latentvi.rl.latent_q import PIXEL_VARIANTS, LatentQAgent, LatentQConfig
-from latentvi.train.checkpoint import find_latest, load_checkpoint, save_checkpoint
-from latentvi.train.metrics import MetricsLogger
-from latentvi.train.rng import isolated_rng, mixed_seed, seed_everything
+from latentvi.train.env_loop import EVAL_SEED, EnvLoop, EnvRunConfig, RunRecord, write_curve
+from latentvi.train.env_schedules import (
+    ReplayStorage,
+    StepSchedule,
+    new_replay_buffer,
+    play_episode,
+    random_action,
+)
+from latentvi.train.rng import isolated_rng, mixed_seed
+from latentvi.train.runs import space_info
 from latentvi.train.storage import read_json, read_tensors, replace_text, write_json, write_tensors
 
 __all__ = [
-    "PRESETS",
+    "EVAL_SEED",
     "RunConfig",
     "collect_prior_data",
     "evaluate_policy",
@@ -48,30 +53,21 @@ __all__ = [
     "run_latent_q",
 ]
 
-logger = logging.getLogger(__name__)
-
-EVAL_SEED = 1_000_000
 PRIOR_SEED = 2_000_000
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """The environment, the step budget and the run folder of a latent-Q run."""
+class RunConfig(EnvRunConfig):
+    """The environment, the step budget and the run folder of a latent-Q run (the fields of
+    :class:`~latentvi.train.env_loop.EnvRunConfig` and these)."""
 
-    env: str = option("Pendulum-v1", "Gymnasium environment id")
     pixels: bool | None = option(
         None, "observe rendered 64×64 frames (default: from the variant — all but state)"
     )
-    image_size: int = option(64, "height and width of the pixel observations")
-    grayscale: bool = option(True, "one grayscale channel per frame instead of RGB")
     frame_stack: int = option(3, "frames per pixel observation (1 for states)")
-    action_repeat: int = option(2, "environment steps per agent action")
-    steps: int = option(30_000, "environment steps of training (action repeat included)")
     buffer_size: int = option(100_000, "replay buffer capacity (frames / transitions)")
     learning_starts: int = option(1000, "environment steps of uniform random actions first")
     update_every: int = option(2, "agent steps between updates (one batch each)")
-    eval_every: int = option(2500, "environment steps between evaluations")
-    eval_episodes: int = option(10, "episodes per evaluation (deterministic policy)")
     prior_data: str | None = option(
         None,
         "vae-pretrained: observations file (.safetensors) to pretrain on; written there first, "
@@ -80,62 +76,19 @@ class RunConfig:
     prior_steps: int = option(10_000, "environment steps of prior data to collect when missing")
     pretrain_updates: int = option(2000, "vae-pretrained: VAE updates on prior data before RL")
     log_every: int = option(1000, "environment steps between training-metric rows")
-    checkpoint_every: int = option(10_000, "environment steps between checkpoints")
-    keep_checkpoints: int = option(2, "newest checkpoints kept on disk")
-    seed: int = option(0, "seed of the networks, the replay sampler and the episodes")
-    device: str = option("cpu", "cpu, cuda or auto", choices=("cpu", "cuda", "auto"))
-    out: str | None = option(None, "run folder (required)")
-    progress: bool = option(True, "show a progress bar")
-    tensorboard: bool = option(True, "also write TensorBoard scalars")
 
     def __post_init__(self) -> None:
-        for name in (
-            "image_size",
-            "frame_stack",
-            "action_repeat",
-            "steps",
-            "buffer_size",
-            "update_every",
-            "eval_every",
-            "eval_episodes",
-            "prior_steps",
-            "log_every",
-            "checkpoint_every",
-            "keep_checkpoints",
-        ):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value >= 1, name, value, "use a positive integer")
+        super().__post_init__()
+        for name in ("frame_stack", "buffer_size", "update_every", "prior_steps", "log_every"):
+            require_int(getattr(self, name), name, 1, "use a positive integer")
         require(self.learning_starts >= 0, "learning_starts", self.learning_starts, "use >= 0")
         require(self.pretrain_updates >= 0, "pretrain_updates", self.pretrain_updates, "use >= 0")
-        require(
-            self.device in ("cpu", "cuda", "auto"), "device", self.device, "use cpu, cuda or auto"
-        )
 
 
-# A preset fills the options left at their defaults (see latentvi.cli).
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "debug": {
-        "steps": 400,
-        "buffer_size": 2000,
-        "learning_starts": 100,
-        "eval_every": 200,
-        "eval_episodes": 2,
-        "prior_steps": 200,
-        "pretrain_updates": 10,
-        "log_every": 100,
-        "update_every": 1,
-        "checkpoint_every": 200,
-        "image_size": 32,
-        "latent_dim": 8,
-        "channels": (8, 16),
-        "feature_dim": 16,
-        "hidden": (64, 64),
-        "batch_size": 32,
-        "epsilon_decay_steps": 200,
-        "target_update_every": 50,
-    },
-}
+RESUMABLE_RUN_FIELDS = (  # a resume may change these; the other options must be the run's
+    "steps", "eval_every", "eval_episodes", "log_every", "checkpoint_every", "keep_checkpoints",
+    "device", "out", "progress", "tensorboard", "prior_data", "prior_steps", "pretrain_updates",
+)  # fmt: skip
 
 
 def _check(agent_config: LatentQConfig, run: RunConfig) -> bool:
@@ -168,30 +121,16 @@ def make_run_env(run: RunConfig, pixels: bool):
     )
 
 
-def _random_action(space, generator: np.random.Generator):
-    if hasattr(space, "n"):
-        return int(generator.integers(space.n))
-    return generator.uniform(space.low, space.high).astype(np.float32)
-
-
-def new_replay_buffer(env, capacity: int, stack: int, seed: int) -> ReplayBuffer:
-    space = env.observation_space
-    frame_channels = space.shape[0] // stack
-    discrete = hasattr(env.action_space, "n")
-    return ReplayBuffer(
-        capacity,
-        (frame_channels, *space.shape[1:]),
-        stack=stack,
-        frame_dtype=space.dtype,
-        action_shape=() if discrete else env.action_space.shape,
-        action_dtype=np.int64 if discrete else np.float32,
-        seed=seed,
-    )
-
-
-def collect_prior_data(run: RunConfig, path: str | Path, steps: int, seed: int) -> ReplayBuffer:
+def collect_prior_data(
+    run: RunConfig,
+    path: str | Path,
+    steps: int,
+    seed: int,
+    should_stop: Callable[[], bool] | None = None,
+) -> ReplayBuffer | None:
     """Observations of a uniform random policy, ``steps`` environment steps, saved to ``path``
-    (safetensors + a JSON sidecar, each replaced atomically) and returned as a replay buffer."""
+    (safetensors + a JSON sidecar, each replaced atomically) and returned as a replay buffer;
+    None, with nothing saved, when ``should_stop()`` turns true between steps."""
     env = make_run_env(run, pixels=True)
     stack = run.frame_stack
     buffer = new_replay_buffer(env, steps + steps // 2 + stack + 1, stack, seed)
@@ -203,7 +142,10 @@ def collect_prior_data(run: RunConfig, path: str | Path, steps: int, seed: int) 
         buffer.start(newest_frame(obs, frame_channels))
         done = False
         while not done and taken < steps:
-            action = _random_action(env.action_space, generator)
+            if should_stop is not None and should_stop():
+                env.close()
+                return None
+            action = random_action(env.action_space, generator)
             obs, reward, terminated, truncated, info = env.step(action)
             buffer.add(action, reward, newest_frame(obs, frame_channels), terminated, truncated)
             taken += info.get("env_steps", 1)
@@ -226,17 +168,20 @@ def save_prior_data(buffer: ReplayBuffer, path: str | Path, info: dict[str, Any]
     replace_text(Path(f"{path}.json"), json.dumps(meta, indent=2) + "\n")
 
 
-def load_prior_data(path: str | Path, stack: int) -> ReplayBuffer:
-    """A buffer written by :func:`save_prior_data` (``stack`` must match the run's)."""
+def load_prior_data(path: str | Path, stack: int, check_only: bool = False) -> ReplayBuffer | None:
+    """A buffer written by :func:`save_prior_data` (``stack`` must match the run's; with
+    ``check_only``, only that is checked, from the JSON sidecar, and None returned)."""
     path = Path(path)
     meta = read_json(Path(f"{path}.json"))
-    arrays = read_tensors(path)
     require(
         int(meta["stack"]) == stack,
         "frame_stack",
         stack,
         f"the prior data {path} was collected with frame_stack {meta['stack']}; use that",
     )
+    if check_only:
+        return None
+    arrays = read_tensors(path)
     buffer = ReplayBuffer(
         int(meta["capacity"]),
         tuple(meta["frame_shape"]),
@@ -249,20 +194,12 @@ def load_prior_data(path: str | Path, stack: int) -> ReplayBuffer:
     return buffer
 
 
-@torch.no_grad()
 def evaluate_policy(agent: LatentQAgent, env, episodes: int, seed: int) -> dict[str, float]:
     """Mean and std of the undiscounted return of the deterministic policy over ``episodes``
-    episodes with fixed reset seeds; environment steps counted with action repeat."""
-    returns = []
+    episodes with fixed reset seeds (the run's evaluation, :meth:`EnvLoop.evaluate`)."""
     with isolated_rng(seed):
-        for episode in range(episodes):
-            obs, _ = env.reset(seed=mixed_seed(seed, EVAL_SEED, episode))
-            total, done = 0.0, False
-            while not done:
-                obs, reward, terminated, truncated, _ = env.step(agent.act(obs, explore=False))
-                total += float(reward)
-                done = terminated or truncated
-            returns.append(total)
+        returns = [play_episode(env, agent, mixed_seed(seed, EVAL_SEED, episode))
+                   for episode in range(episodes)]  # fmt: skip
     values = np.asarray(returns)
     return {"return_mean": float(values.mean()), "return_std": float(values.std())}
 
@@ -272,51 +209,45 @@ def run_latent_q(
 ) -> dict[str, Any]:
     """Train an agent for ``run.steps`` environment steps; return a JSON-ready summary."""
     pixels = _check(agent_config, run)
-    out = Path(run.out)
-    if not resume and find_latest(out) is not None:
-        raise ValueError(
-            f"out = {str(out)!r} already holds a run: pass --resume to continue it, or choose "
-            "another folder"
-        )
-    device = torch.device(
-        "cuda" if run.device == "auto" and torch.cuda.is_available() else
-        ("cpu" if run.device == "auto" else run.device)
-    )  # fmt: skip
-    seed_everything(run.seed)
-    env, eval_env = make_run_env(run, pixels), make_run_env(run, pixels)
     stack = run.frame_stack if pixels else 1
-    agent = LatentQAgent(agent_config, env.observation_space, env.action_space).to(device)
-    buffer = new_replay_buffer(env, run.buffer_size, stack, mixed_seed(run.seed, 1))
-    generator = np.random.default_rng(mixed_seed(run.seed, 2))
-    spec = {"agent": to_dict(agent_config), "run": to_dict(run)}
-    state = {"env_steps": 0, "agent_steps": 0, "episodes": 0, "curve": [], "wall": 0.0}
-    latest = find_latest(out) if resume else None
-    if latest is not None:
-        loaded = load_checkpoint(latest, agent, map_location=device)
-        agent.load_optimizer_state(loaded["optimizers"])
-        buffer.load_state_dict(loaded["replay"])
-        generator.bit_generator.state = loaded["action_generator"]
-        state = loaded["counters"]
-        logger.info("resumed %s at environment step %d", latest, state["env_steps"])
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        replace_text(out / "config.json", json.dumps(spec, indent=2) + "\n")
-        if agent_config.variant == "vae-pretrained":
-            _pretrain(agent, run, out, stack)
-    metrics_logger = MetricsLogger(
-        out, tensorboard=run.tensorboard, resume_step=state["env_steps"] if latest else None
+    pretrains = agent_config.variant == "vae-pretrained" and not resume and run.prior_data
+    if pretrains and Path(f"{run.prior_data}.json").is_file():  # it must have the run's stack
+        load_prior_data(run.prior_data, run.frame_stack, check_only=True)
+    schedule = StepSchedule(
+        learning_starts=run.learning_starts,
+        update_every=run.update_every,
+        batch_size=agent_config.batch_size,
+        log_every=run.log_every,
+        explore=functools.partial(_explore, agent_config),
     )
-    try:
-        _train(agent, agent_config, run, env, eval_env, buffer, generator, state, out,
-               metrics_logger, spec)  # fmt: skip
-    finally:
-        metrics_logger.close()
-        env.close()
-        eval_env.close()
-    files = _write_outputs(agent, agent_config, buffer, state, out)
-    final = state["curve"][-1] if state["curve"] else {}
+    with EnvLoop(
+        run,
+        make_env=lambda: make_run_env(run, pixels),
+        make_agent=lambda env: LatentQAgent(agent_config, env.observation_space, env.action_space),
+        storage=ReplayStorage(run.buffer_size, stack),
+        schedule=schedule,
+        describe=lambda env: {"agent": to_dict(agent_config), "run": to_dict(run)},
+        record=lambda env: RunRecord(
+            "latent-q",
+            {"agent": agent_config, "run": run},
+            fixed=("agent", "run"),
+            ignore={"run": RESUMABLE_RUN_FIELDS},
+            info={
+                "observation_space": space_info(env.observation_space),
+                "action_space": space_info(env.action_space),
+            },
+        ),
+        resume=resume,
+        eval_rng_seed=run.seed,  # latent-Q's evaluation stream since its first release
+        divergence_hint="start again with a lower learning rate (--lr, --vae-lr)",
+    ) as loop:
+        if not loop.resumed and agent_config.variant == "vae-pretrained":
+            _pretrain(loop.agent, run, loop.out, stack, loop.stop)
+        state = loop.train()
+        files = _write_outputs(loop.agent, agent_config, loop.storage.buffer, state, loop.out)
+    final = loop.final_row()
     summary = {
-        "run_dir": str(out),
+        "run_dir": str(loop.out),
         "variant": agent_config.variant,
         "env": run.env,
         "env_steps": state["env_steps"],
@@ -324,132 +255,50 @@ def run_latent_q(
         "final_return_mean": final.get("return_mean"),
         "final_return_std": final.get("return_std"),
         "env_steps_per_second": state["env_steps"] / max(state["wall"], 1e-9),
-        "replay_bytes_per_transition": buffer.bytes_per_slot,
+        "replay_bytes_per_transition": loop.storage.buffer.bytes_per_slot,
         "files": files,
     }
-    replace_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    replace_text(loop.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _pretrain(agent: LatentQAgent, run: RunConfig, out: Path, stack: int) -> None:
+def _pretrain(agent: LatentQAgent, run: RunConfig, out: Path, stack: int, stop) -> None:
+    """Prior data (collected when missing), then VAE updates on it; a stop request ends the
+    run before its first checkpoint (it starts again without --resume)."""
+    where = "before the first checkpoint (run the command again, without --resume)"
     path = Path(run.prior_data) if run.prior_data else out / "prior-data.safetensors"
     if path.is_file():
         prior = load_prior_data(path, stack)
     else:
-        prior = collect_prior_data(run, path, run.prior_steps, mixed_seed(run.seed, 3))
-    metrics = agent.pretrain(prior.sample_observations, run.pretrain_updates)
+        seed = mixed_seed(run.seed, 3)
+        prior = collect_prior_data(run, path, run.prior_steps, seed, stop.__bool__)
+        if prior is None:
+            raise stop.stopped(f"collecting prior data, {where}", None)
+
+    def sample_observations(batch_size: int) -> torch.Tensor:
+        if stop:
+            raise stop.stopped(f"in VAE pretraining, {where}", None)
+        return prior.sample_observations(batch_size)
+
+    metrics = agent.pretrain(sample_observations, run.pretrain_updates)
     write_json(
         out / "pretrain.json", {"prior_data": str(path), "transitions": len(prior), **metrics}
     )
 
 
-def _train(agent, agent_config, run, env, eval_env, buffer, generator, state, out, log, spec):
-    """The loop: act, store, update every ``update_every`` agent steps; evaluate, log and
-    checkpoint on their schedules (kept in ``state``, so a resumed run keeps them too)."""
-    from tqdm.auto import tqdm
-
-    frame_channels = buffer.frame_shape[0]
-    for key, every in (("next_log", run.log_every), ("next_checkpoint", run.checkpoint_every)):
-        state.setdefault(key, every)
-    state.setdefault("next_eval", 0)
-    state.setdefault("window", {})
-    window = state["window"]
-    bar = tqdm(total=run.steps, initial=state["env_steps"], disable=not run.progress, unit="step")
-    started = time.perf_counter() - state["wall"]
-
-    def evaluate_now() -> None:
-        state["wall"] = time.perf_counter() - started
-        result = evaluate_policy(agent, eval_env, run.eval_episodes, run.seed)
-        row = {"env_step": state["env_steps"], **result, "episodes": state["episodes"],
-               "wall_seconds": state["wall"]}  # fmt: skip
-        state["curve"].append(row)
-        log.log(state["env_steps"], {f"eval/{k}": v for k, v in result.items()})
-        bar.set_postfix(eval_return=f"{result['return_mean']:.1f}")
-        state["next_eval"] = _next(state["env_steps"], run.eval_every)
-
-    done = True
-    while state["env_steps"] < run.steps:
-        if state["env_steps"] >= state["next_eval"]:
-            evaluate_now()
-        if done:
-            if state["env_steps"] >= state["next_checkpoint"]:  # an episode boundary
-                state["next_checkpoint"] = _next(state["env_steps"], run.checkpoint_every)
-                state["wall"] = time.perf_counter() - started
-                _checkpoint(agent, buffer, generator, state, out, run, spec)
-            obs, _ = env.reset(seed=mixed_seed(run.seed, 0, state["episodes"]))
-            buffer.start(newest_frame(obs, frame_channels))
-            state["episode_return"], done = 0.0, False
-        if state["env_steps"] < run.learning_starts:
-            action = _random_action(env.action_space, generator)
-        else:
-            epsilon = _epsilon(agent_config, state["agent_steps"])
-            action = agent.act(obs, explore=True, epsilon=epsilon)
-        obs, reward, terminated, truncated, info = env.step(action)
-        buffer.add(action, reward, newest_frame(obs, frame_channels), terminated, truncated)
-        taken = info.get("env_steps", 1)
-        state["env_steps"] += taken
-        state["agent_steps"] += 1
-        bar.update(taken)
-        state["episode_return"] += float(reward)
-        if terminated or truncated:
-            done = True
-            state["episodes"] += 1
-            _add(window, {"train/episode_return": state["episode_return"]})
-        ready = state["env_steps"] >= run.learning_starts and len(buffer) >= agent_config.batch_size
-        if ready and state["agent_steps"] % run.update_every == 0:
-            _add(window, agent.update(buffer.sample(agent_config.batch_size)))
-        if state["env_steps"] >= state["next_log"]:
-            state["wall"] = time.perf_counter() - started
-            row = {k: sum(v) / len(v) for k, v in window.items()}
-            row["perf/env_steps_per_second"] = state["env_steps"] / max(state["wall"], 1e-9)
-            log.log(state["env_steps"], row)
-            window.clear()
-            state["next_log"] = _next(state["env_steps"], run.log_every)
-    if not state["curve"] or state["curve"][-1]["env_step"] != state["env_steps"]:
-        evaluate_now()
-    bar.close()
-    state["wall"] = time.perf_counter() - started
-    _checkpoint(agent, buffer, generator, state, out, run, spec)
-
-
-def _next(step: int, every: int) -> int:
-    """The first multiple of ``every`` after ``step``."""
-    return (step // every + 1) * every
-
-
-def _epsilon(config: LatentQConfig, agent_steps: int) -> float:
-    from latentvi.rl.dqn import epsilon_at
-
-    return epsilon_at(
+def _explore(config: LatentQConfig, agent: LatentQAgent, obs, agent_steps: int):
+    """ε-greedy (DQN) or the stochastic policy (SAC) after ``learning_starts``."""
+    epsilon = epsilon_at(
         agent_steps, config.epsilon_start, config.epsilon_end, config.epsilon_decay_steps
     )
-
-
-def _add(window: dict[str, list[float]], values: dict) -> None:
-    for key, value in values.items():
-        window.setdefault(key, []).append(float(value))
-
-
-def _checkpoint(agent, buffer, generator, state, out, run, spec) -> None:
-    extra = {
-        "optimizers": agent.optimizer_state(),
-        "replay": buffer.state_dict(),
-        "action_generator": generator.bit_generator.state,
-        "counters": state,
-    }
-    save_checkpoint(out, state["env_steps"], agent, extra_state=extra, config=spec,
-                    keep=run.keep_checkpoints)  # fmt: skip
+    return agent.act(obs, explore=True, epsilon=epsilon)
 
 
 def _write_outputs(agent, agent_config, buffer, state, out: Path) -> dict[str, str]:
     from latentvi.plots import plot_image_grid
 
     files = {"curve_csv": str(out / "curve.csv"), "curve_png": str(out / "curve.png")}
-    columns = ["env_step", "return_mean", "return_std", "episodes", "wall_seconds"]
-    with open(out / "curve.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(state["curve"])
+    write_curve(out / "curve.csv", state["curve"])
     plot_learning_curves({agent_config.variant: state["curve"]}, out / "curve.png")
     if agent_config.uses_vae and len(buffer) > 0:
         with torch.no_grad():
@@ -462,23 +311,3 @@ def _write_outputs(agent, agent_config, buffer, state, out: Path) -> dict[str, s
                         columns=8)  # fmt: skip
         files["reconstructions"] = str(out / "reconstructions.png")
     return files
-
-
-def plot_learning_curves(curves: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
-    """Evaluation return (mean ± std band) against environment steps, one line per name."""
-    from latentvi.plots import plt, save_figure
-
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for name, rows in curves.items():
-        if not rows:
-            continue
-        steps = np.array([r["env_step"] for r in rows])
-        mean = np.array([r["return_mean"] for r in rows])
-        std = np.array([r["return_std"] for r in rows])
-        axis.plot(steps, mean, label=name, marker="." if len(rows) < 30 else None)
-        axis.fill_between(steps, mean - std, mean + std, alpha=0.2)
-    axis.set_xlabel("environment steps")
-    axis.set_ylabel("evaluation return")
-    axis.set_title(title)
-    axis.legend()
-    return save_figure(figure, path)

@@ -1,16 +1,16 @@
 """VAE jobs behind ``latentvi train vae``, ``eval``, ``sample`` and ``plot``, and :func:`load`.
 
-A run folder holds everything needed to rebuild the model without running code from it:
-``model.json`` (the model kind, data shape, model and data configs), ``config.json`` (the resolved
-training config), ``checkpoints/step-*/`` (safetensors weights and JSON state), ``metrics.jsonl`` /
-``metrics.csv`` and TensorBoard scalars. :func:`load` reads ``model.json`` and the latest
+A run folder (the schema of :mod:`latentvi.train.runs`) holds everything needed to rebuild the
+model without running code from it: ``run.json`` (kind ``vae``, the data shape, the model, data
+and training configs), ``config.json`` (the resolved training config), ``checkpoints/step-*/``
+(safetensors weights and JSON state), ``metrics.jsonl`` / ``metrics.csv`` and TensorBoard
+scalars. :func:`load` reads ``run.json`` (or an older run's ``model.json``) and the latest
 checkpoint's ``model.safetensors`` only.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
@@ -18,12 +18,13 @@ from typing import Any
 
 import torch
 
-from latentvi.config import option, require, to_dict
+from latentvi.config import from_dict, option, require, to_dict
 from latentvi.data import DATASETS, Batches, ImageDataset, binarize_static, load_dataset
 from latentvi.models.vae import VAE, VAEConfig
 from latentvi.train import TrainConfig, fit, load_checkpoint
 from latentvi.train.distributed import current
-from latentvi.train.storage import replace_text
+from latentvi.train.rng import seed_everything
+from latentvi.train.runs import check_run_folder, read_run, write_run
 
 __all__ = [
     "DataConfig",
@@ -37,7 +38,6 @@ __all__ = [
 ]
 
 BINARIZE = ("dynamic", "static", "none")
-MODEL_FILE = "model.json"
 TEST_BINARIZATION_SEED = 0
 
 
@@ -129,9 +129,16 @@ def train_vae(
     train: TrainConfig,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Train a VAE; return the training result summary (JSON-ready)."""
+    """Train a VAE; return the training result summary (JSON-ready). Everything is checked
+    before anything is written: a refused call leaves ``train.out`` as it was."""
     _check_likelihood(model_config, data)
     require(train.out is not None, "out", train.out, "give a run folder, e.g. --out runs/vae")
+    configs = {"model": model_config, "data": data, "train": train}
+    check_run_folder(
+        train.out, resume, kind="vae", configs=configs, fixed=("model", "data"),
+        ignore={"data": ("root", "valid_examples")},
+    )  # fmt: skip
+    seed_everything(train.seed)  # seed first: the model's initial weights come from it
     train_set = load_data(data, "train")
     held_out = load_data(data, "valid" if data.validation else "test")
     images = train_set.images
@@ -164,9 +171,8 @@ def train_vae(
         "model": to_dict(model_config),
         "data": to_dict(data),
     }
-    if info.is_main and (not resume or not (out / MODEL_FILE).exists()):
-        out.mkdir(parents=True, exist_ok=True)
-        replace_text(out / MODEL_FILE, json.dumps(spec, indent=2) + "\n")
+    if info.is_main and not resume:
+        write_run(out, "vae", configs, data_shape=list(train_set.shape))
     result = fit(
         model,
         make_batches,
@@ -186,24 +192,16 @@ def train_vae(
 
 
 def _read_spec(run_dir: str | os.PathLike) -> dict[str, Any]:
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise ValueError(f"run folder {str(run)!r} does not exist: train one with latentvi train")
-    path = run / MODEL_FILE
-    if not path.is_file():
-        raise ValueError(
-            f"{path} is missing: {str(run)!r} is not a latentvi run folder (train one first)"
-        )
+    run = read_run(run_dir)
+    if run.kind != "vae":
+        raise ValueError(f"{str(run.path)!r} holds a {run.kind} run, not a vae run")
     try:
-        spec = json.loads(path.read_text())
-        kind, shape, model = spec["kind"], spec["data_shape"], spec["model"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is corrupt ({error}); retrain or restore it") from None
-    if kind != "vae":
-        raise ValueError(f"{path}: unknown model kind {kind!r}")
-    spec["model"] = {k: tuple(v) if isinstance(v, list) else v for k, v in model.items()}
-    spec["data_shape"] = tuple(shape)
-    return spec
+        model = from_dict(VAEConfig, run.config("model"))
+        data = from_dict(DataConfig, run.config("data"))
+        shape = tuple(int(s) for s in run.info["data_shape"])
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{run.path} holds a corrupt vae run ({error}); retrain it") from None
+    return {"model": model, "data": data, "data_shape": shape}
 
 
 def load(
@@ -217,10 +215,10 @@ def load(
     Reads only JSON and safetensors: loading runs no code from the folder.
     """
     spec = _read_spec(run_dir)
-    model = VAE(spec["data_shape"], VAEConfig(**spec["model"]))
+    model = VAE(spec["data_shape"], spec["model"])
     source = run_dir if checkpoint is None else checkpoint
     load_checkpoint(source, model, map_location=map_location, restore_rng=False)
-    model.data_config = DataConfig(**spec["data"])
+    model.data_config = spec["data"]
     return model.eval()
 
 

@@ -33,6 +33,7 @@ from latentvi.gradients import (
 from latentvi.inference import LocalGaussians, VariationalProblem, amortization_gap, fit_vi
 from latentvi.models import LinearGaussian
 from latentvi.nn import MLP, DiagonalGaussianEncoder
+from latentvi.optim_step import optimizer_step
 from latentvi.train.storage import replace_text
 
 __all__ = ["VIConfig", "format_vi_report", "run_vi"]
@@ -128,10 +129,8 @@ def _trained_baseline(model: LinearGaussian, x: torch.Tensor, q, steps: int = 40
         surrogate = score_function_elbo(
             x, q(), model.prior, model.likelihood, num_samples=16, baseline=learned
         )
-        gradients = torch.autograd.grad(-surrogate.mean(), list(learned.parameters()))
-        for parameter, gradient in zip(learned.parameters(), gradients, strict=True):
-            parameter.grad = gradient
-        optimizer.step()
+        loss = -surrogate.mean()  # only ψ is differentiated
+        optimizer_step(optimizer, loss, name="baseline loss", only_optimized=True)
         schedule.step()
     for parameter in learned.parameters():
         parameter.requires_grad_(False)

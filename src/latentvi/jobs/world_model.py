@@ -1,6 +1,9 @@
 """The job behind ``latentvi world-model train``: PlaNet, Dreamer or SLAC on pixels.
 
-A run (Hafner et al. 2019, PlaNet §5; Hafner et al. 2020, Dreamer §5):
+The job composes the shared environment loop (:class:`latentvi.train.env_loop.EnvLoop`) from
+the pixel environment, the agent (:data:`AGENTS`), the episode store (:class:`EpisodeStorage`)
+and the episode schedule (:class:`EpisodeSchedule`). A run (Hafner et al. 2019, PlaNet §5;
+Hafner et al. 2020, Dreamer §5):
 
 1. ``seed_episodes`` episodes of a uniform random policy;
 2. repeat until ``steps`` environment steps: ``train_steps`` updates (world model, and Dreamer's
@@ -19,7 +22,8 @@ evaluation episodes included.
 
 Checkpoints (``checkpoints/step-*``, safetensors + JSON via :mod:`latentvi.train.checkpoint`) hold
 the networks, the optimizers, every random state and the counters; they are taken between
-episodes, so the episode files on disk (``episodes/``) are exactly those the checkpoint counts.
+episodes (or between updates, on SIGTERM / SIGINT), so the episode files on disk (``episodes/``)
+are exactly those the checkpoint counts.
 ``--resume`` loads the latest checkpoint and the stored episodes (dropping any written after it)
 and continues, e.g. with a larger ``--steps``.
 
@@ -35,7 +39,6 @@ import csv
 import dataclasses
 import json
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,72 +48,58 @@ import numpy as np
 import torch
 
 from latentvi.config import from_dict, option, require, require_int, to_dict
-from latentvi.data.episodes import EpisodeRunner, EpisodeStore
+from latentvi.data.episodes import EpisodeRunner
 from latentvi.envs.pixels import make_env
 from latentvi.models.ssm import RSSMConfig
 from latentvi.rl.dreamer import DreamerAgent, DreamerConfig
 from latentvi.rl.planet import PlanetAgent, PlanetConfig
 from latentvi.rl.slac import SlacAgent, SlacConfig
 from latentvi.rl.world_model_agent import ModelTrainingConfig, WorldModelAgent
-from latentvi.train.checkpoint import find_latest, load_checkpoint, save_checkpoint
-from latentvi.train.config import resolve_device
-from latentvi.train.errors import TrainingDivergedError
-from latentvi.train.metrics import MetricsLogger
-from latentvi.train.rng import isolated_rng, mixed_seed, seed_everything
+from latentvi.train.checkpoint import find_latest, load_checkpoint
+from latentvi.train.env_loop import EnvLoop, EnvRunConfig, RunRecord, write_curve
+from latentvi.train.env_schedules import EpisodeSchedule, EpisodeStorage
+from latentvi.train.rng import isolated_rng, mixed_seed
+from latentvi.train.runs import read_run
 from latentvi.train.storage import replace_text
 
 __all__ = [
     "AGENTS",
-    "AGENT_PRESETS",
-    "PRESETS",
     "WorldModelRunConfig",
     "load_run",
-    "preset_config",
     "train_world_model",
-    "with_preset",
 ]
 
 logger = logging.getLogger(__name__)
 
-EVAL_SEED = 1_000_000
 OPEN_LOOP_SEED = 3_000_000
+# Run options a resume may change; the others (and every other config) must be the run's.
+RESUMABLE_RUN_FIELDS = (
+    "steps", "train_steps", "eval_every", "eval_episodes", "checkpoint_every",
+    "keep_checkpoints", "open_loop_context", "open_loop_horizon", "device", "out", "progress",
+    "tensorboard",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
-class WorldModelRunConfig:
-    """The environment, the schedule and the run folder of a world-model run."""
+class WorldModelRunConfig(EnvRunConfig):
+    """The environment, the schedule and the run folder of a world-model run (the fields of
+    :class:`~latentvi.train.env_loop.EnvRunConfig`, three of them with other defaults, and
+    these)."""
 
-    env: str = option("Pendulum-v1", "Gymnasium environment id (continuous actions, rendered)")
-    image_size: int = option(64, "height and width of the pixel observations")
     grayscale: bool = option(False, "one grayscale channel instead of RGB")
-    action_repeat: int = option(2, "environment steps per agent action")
     steps: int = option(
         50_000, "environment steps in all (seed episodes and action repeat included)"
     )
+    eval_every: int = option(5000, "environment steps between evaluations")
     seed_episodes: int = option(5, "episodes of a uniform random policy first")
     train_steps: int = option(100, "updates before each collected episode")
-    eval_every: int = option(5000, "environment steps between evaluations")
-    eval_episodes: int = option(10, "episodes per evaluation (no exploration noise)")
-    checkpoint_every: int = option(10_000, "environment steps between checkpoints")
-    keep_checkpoints: int = option(2, "newest checkpoints kept on disk")
     open_loop_context: int = option(5, "observed frames before the open-loop prediction")
     open_loop_horizon: int = option(45, "steps predicted open loop (figure and error curve)")
-    seed: int = option(0, "seed of the networks, the chunk sampler and the episodes")
-    device: str = option("cpu", "cpu, cuda or auto", choices=("cpu", "cuda", "auto"))
-    out: str | None = option(None, "run folder (required)")
-    progress: bool = option(True, "show a progress bar")
-    tensorboard: bool = option(True, "also write TensorBoard scalars")
 
     def __post_init__(self) -> None:
-        for name in (
-            "image_size", "action_repeat", "steps", "seed_episodes", "train_steps", "eval_every",
-            "eval_episodes", "checkpoint_every", "keep_checkpoints", "open_loop_context",
-            "open_loop_horizon",
-        ):  # fmt: skip
+        super().__post_init__()
+        for name in ("seed_episodes", "train_steps", "open_loop_context", "open_loop_horizon"):
             require_int(getattr(self, name), name, 1, "use a positive integer")
-        require(
-            self.device in ("cpu", "cuda", "auto"), "device", self.device, "use cpu, cuda or auto"
-        )
 
 
 # The agents: name -> (agent config type, factory(model config, training config, agent config)).
@@ -121,140 +110,36 @@ AGENTS: dict[str, tuple[type, AgentFactory]] = {
     "slac": (SlacConfig, SlacAgent),
 }
 
-# A preset fills the options left at their defaults (field name -> value, over every config).
-# The class defaults are the papers' sizes; `paper` adds only the papers' run settings.
-PRESETS: dict[str, dict[str, Any]] = {
-    "debug": {
-        # seconds to a few minutes on one CPU core
-        "image_size": 32,
-        "grayscale": True,
-        "steps": 1000,
-        "seed_episodes": 1,
-        "train_steps": 5,
-        "eval_every": 400,
-        "eval_episodes": 2,
-        "checkpoint_every": 400,
-        "open_loop_horizon": 30,
-        "deter_dim": 32,
-        "stoch_dim": 8,
-        "hidden": 32,
-        "channels": (8, 16),
-        "batch_size": 4,
-        "chunk_length": 16,
-        "plan_horizon": 5,
-        "candidates": 64,
-        "cem_iterations": 3,
-        "top_k": 8,
-        "imag_horizon": 5,
-        "actor_hidden": (32, 32),
-        "history": 4,
-        "sac_hidden": (32, 32),
-        "model_only_updates": 2,  # so that a debug run takes both kinds of update
-    },
-    "default": {
-        # pixel Pendulum-v1, 50k environment steps on 2 CPU cores
-        "grayscale": True,
-        "steps": 50_000,
-        "seed_episodes": 5,
-        "train_steps": 30,
-        "eval_every": 5000,
-        "deter_dim": 100,
-        "stoch_dim": 16,
-        "hidden": 100,
-        "channels": (8, 16, 32, 64),
-        "batch_size": 16,
-        "chunk_length": 32,
-        "model_lr": 1e-3,
-        # PlaNet's 3 free nats left the prior without gradient here (the KL per step stayed
-        # below 3 with 16 stochastic units), so imagination drifted from the posterior;
-        # 1 free nat and DreamerV2's balancing train the prior towards the posterior.
-        "free_nats": 1.0,
-        "kl_balance": 0.8,
-        "plan_horizon": 12,
-        "candidates": 300,
-        "cem_iterations": 5,
-        "top_k": 30,
-        "imag_horizon": 15,
-        "actor_hidden": (200, 200),
-        "actor_lr": 2e-4,
-        "critic_lr": 2e-4,
-        # without an entropy bonus the actor collapsed to a constant torque (BENCHMARKS.md)
-        "actor_entropy": 1.0,
-        # SLAC: the paper's K = 8 and 256-256 networks; the model alone for the first 300
-        # updates (10 episodes), as the paper pretrains it before SAC
-        "model_only_updates": 300,
-    },
-    "paper": {
-        # PlaNet/Dreamer sizes (the config defaults), for a GPU
-        "device": "auto",
-        "steps": 500_000,
-        "train_steps": 100,
-        # SLAC: the model alone for the first 10k updates (100 episodes): our choice of length
-        # for the pretraining the paper does before SAC starts
-        "model_only_updates": 10_000,
-    },
-}
-
-# Values of one agent's preset for fields the agents share (over PRESETS): agent -> preset -> values.
-AGENT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "slac": {
-        # SLAC's batch: 32 sequences of 8 steps, i.e. 9 observations (K = 8 frames of history at
-        # t and at t+1).
-        "paper": {"batch_size": 32, "chunk_length": 9},
-    },
-}
-
-
-def preset_config(
-    config_type: type,
-    preset: str,
-    values: dict[str, Any] | None = None,
-    agent: str | None = None,
-) -> Any:
-    """``config_type(**values)`` with the preset's values for the fields ``values`` leaves out or
-    sets to their defaults (validated once, on the final values); ``agent``'s own values of the
-    preset (:data:`AGENT_PRESETS`) take precedence over the shared ones."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset = {preset!r} is invalid: use one of {sorted(PRESETS)}")
-    chosen = {**PRESETS[preset], **AGENT_PRESETS.get(agent or "", {}).get(preset, {})}
-    values = dict(values or {})
-    for f in dataclasses.fields(config_type):
-        if f.name in chosen and values.get(f.name, f.default) == f.default:
-            values[f.name] = chosen[f.name]
-    return config_type(**values)
-
-
-def with_preset(config: Any, preset: str, agent: str | None = None) -> Any:
-    """``config`` with the preset's values (``agent``'s, see :func:`preset_config`) in place of
-    fields left at their defaults."""
-    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
-    return preset_config(type(config), preset, values, agent)
-
 
 def load_run(
-    run_dir: str | Path, map_location: str | torch.device = "cpu"
+    run_dir: str | Path,
+    map_location: str | torch.device = "cpu",
+    checkpoint: str | Path | None = None,
 ) -> tuple[str, WorldModelAgent, WorldModelRunConfig, int]:
     """``(agent name, agent in eval mode, run config, environment step)`` of a run folder's latest
-    checkpoint, optimizer states included (safetensors + JSON: loading runs no code from the
-    folder)."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{path} is missing: {str(run_dir)!r} is not a world-model run folder")
+    checkpoint (or of ``checkpoint``), optimizer states included (safetensors + JSON: loading runs
+    no code from the folder). ``latentvi.load`` gives the same agent."""
     try:
-        spec = json.loads(path.read_text())
-        agent_name = spec["agent"]
+        record = read_run(run_dir)
+    except ValueError as error:
+        raise ValueError(f"{error} ({str(run_dir)!r} is not a world-model run folder)") from None
+    if record.kind != "world-model":
+        raise ValueError(f"{str(run_dir)!r} is not a world-model run folder: a {record.kind} run")
+    try:
+        agent_name = record.info["agent"]
         check_agent(agent_name)
         config_type, factory = AGENTS[agent_name]
-        run = from_dict(WorldModelRunConfig, spec["run"])
-        model = from_dict(RSSMConfig, spec["model"])
-        training = from_dict(ModelTrainingConfig, spec["training"])
-        agent_config = from_dict(config_type, spec[agent_name])
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is corrupt ({error}); restore it from the run") from None
+        run = from_dict(WorldModelRunConfig, record.config("run"))
+        model = from_dict(RSSMConfig, record.config("model"))
+        training = from_dict(ModelTrainingConfig, record.config("training"))
+        agent_config = from_dict(config_type, record.config("agent"))
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{record.path} holds a corrupt world-model run ({error})") from None
     if find_latest(run_dir) is None:
         raise ValueError(f"{str(run_dir)!r} holds no checkpoint yet: wait for the first one")
     agent = factory(model, training, agent_config)
-    loaded = load_checkpoint(run_dir, agent, map_location=map_location, restore_rng=False)
+    source = run_dir if checkpoint is None else checkpoint
+    loaded = load_checkpoint(source, agent, map_location=map_location, restore_rng=False)
     agent.load_optimizer_state(loaded["optimizers"])  # so that it can train on from here
     return agent_name, agent.eval(), run, int(loaded["counters"]["env_steps"])
 
@@ -308,76 +193,60 @@ def train_world_model(
         f"agent {agent_name!r} takes a {config_type.__name__}",
     )
     require(run.out is not None, "out", run.out, "give a run folder, e.g. --out runs/planet")
-    out = Path(run.out)
-    latest = find_latest(out) if out.is_dir() else None
-    if not resume and (latest is not None or any((out / "episodes").glob("episode-*.npz"))):
-        raise ValueError(
-            f"out = {str(out)!r} already holds a run: pass --resume to continue it, or choose "
-            "another folder"
+
+    def model_for(env: gym.Env) -> RSSMConfig:
+        return dataclasses.replace(
+            model_config,
+            action_dim=int(env.action_space.shape[0]),
+            obs_shape=tuple(int(s) for s in env.observation_space.shape),
         )
-    if resume and latest is None:
-        raise ValueError(f"out = {str(out)!r} holds no checkpoint to resume; drop --resume")
-    env = make_run_env(run)
-    eval_env = make_run_env(run)
-    model_config = dataclasses.replace(
-        model_config,
-        action_dim=int(env.action_space.shape[0]),
-        obs_shape=tuple(int(s) for s in env.observation_space.shape),
+
+    def make_agent(env: gym.Env) -> WorldModelAgent:
+        require(
+            training.chunk_length <= 1 + (env.spec.max_episode_steps or 10**9) // run.action_repeat,
+            "chunk_length",
+            training.chunk_length,
+            "use at most the observations of one episode",
+        )
+        return factory(model_for(env), training, agent_config)
+
+    def describe(env: gym.Env) -> dict[str, Any]:
+        return {
+            "agent": agent_name,
+            "run": to_dict(run),
+            "model": to_dict(model_for(env)),
+            "training": to_dict(training),
+            agent_name: to_dict(agent_config),
+        }
+
+    schedule = EpisodeSchedule(
+        run.seed_episodes, run.train_steps, training.batch_size, training.chunk_length
     )
-    require(
-        training.chunk_length <= 1 + (env.spec.max_episode_steps or 10**9) // run.action_repeat,
-        "chunk_length",
-        training.chunk_length,
-        "use at most the observations of one episode",
-    )
-    device = resolve_device(run.device)
-    seed_everything(run.seed)
-    agent = factory(model_config, training, agent_config).to(device)
-    store = EpisodeStore(out / "episodes", seed=mixed_seed(run.seed, 1))
-    generator = np.random.default_rng(mixed_seed(run.seed, 2))
-    spec = {
-        "agent": agent_name,
-        "run": to_dict(run),
-        "model": to_dict(model_config),
-        "training": to_dict(training),
-        agent_name: to_dict(agent_config),
-    }
-    state: dict[str, Any] = {
-        "env_steps": 0, "episodes": 0, "updates": 0, "curve": [], "wall": 0.0,
-        "timing": {"model": 0.0, "env": 0.0, "act": 0.0},
-        "next_eval": 0, "next_checkpoint": run.checkpoint_every,
-    }  # fmt: skip
-    if latest is not None:
-        loaded = load_checkpoint(latest, agent, map_location=device)
-        agent.load_optimizer_state(loaded["optimizers"])
-        state = loaded["counters"]
-        removed = store.discard_after(state["episodes"])
-        if removed:
-            logger.info("dropped %d episodes written after the checkpoint", removed)
-        store.load_sampler_state(loaded["sampler"])
-        generator.bit_generator.state = loaded["action_generator"]
-        logger.info("resumed %s at environment step %d", latest, state["env_steps"])
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        replace_text(out / "config.json", json.dumps(spec, indent=2) + "\n")
-    metrics_logger = MetricsLogger(
-        out, tensorboard=run.tensorboard, resume_step=state["env_steps"] if latest else None
-    )
-    episodes = EpisodeRunner(env, state["timing"])
-    evaluator = EpisodeRunner(eval_env, state["timing"])
-    try:
-        _loop(agent, run, training, store, episodes, evaluator, generator, state, out,
-              metrics_logger, spec)  # fmt: skip
-        files = _write_outputs(agent, agent_name, run, evaluator, state, out)
-    finally:
-        metrics_logger.close()
-        env.close()
-        eval_env.close()
-    final = state["curve"][-1] if state["curve"] else {}
+    with EnvLoop(
+        run,
+        make_env=lambda: make_run_env(run),
+        make_agent=make_agent,
+        storage=EpisodeStorage(),
+        schedule=schedule,
+        describe=describe,
+        record=lambda env: RunRecord(
+            "world-model",
+            {"run": run, "model": model_for(env), "training": training, "agent": agent_config},
+            fixed=("run", "model", "training", "agent"),
+            ignore={"run": RESUMABLE_RUN_FIELDS},
+            info={"agent": agent_name},
+        ),
+        resume=resume,
+        divergence_hint="start again with lower learning rates (--model-lr; Dreamer: "
+        "--actor-lr, --critic-lr; SLAC: --sac-lr)",
+    ) as loop:
+        state = loop.train()
+        files = _write_outputs(loop.agent, agent_name, run, loop.eval_env, state, loop.out)
+    final = loop.final_row()
     timing = state["timing"]
     busy = max(sum(timing.values()), 1e-9)
     summary = {
-        "run_dir": str(out),
+        "run_dir": str(loop.out),
         "agent": agent_name,
         "env": run.env,
         "env_steps": state["env_steps"],
@@ -390,120 +259,17 @@ def train_world_model(
         "wall_seconds": state["wall"],
         "files": files,
     }
-    replace_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    replace_text(loop.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _loop(agent, run, training, store, episodes, evaluator, generator, state, out, log, spec):
-    """Seed episodes, then train / collect / evaluate / checkpoint until ``run.steps``."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=run.steps, initial=state["env_steps"], disable=not run.progress, unit="step")
-    started = time.perf_counter() - state["wall"]
-    timing = state["timing"]
-
-    def evaluate_now() -> None:
-        returns = []
-        with isolated_rng(mixed_seed(run.seed, EVAL_SEED)):
-            for index in range(run.eval_episodes):
-                seed = mixed_seed(run.seed, EVAL_SEED, index)
-                returns.append(evaluator.run(seed, agent, explore=False)[1])
-        state["wall"] = time.perf_counter() - started
-        values = np.asarray(returns)
-        row = {"env_step": state["env_steps"], "return_mean": float(values.mean()),
-               "return_std": float(values.std()), "episodes": state["episodes"],
-               "wall_seconds": state["wall"]}  # fmt: skip
-        state["curve"].append(row)
-        log.log(state["env_steps"], {"eval/return_mean": row["return_mean"],
-                                     "eval/return_std": row["return_std"]})  # fmt: skip
-        bar.set_postfix(eval_return=f"{row['return_mean']:.1f}")
-        state["next_eval"] = _next(state["env_steps"], run.eval_every)
-
-    def collect(agent_or_none, explore: bool) -> float:
-        seed = mixed_seed(run.seed, 0, state["episodes"])
-        episode, total, taken = episodes.run(seed, agent_or_none, explore, generator)
-        store.add(episode)
-        state["episodes"] += 1
-        state["env_steps"] += taken
-        bar.update(taken)
-        return total
-
-    while len(store) < run.seed_episodes and state["env_steps"] < run.steps:
-        log.log(state["env_steps"] or 0, {"train/episode_return": collect(None, False)})
-    while state["env_steps"] < run.steps:
-        window: dict[str, list[float]] = {}
-        began = time.perf_counter()
-        for _ in range(run.train_steps):
-            batch = store.sample(training.batch_size, training.chunk_length)
-            try:
-                metrics = agent.update(batch)
-            except FloatingPointError as error:
-                raise _diverged(error, state, out) from error
-            for key, value in metrics.items():
-                window.setdefault(key, []).append(value)
-        timing["model"] += time.perf_counter() - began
-        state["updates"] += run.train_steps
-        episode_return = collect(agent, True)
-        state["wall"] = time.perf_counter() - started
-        row = {key: float(np.mean(values)) for key, values in window.items()}
-        row["train/episode_return"] = episode_return
-        row["perf/updates"] = state["updates"]
-        row["perf/env_steps_per_second"] = state["env_steps"] / max(state["wall"], 1e-9)
-        busy = max(sum(timing.values()), 1e-9)
-        row.update({f"perf/share_{key}": value / busy for key, value in timing.items()})
-        log.log(state["env_steps"], row)
-        if state["env_steps"] >= state["next_eval"]:
-            evaluate_now()
-        if state["env_steps"] >= state["next_checkpoint"]:
-            state["next_checkpoint"] = _next(state["env_steps"], run.checkpoint_every)
-            _checkpoint(agent, store, generator, state, out, run, spec, started)
-    if not state["curve"] or state["curve"][-1]["env_step"] != state["env_steps"]:
-        evaluate_now()
-    bar.close()
-    _checkpoint(agent, store, generator, state, out, run, spec, started)
-
-
-def _diverged(error: FloatingPointError, state: dict, out: Path) -> TrainingDivergedError:
-    latest = find_latest(out)
-    where = f"the last checkpoint is {latest}" if latest else "no checkpoint was written yet"
-    return TrainingDivergedError(
-        f"training diverged after {state['updates']} updates ({state['env_steps']} environment "
-        f"steps): {error}; that step was not taken. {where}: resume it (--resume) or start again "
-        "with lower learning rates (--model-lr; Dreamer: --actor-lr, --critic-lr; SLAC: --sac-lr)",
-        step=state["updates"] + 1,
-        metric=str(error),
-        last_checkpoint=str(latest) if latest else None,
-    )
-
-
-def _next(step: int, every: int) -> int:
-    """The first multiple of ``every`` after ``step``."""
-    return (step // every + 1) * every
-
-
-def _checkpoint(agent, store, generator, state, out, run, spec, started) -> None:
-    state["wall"] = time.perf_counter() - started
-    extra = {
-        "optimizers": agent.optimizer_state(),
-        "sampler": store.sampler_state(),
-        "action_generator": generator.bit_generator.state,
-        "counters": state,
-    }
-    save_checkpoint(out, state["env_steps"], agent, extra_state=extra, config=spec,
-                    keep=run.keep_checkpoints)  # fmt: skip
-
-
-def _write_outputs(agent, agent_name, run, evaluator, state, out: Path) -> dict[str, str]:
-    from latentvi.jobs.latent_q import plot_learning_curves
-    from latentvi.plots import plot_frame_strip
+def _write_outputs(agent, agent_name, run, eval_env, state, out: Path) -> dict[str, str]:
+    from latentvi.plots import plot_frame_strip, plot_learning_curves
 
     files = {"curve_csv": str(out / "curve.csv"), "curve_png": str(out / "curve.png")}
-    columns = ["env_step", "return_mean", "return_std", "episodes", "wall_seconds"]
-    with open(out / "curve.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(state["curve"])
+    write_curve(out / "curve.csv", state["curve"])
     plot_learning_curves({agent_name: state["curve"]}, out / "curve.png", f"{run.env} (pixels)")
+    evaluator = EpisodeRunner(eval_env, state["timing"])
     with isolated_rng(mixed_seed(run.seed, OPEN_LOOP_SEED)):
         episode, _, _ = evaluator.run(mixed_seed(run.seed, OPEN_LOOP_SEED), agent, explore=False)
         files.update(open_loop_figures(agent, episode, run, out))

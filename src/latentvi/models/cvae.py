@@ -127,7 +127,9 @@ def _split_batch(batch) -> tuple[Tensor, Tensor]:
 
 
 class CVAE(nn.Module):
-    """A conditional VAE for ``y [*B, y_dim]`` given ``x [*B, x_dim]`` (see the module docstring)."""
+    """A conditional VAE (Sohn, Lee & Yan 2015) for ``y [*B, y_dim]`` given ``x [*B, x_dim]``:
+    q(z|x, y), p(y|x, z) and a fixed or learned prior p(z|x), each a Distribution with event
+    ``[Z]`` (``[y_dim]`` for p(y|x, z)); see the module docstring for the objective."""
 
     def __init__(self, x_dim: int, y_dim: int, config: CVAEConfig | None = None) -> None:
         super().__init__()

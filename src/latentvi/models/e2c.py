@@ -132,7 +132,8 @@ class _MLPImageDecoder(nn.Module):
 
 
 class E2C(nn.Module):
-    """Embed to Control over images ``data_shape = (C, H, W)`` in [0, 1] and actions ``[U]``.
+    """Embed to Control (Watter, Springenberg, Boedecker & Riedmiller 2015) over images
+    ``data_shape = (C, H, W)`` in [0, 1] and actions ``[U]``.
 
     ``encode(x)`` -> q(z|x); ``decode(z)`` -> p(x|z); ``transition(z)`` -> (A, B, o);
     ``predict(q, u)`` -> Q̂; ``step(z, u)`` -> the mean next latent; ``loss(batch)`` for

@@ -77,7 +77,7 @@ class _ExactModel(nn.Module):
 
 
 class LinearGaussian(_ExactModel):
-    """Probabilistic PCA: z ~ N(0, I_k), x | z ~ N(W z + b, noise_std² I_D).
+    """Probabilistic PCA (Tipping & Bishop 1999): z ~ N(0, I_k), x | z ~ N(W z + b, noise_std² I_D).
 
     Args:
         weight: ``W``, shape ``[D, k]``.
@@ -223,7 +223,7 @@ def _gaussian_moments(q: Distribution) -> tuple[Tensor, Tensor]:
 
 
 class GaussianMixture(_ExactModel):
-    """A mixture of diagonal Gaussians with a one-hot discrete latent.
+    """A mixture of diagonal Gaussians with a one-hot discrete latent (Bishop 2006, §9.2).
 
     z ~ OneHotCategorical(softmax(logits)), x | z = e_k ~ N(means[k], diag(scales[k]²)).
 
@@ -281,8 +281,12 @@ class GaussianMixture(_ExactModel):
         """
         return diagonal_gaussian(z @ self.means, z @ self.scales)
 
-    def _component_log_joint(self, x: Tensor) -> Tensor:
-        """log π_k + log N(x; μ_k, σ_k²): ``[*B, D] -> [*B, K]``."""
+    def component_log_joint(self, x: Tensor) -> Tensor:
+        """log p(x, z = e_k) = log π_k + log N(x; μ_k, σ_k²): ``[*B, D] -> [*B, K]``.
+
+        The one computation behind :meth:`log_marginal` (its logsumexp over k) and
+        :meth:`posterior` (its log_softmax); EM's E-step uses both from one call.
+        """
         x = self._check_x(x)
         components = diagonal_gaussian(self.means, self.scales, validate_args=False)  # batch [K]
         log_likelihood = components.log_prob(x.unsqueeze(-2))  # (*B, K)
@@ -290,11 +294,11 @@ class GaussianMixture(_ExactModel):
 
     def log_marginal(self, x: Tensor) -> Tensor:
         """Exact log p(x) = logsumexp_k [log π_k + log N(x; μ_k, σ_k²)]: ``[*B, D] -> [*B]``."""
-        return torch.logsumexp(self._component_log_joint(x), -1)
+        return torch.logsumexp(self.component_log_joint(x), -1)
 
     def posterior(self, x: Tensor) -> OneHotCategorical:
         """Exact p(z|x) ∝ π_k N(x; μ_k, σ_k²): batch ``[*B]``, event ``[K]``."""
-        return OneHotCategorical(logits=torch.log_softmax(self._component_log_joint(x), -1))
+        return OneHotCategorical(logits=torch.log_softmax(self.component_log_joint(x), -1))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

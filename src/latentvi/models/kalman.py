@@ -135,7 +135,8 @@ class GaussMarkovChain(NamedTuple):
 
 
 class LinearGaussianSSM(nn.Module):
-    """A linear-Gaussian state-space model with exact filtering and smoothing.
+    """A linear-Gaussian state-space model with exact filtering and smoothing (Kalman 1960;
+    Rauch, Tung & Striebel 1965).
 
     Args:
         transition: ``A [n, n]``.

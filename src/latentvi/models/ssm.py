@@ -57,7 +57,8 @@ def align_episode(obs: Tensor, actions: Tensor, rewards: Tensor) -> tuple[Tensor
 
 
 class WorldModel(nn.Module):
-    """Encoder + :class:`RSSM` + decoder + reward head, trained by :meth:`loss`.
+    """Encoder + :class:`RSSM` + decoder + reward head, trained by :meth:`loss` with the sequence
+    ELBO (PlaNet: Hafner et al. 2019; Dreamer: Hafner et al. 2020).
 
     ``encoder``: frames ``[*B, C, H, W]`` (uint8 or preprocessed floats) -> ``[*B, E]``: PlaNet's
     stride-2 4×4 convolutions (:class:`~latentvi.nn.ConvEncoder`, one per ``channels`` entry),

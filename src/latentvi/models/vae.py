@@ -152,9 +152,16 @@ def _trailing(output: Tensor, shape: tuple[int, ...]) -> int:
 
 
 class VAE(nn.Module):
-    """A variational autoencoder over images of shape ``data_shape = (C, H, W)``.
+    """A variational autoencoder over images of shape ``data_shape = (C, H, W)`` (Kingma & Welling
+    2014; Rezende, Mohamed & Wierstra 2014), with the IWAE objective and two stochastic layers of
+    Burda, Grosse & Salakhutdinov (2016) and DReG gradients (Tucker et al. 2019).
 
-    Build from a :class:`VAEConfig`; see the module docstring for the options and papers.
+    ``encode(x [*B, C, H, W]) -> q(z|x)`` with batch ``[*B]`` and event ``[Z]``;
+    ``decode(z [*S, *B, Z]) -> p(x|z)`` with event ``[C, H, W]``; ``prior`` is p(z) = N(0, I_Z);
+    ``loss(x [B, C, H, W]) -> (scalar, metrics)``, the negative objective in nats per example;
+    ``elbo(x) -> [B]``, ``log_likelihood(x, importance_samples=K) -> [B]``,
+    ``sample(n) -> [n, C, H, W]``. Build from a :class:`VAEConfig`; see the module docstring for
+    the options.
     """
 
     def __init__(self, data_shape: tuple[int, int, int], config: VAEConfig | None = None) -> None:

@@ -5,6 +5,8 @@ their state for checkpoints.
   :mod:`latentvi.rl.sac` and :mod:`latentvi.rl.dqn` are its learners.
 - :mod:`latentvi.rl.planet`, :mod:`latentvi.rl.dreamer`, :mod:`latentvi.rl.slac`: agents on a
   learned RSSM world model (:mod:`latentvi.rl.world_model_agent` holds what they share).
+- :mod:`latentvi.rl.e2c`: controllers in the latent space of an E2C model (iLQR MPC, value
+  iteration's greedy policy).
 - :mod:`latentvi.rl.imitation`: imitation policies (BC, CVAE, chunk CVAE, latent plans).
 
 Environments live in :mod:`latentvi.envs`, replay and episode storage in :mod:`latentvi.data`,

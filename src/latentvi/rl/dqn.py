@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from latentvi.config import check_positive_int
 from latentvi.nn import MLP
+from latentvi.optim_step import optimizer_step
 
 __all__ = ["DQN", "double_q_target", "epsilon_at"]
 
@@ -123,11 +124,7 @@ class DQN(nn.Module):
         loss, metrics = self.loss(
             features, action, reward, next_features, next_target_features, terminated
         )
-        optimizer = self.optimizers["critic"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self._trained, self.grad_clip)
-        optimizer.step()
+        optimizer_step(self.optimizers["critic"], loss, clip=self.grad_clip, name="TD loss")
         self.updates += 1
         if int(self.updates) % self.target_update_every == 0:
             self.q_target.load_state_dict(self.q.state_dict())

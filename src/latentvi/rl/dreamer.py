@@ -33,12 +33,12 @@ from torch import Tensor, nn
 from latentvi.config import option, require
 from latentvi.models.ssm import RSSMConfig, State
 from latentvi.nn import MLP
+from latentvi.optim_step import optimizer_step
 from latentvi.rl.returns import discounted_weights, lambda_return
 from latentvi.rl.sac import TanhGaussianPolicy, polyak_update
 from latentvi.rl.world_model_agent import (
     ModelTrainingConfig,
     WorldModelAgent,
-    clip_and_step,
     frozen,
 )
 
@@ -158,7 +158,7 @@ class DreamerAgent(WorldModelAgent):
         actor_loss, critic_loss, metrics = self.behaviour_losses(posterior)
         clip = self.config.behaviour_clip
         # The actor's loss reaches no other parameters: the model is frozen, the critic unused.
-        clip_and_step(self.optimizers["actor"], actor_loss, clip, "actor loss")
-        clip_and_step(self.optimizers["critic"], critic_loss, clip, "critic loss")
+        optimizer_step(self.optimizers["actor"], actor_loss, clip=clip, name="actor loss")
+        optimizer_step(self.optimizers["critic"], critic_loss, clip=clip, name="critic loss")
         polyak_update(self.slow_critic, self.critic, self.config.slow_critic_tau)
         return metrics

@@ -61,6 +61,7 @@ __all__ = [
     "PolicyConfig",
     "evaluate_policy",
     "make_controller",
+    "policy_model",
     "summarize",
     "train_policy",
 ]
@@ -206,18 +207,28 @@ def _cvae_config(config: PolicyConfig) -> CVAEConfig:
     )
 
 
+def policy_model(state_dim: int, action_dim: int, config: PolicyConfig) -> nn.Module:
+    """The untrained model of ``config.policy`` for states ``[S]`` and actions ``[A]``."""
+    s, a = state_dim, action_dim
+    if config.policy == "bc":
+        return Regressor(s, a, _cvae_config(config))
+    if config.policy == "cvae":
+        return CVAE(s, a, _cvae_config(config))
+    if config.policy == "chunk-cvae":
+        return CVAE(s, config.chunk * a, _cvae_config(config))
+    return LatentPlanModel(s, a, config.window, config)
+
+
 def build_policy_model(
     demos: Demonstrations, config: PolicyConfig
 ) -> tuple[nn.Module, tuple[Tensor, ...]]:
     """The untrained model of ``config.policy`` and the tensors it is trained on."""
-    s, a = demos.state_dim, demos.action_dim
-    if config.policy == "bc":
-        return Regressor(s, a, _cvae_config(config)), demos.transitions()
-    if config.policy == "cvae":
-        return CVAE(s, a, _cvae_config(config)), demos.transitions()
+    model = policy_model(demos.state_dim, demos.action_dim, config)
+    if config.policy in ("bc", "cvae"):
+        return model, demos.transitions()
     if config.policy == "chunk-cvae":
-        return CVAE(s, config.chunk * a, _cvae_config(config)), demos.chunks(config.chunk)
-    return LatentPlanModel(s, a, config.window, config), demos.windows(config.window)
+        return model, demos.chunks(config.chunk)
+    return model, demos.windows(config.window)
 
 
 # --------------------------------------------------------------------------------------------------

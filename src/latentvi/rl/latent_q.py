@@ -40,6 +40,7 @@ from latentvi.config import option, require
 from latentvi.data.replay import ReplayBatch
 from latentvi.models.vae import LIKELIHOODS, VAE, VAEConfig
 from latentvi.nn import ConvEncoder
+from latentvi.optim_step import optimizer_step
 from latentvi.rl.dqn import DQN
 from latentvi.rl.sac import SAC, polyak_update
 
@@ -397,10 +398,7 @@ class LatentQAgent(nn.Module):
         representation = self.representation_loss(batch.obs)
         if representation is not None:
             loss, metrics = representation
-            optimizer = self.optimizers["vae"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimizer_step(self.optimizers["vae"], loss, name="VAE loss")
         features, next_features, next_target = self._features(batch)
         metrics.update(
             self.head.update(
@@ -423,9 +421,7 @@ class LatentQAgent(nn.Module):
         for _ in range(updates):
             obs = sample_observations(self.config.batch_size).to(self.device)
             loss, values = self.representation.loss(obs)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimizer_step(optimizer, loss, name="VAE loss")
             metrics = {k: float(v) for k, v in values.items()}
         return metrics
 

@@ -32,6 +32,7 @@ from torch.distributions import (
 
 from latentvi.distributions import diagonal_gaussian, positive_scale
 from latentvi.nn import MLP
+from latentvi.optim_step import optimizer_step
 
 __all__ = ["SAC", "TanhGaussianPolicy", "TwinQ", "polyak_update"]
 
@@ -212,16 +213,10 @@ class SAC(nn.Module):
         critic, metrics = self.critic_loss(
             features, action, reward, next_features, next_target_features, terminated
         )
-        _step(self.optimizers["critic"], critic)
+        optimizer_step(self.optimizers["critic"], critic, name="critic loss")
         actor, temperature, actor_metrics = self.actor_loss(features)
         # The actor's loss reaches the critics' weights too; only the actor's optimizer steps.
-        _step(self.optimizers["actor"], actor)
-        _step(self.optimizers["alpha"], temperature)
+        optimizer_step(self.optimizers["actor"], actor, name="actor loss")
+        optimizer_step(self.optimizers["alpha"], temperature, name="temperature loss")
         polyak_update(self.critic_target, self.critic, self.tau)
         return {**metrics, **actor_metrics}
-
-
-def _step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()

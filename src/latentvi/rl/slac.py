@@ -38,11 +38,11 @@ from torch import Tensor
 
 from latentvi.config import option, require, require_int, require_layer_sizes
 from latentvi.models.ssm import RSSMConfig, State
+from latentvi.optim_step import optimizer_step
 from latentvi.rl.sac import SAC, polyak_update
 from latentvi.rl.world_model_agent import (
     ModelTrainingConfig,
     WorldModelAgent,
-    clip_and_step,
     frozen,
 )
 
@@ -186,10 +186,11 @@ class SlacAgent(WorldModelAgent):
         """One step of the critics, then of the actor and α; then the target critics."""
         clip = self.config.sac_clip
         critic_loss, metrics = self.critic_loss(transitions)
-        clip_and_step(self.optimizers["critic"], critic_loss, clip, "critic loss")
+        optimizer_step(self.optimizers["critic"], critic_loss, clip=clip, name="critic loss")
         actor_loss, temperature_loss, actor_metrics = self.actor_loss(transitions)
-        clip_and_step(self.optimizers["actor"], actor_loss, clip, "actor loss")
-        clip_and_step(self.optimizers["alpha"], temperature_loss, clip, "temperature loss")
+        optimizer_step(self.optimizers["actor"], actor_loss, clip=clip, name="actor loss")
+        temperature = self.optimizers["alpha"]
+        optimizer_step(temperature, temperature_loss, clip=clip, name="temperature loss")
         polyak_update(self.sac.critic_target, self.sac.critic, self.sac.tau)
         metrics = {key: float(value) for key, value in {**metrics, **actor_metrics}.items()}
         metrics["train/sac_transitions"] = float(transitions["action"].shape[0])

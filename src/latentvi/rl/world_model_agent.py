@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from latentvi.config import option, require
 from latentvi.models.ssm import RSSMConfig, State, WorldModel
+from latentvi.optim_step import optimizer_step
 
 __all__ = ["ModelTrainingConfig", "WorldModelAgent", "frozen"]
 
@@ -62,24 +63,6 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
     finally:
         for parameter in parameters:
             parameter.requires_grad_(True)
-
-
-def clip_and_step(
-    optimizer: torch.optim.Optimizer, loss: Tensor, clip: float, name: str = "loss"
-) -> Tensor:
-    """Zero, backward, clip the gradient norm of the optimizer's parameters, step; returns the
-    norm before clipping. A non-finite loss or gradient raises ``FloatingPointError`` naming
-    ``name`` before the step, so the parameters stay finite."""
-    if not bool(torch.isfinite(loss)):
-        raise FloatingPointError(f"the {name} is {loss.item()}")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    norm = nn.utils.clip_grad_norm_(parameters, clip)
-    if not bool(torch.isfinite(norm)):
-        raise FloatingPointError(f"the gradient norm of the {name} is {norm.item()}")
-    optimizer.step()
-    return norm
 
 
 class WorldModelAgent(nn.Module):
@@ -118,8 +101,12 @@ class WorldModelAgent(nn.Module):
         actions = batch["action"].to(device)
         rewards = batch["reward"].to(device)
         loss, metrics, posterior = self.model.loss(obs, actions, rewards)
-        norm = clip_and_step(
-            self.optimizers["model"], loss, self.model_training.grad_clip, "world-model loss"
+        norm = optimizer_step(
+            self.optimizers["model"],
+            loss,
+            clip=self.model_training.grad_clip,
+            parameters=list(self.model.named_parameters()),  # the optimizer's, in its order
+            name="world-model loss",
         )
         metrics = {key: float(value) for key, value in metrics.items()}
         metrics["train/model_grad_norm"] = float(norm)

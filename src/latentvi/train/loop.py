@@ -12,9 +12,14 @@ Contracts:
   :mod:`latentvi.train.distributed`). ``num_batches``: batches per epoch (per rank).
 - **validation**: ``make_valid_batches() -> Iterable[batch]``, see :func:`evaluate`.
 
+Read top-down: :func:`fit` sets up (checks and resume: :mod:`latentvi.train.setup`), then runs
+:func:`_train_epoch` until done; each batch is one :func:`latentvi.train.step.train_step`, then
+:func:`_after_step` logs, validates, runs callbacks and checkpoints.
+
 One step (1-based count of optimizer updates): move the batch to the device, ``loss.backward()``,
 check the loss and every gradient are finite (else :class:`TrainingDivergedError` before the
-update), clip, ``optimizer.step()``. Then, in this order: log training means (every
+update), clip, ``optimizer.step()`` (:func:`latentvi.optim_step.optimizer_step`, the one step
+every model and agent takes). Then, in this order: log training means (every
 ``log_every``), validate (every ``eval_every``, or at the end of each epoch when 0), run callbacks
 (on logging steps), checkpoint (every ``checkpoint_every``). The last step also logs (the
 partial window), validates and checkpoints; callbacks run only every ``log_every`` steps, so
@@ -48,16 +53,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from latentvi.config import to_dict
-from latentvi.train.batches import TOTAL, batch_size, epoch_batches, loss_values, move_to
+from latentvi.train.batches import TOTAL, batch_size, epoch_batches
 from latentvi.train.batches import num_batches_of as _num_batches_of
 from latentvi.train.checkpoint import (
     checkpoint_name,
-    find_best,
-    find_latest,
-    load_checkpoint,
     mark_best,
-    remove_checkpoints_after,
     save_checkpoint,
 )
 from latentvi.train.config import TrainConfig
@@ -69,18 +69,23 @@ from latentvi.train.distributed import (
     reduce_sums,
     wrap_model,
 )
-from latentvi.train.errors import CheckpointError, TrainingDivergedError
 from latentvi.train.evaluate import evaluate
 from latentvi.train.metrics import MetricsLogger, MetricWindow
-from latentvi.train.optim import (
-    adopt_hyperparameters,
-    default_optimizer,
-    gradient_norm,
-    hyperparameters,
-)
-from latentvi.train.precision import bfloat16_matmuls_in_effect
-from latentvi.train.rng import isolated_rng, mixed_seed, seed_everything
+from latentvi.train.optim import default_optimizer
+from latentvi.train.rng import isolated_rng, mixed_seed
 from latentvi.train.schedule import learning_rate
+from latentvi.train.setup import (
+    RunState,
+    check_contract,
+    check_run_folder,
+    fresh_state,
+    numerics,
+    resolved_config,
+    resolved_device,
+    resume_state,
+)
+from latentvi.train.signals import stop_on_signals, stop_request
+from latentvi.train.step import train_step
 from latentvi.train.storage import replace_text
 
 __all__ = ["Callback", "TrainResult", "fit"]
@@ -91,7 +96,7 @@ Callback = Callable[[int, torch.nn.Module, dict[str, float]], Mapping[str, Any] 
 """``callback(step, model, metrics)`` after each logging step; may return metrics to log."""
 
 EVAL_LOSS = f"eval/{TOTAL}"
-_EVAL_STREAM, _CALLBACK_STREAM, _RANK_STREAM = 1, 2, 3
+_EVAL_STREAM, _CALLBACK_STREAM = 1, 2  # random streams (3: ranks > 0, see train.setup)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,24 +121,7 @@ class TrainResult:
     run_dir: Path | None
 
 
-def _device(config: TrainConfig, info: DistInfo) -> torch.device:
-    device = config.resolved_device()
-    if device.type == "cuda" and info.distributed:
-        return torch.device("cuda", info.local_rank)
-    return device
-
-
-def _resolved_config(
-    config: TrainConfig, extra: Mapping[str, Any] | None, details: dict[str, Any]
-) -> dict[str, Any]:
-    extra = dict(extra or {})
-    for key in ("train", "resolved"):
-        if key in extra:
-            raise ValueError(f"extra_config key {key!r} is reserved; nest your values elsewhere")
-    resolved = {"train": to_dict(config), "resolved": details, **extra}
-    return json.loads(json.dumps(resolved, default=str))
-
-
+@stop_on_signals()  # SIGTERM / SIGINT: a checkpoint after the current step, then RunStopped
 def fit(
     model: torch.nn.Module,
     make_batches: Callable[..., Iterable[Any]],
@@ -166,34 +154,17 @@ def fit(
         ValueError: bad arguments, ``resume`` without a checkpoint, or a fresh run in a folder
             that already holds checkpoints.
     """
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig; got {type(config).__name__}")
-    if not callable(getattr(model, "loss", None)):
-        raise TypeError(
-            f"{type(model).__name__} has no loss(batch) method; the loop needs "
-            "model.loss(batch) -> (scalar loss, metrics dict)"
-        )
+    check_contract(model, config)
     per_epoch = _num_batches_of(num_batches)
     info = current()
-    device = _device(config, info)
-    total_steps = config.max_steps or config.epochs * per_epoch
+    device = resolved_device(config, info)
     run_dir = Path(config.out) if config.out is not None else None
-    latest = find_latest(run_dir) if run_dir is not None else None
-    if resume and latest is None:
-        where = "TrainConfig.out is None" if run_dir is None else f"{run_dir} holds no checkpoint"
-        raise ValueError(
-            f"resume=True but {where}; set out= to the folder of the run to continue, or pass "
-            "resume=False to start a new run"
-        )
-    if not resume and latest is not None:
-        raise ValueError(
-            f"out = {str(run_dir)!r} already holds checkpoints (latest {latest.name}); pass "
-            "resume=True to continue that run, or choose a new out folder"
-        )
+    latest = check_run_folder(run_dir, resume)
 
     model.to(device)
     make_optimizer = optimizer_factory or (lambda m: default_optimizer(m, config))
     optimizer = make_optimizer(model)
+    total_steps = config.max_steps or config.epochs * per_epoch
     details = {
         "device": str(device),
         "world_size": info.world_size,
@@ -201,208 +172,214 @@ def fit(
         "total_steps": total_steps,
         "torch": torch.__version__,
     }
-    run_config = _resolved_config(config, extra_config, details)
-
-    step, epoch, in_epoch = 0, 0, 0
-    window = MetricWindow()
-    best_loss = math.inf
-    best_checkpoint = last_checkpoint = None
-    resumed_metrics: dict[str, float] = {}
+    run_config = resolved_config(config, extra_config, details)
     if resume:
-        wanted = hyperparameters(optimizer)
-        state = load_checkpoint(latest, model, optimizer, map_location=device, rank=info.rank)
-        adopt_hyperparameters(optimizer, wanted)
-        try:
-            step, epoch, in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        except KeyError as error:
-            raise CheckpointError(
-                f"checkpoint {latest} has no {error} entry: it was not written by fit(); resume "
-                "from a checkpoint of a fit() run, or load it with load_checkpoint instead"
-            ) from error
-        if in_epoch >= per_epoch:
-            raise ValueError(
-                f"num_batches = {per_epoch} is invalid for this run: its checkpoint {latest} is "
-                f"after batch {in_epoch} of epoch {epoch}; use the data of the original run"
-            )
-        window = MetricWindow(state.get("window"))
-        best_loss = state.get("best_eval_loss") or math.inf
-        resumed_metrics = dict(state.get("metrics", {}))
-        last_checkpoint, best_checkpoint = latest, find_best(run_dir)
-        if not state["rng_restored"]:
-            seed_everything(mixed_seed(config.seed, _RANK_STREAM, info.rank, step))
-        if info.is_main:
-            for removed in remove_checkpoints_after(run_dir, step):
-                logger.warning("removed %s, newer than the checkpoint resumed from", removed)
-        logger.info("resuming from %s (step %d, epoch %d)", latest, step, epoch)
+        state = resume_state(latest, run_dir, model, optimizer, config, info, device, per_epoch)
     else:
-        seed = config.seed if info.rank == 0 else mixed_seed(config.seed, _RANK_STREAM, info.rank)
-        seed_everything(seed)
+        state = fresh_state(config, info)
 
     metrics_logger = None
     if run_dir is not None and info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         replace_text(run_dir / "config.json", json.dumps(run_config, indent=2) + "\n")
         metrics_logger = MetricsLogger(
-            run_dir, tensorboard=config.tensorboard, resume_step=step if resume else None
+            run_dir, tensorboard=config.tensorboard, resume_step=state.step if resume else None
         )
-    compute_loss = wrap_model(model, device) if info.distributed else model.loss
-    bar = tqdm(
-        total=total_steps,
-        initial=step,
-        disable=not (config.progress and info.is_main),
-        desc="train",
-        unit="step",
-        dynamic_ncols=True,
+    run = _Run(
+        model=model,
+        optimizer=optimizer,
+        config=config,
+        info=info,
+        device=device,
+        per_epoch=per_epoch,
+        run_dir=run_dir,
+        run_config=run_config,
+        make_batches=make_batches,
+        make_valid_batches=make_valid_batches,
+        callbacks=tuple(callbacks),
+        compute_loss=wrap_model(model, device) if info.distributed else model.loss,
+        metrics_logger=metrics_logger,
+        bar=tqdm(
+            total=total_steps,
+            initial=state.step,
+            disable=not (config.progress and info.is_main),
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        ),
+        named_parameters=list(model.named_parameters()),  # walked once, not every step
     )
-
-    def finished() -> bool:
-        if config.max_steps is not None:
-            return step >= config.max_steps
-        return epoch >= config.epochs
-
-    def log_train() -> dict[str, float]:
-        sums = {**window.sums, "__examples": window.examples}
-        counts = {**window.counts, "__examples": 1.0}
-        sums, counts = reduce_sums(sums, counts, info)
-        examples = sums.pop("__examples")
-        counts.pop("__examples")
-        means = {name: sums[name] / counts[name] for name in sums}
-        row = {TOTAL: means.pop(TOTAL)}
-        row.update({f"train/{name}": value for name, value in means.items()})
-        row["train/epoch"] = epoch + in_epoch / per_epoch
-        row["train/lr"] = float(optimizer.param_groups[0]["lr"])
-        seconds = max(window.seconds, 1e-12)
-        row["perf/steps_per_sec"] = window.steps / seconds
-        row["perf/examples_per_sec"] = examples / seconds
-        postfix = {"step": step, "loss": f"{row[TOTAL]:.4g}"}
-        elbo = next((v for k, v in row.items() if k.endswith("elbo")), None)
-        if elbo is not None:
-            postfix["elbo"] = f"{elbo:.4g}"
-        bar.set_postfix(postfix, refresh=False)
-        return row
-
-    def log(row: Mapping[str, Any]) -> None:
-        if metrics_logger is not None:
-            metrics_logger.log(step, row)
-
-    train_metrics: dict[str, float] = {}
-    eval_metrics: dict[str, float] = {}
-    named_parameters = list(model.named_parameters())  # walked once, not every step
-    # Subnormal operands make CPU matmuls many times slower; they arise as training goes on
-    # (e.g. exp of very negative log-weights) and carry nothing at float32 resolution.
-    flush = config.flush_denormal and torch.set_flush_denormal(True)
-    precision = torch.get_float32_matmul_precision()
-    if config.matmul_precision == "bfloat16":
-        if device.type == "cpu" and not bfloat16_matmuls_in_effect():
-            logger.warning(
-                "matmul_precision = 'bfloat16' has no effect on this CPU: its float32 matmuls "
-                "ignore torch.set_float32_matmul_precision('medium'), so training stays in "
-                "float32 (latentvi.train.precision); use matmul_precision = 'float32' to "
-                "silence this"
-            )
-        torch.set_float32_matmul_precision("medium")
-    try:
-        while not finished():
-            batches = epoch_batches(make_batches, epoch, config.seed, in_epoch, info)
-            if config.lr_schedule != "constant":
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(config.lr_schedule, config.lr, epoch)
-            for batch in batches:
-                started = time.perf_counter()
-                batch = move_to(batch, device)
-                if not model.training:  # e.g. a callback left it in eval mode
-                    model.train()
-                optimizer.zero_grad(set_to_none=True)
-                loss, metrics = compute_loss(batch)
-                values = loss_values(loss, metrics)  # also checks the shapes
-                loss.backward()
-                grad_norm, bad = gradient_norm(named_parameters, config.grad_clip)
-                if not math.isfinite(values[TOTAL]):
-                    bad = "loss"
-                if any_across_ranks(bad is not None, info):
-                    lr = float(optimizer.param_groups[0]["lr"])
-                    raise TrainingDivergedError.at_step(
-                        step + 1,
-                        bad or "a value on another rank",
-                        values,
-                        lr,
-                        None if last_checkpoint is None else str(last_checkpoint),
-                    )
-                optimizer.step()
-                step += 1
-                in_epoch += 1
-                values["grad_norm"] = grad_norm
-                window.add(values, batch_size(batch) or 1, time.perf_counter() - started)
-                bar.update(1)
-
-                epoch_done = in_epoch >= per_epoch
-                last = config.max_steps is not None and step >= config.max_steps
-                last = last or (
-                    config.max_steps is None and epoch_done and epoch + 1 >= config.epochs
-                )
-                regular_log = step % config.log_every == 0
-                if regular_log or last:
-                    train_metrics = log_train()
-                    log(train_metrics)
-                if regular_log:  # a partial window at the last step is kept for the checkpoint
-                    window = MetricWindow()
-                validated = False
-                if make_valid_batches is not None and (
-                    last
-                    or (config.eval_every and step % config.eval_every == 0)
-                    or (not config.eval_every and epoch_done)
-                ):
-                    with isolated_rng(mixed_seed(config.seed, _EVAL_STREAM)):
-                        eval_metrics = evaluate(model, make_valid_batches, device, info)
-                    validated = True
-                    log(eval_metrics)
-                if regular_log and callbacks:
-                    merged = {**train_metrics, **(eval_metrics if validated else {})}
-                    for callback in callbacks:
-                        with isolated_rng(mixed_seed(config.seed, _CALLBACK_STREAM, step)):
-                            extra = callback(step, model, merged)
-                        if extra:
-                            log(extra)
-                if last or (config.checkpoint_every and step % config.checkpoint_every == 0):
-                    loss_now = eval_metrics.get(EVAL_LOSS, math.inf) if validated else math.inf
-                    is_best = loss_now < best_loss
-                    best_loss = min(best_loss, loss_now)
-                    last_checkpoint = _checkpoint(
-                        run_dir, step, model, optimizer, run_config, config, info,
-                        epoch + 1 if epoch_done else epoch,
-                        0 if epoch_done else in_epoch,
-                        window, {**train_metrics, **eval_metrics}, best_loss,
-                    )  # fmt: skip
-                    if is_best and last_checkpoint is not None:
-                        best_checkpoint = last_checkpoint
-                        if info.is_main:
-                            mark_best(last_checkpoint)
-                if epoch_done:
-                    epoch, in_epoch = epoch + 1, 0
-                if epoch_done or last:
-                    break
-            else:
-                raise ValueError(
-                    f"make_batches(epoch={epoch}) stopped after batch {in_epoch}, but num_batches "
-                    f"= {per_epoch}; pass the number of batches one epoch yields"
-                )
-    finally:
-        if flush:
-            torch.set_flush_denormal(False)  # PyTorch's default (it offers no way to read it)
-        torch.set_float32_matmul_precision(precision)
-        bar.close()
-        if metrics_logger is not None:
-            metrics_logger.close()
+    with numerics(config, device):
+        try:
+            while not _finished(config, state):
+                _train_epoch(run, state)
+        finally:
+            run.bar.close()
+            if metrics_logger is not None:
+                metrics_logger.close()
     if info.distributed:
         torch.distributed.barrier()
     return TrainResult(
-        steps=step,
-        epochs=step / per_epoch,
-        metrics={**resumed_metrics, **train_metrics, **eval_metrics},
-        last_checkpoint=last_checkpoint,
-        best_checkpoint=best_checkpoint,
+        steps=state.step,
+        epochs=state.step / per_epoch,
+        metrics={**state.resumed_metrics, **state.train_metrics, **state.eval_metrics},
+        last_checkpoint=state.last_checkpoint,
+        best_checkpoint=state.best_checkpoint,
         run_dir=run_dir,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What stays fixed during a run."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    config: TrainConfig
+    info: DistInfo
+    device: torch.device
+    per_epoch: int
+    run_dir: Path | None
+    run_config: dict[str, Any]
+    make_batches: Callable[..., Iterable[Any]]
+    make_valid_batches: Callable[..., Iterable[Any]] | None
+    callbacks: tuple[Callback, ...]
+    compute_loss: Callable[[Any], Any]
+    metrics_logger: MetricsLogger | None
+    bar: Any
+    named_parameters: list[tuple[str, torch.nn.Parameter]]
+
+    def log(self, step: int, row: Mapping[str, Any]) -> None:
+        if self.metrics_logger is not None:
+            self.metrics_logger.log(step, row)
+
+
+# --- one epoch, one step ------------------------------------------------------------------------
+
+
+def _finished(config: TrainConfig, state: RunState) -> bool:
+    if config.max_steps is not None:
+        return state.step >= config.max_steps
+    return state.epoch >= config.epochs
+
+
+def _train_epoch(run: _Run, state: RunState) -> None:
+    """The rest of the current epoch, or up to the last step of the run."""
+    config = run.config
+    batches = epoch_batches(run.make_batches, state.epoch, config.seed, state.in_epoch, run.info)
+    if config.lr_schedule != "constant":
+        for group in run.optimizer.param_groups:
+            group["lr"] = learning_rate(config.lr_schedule, config.lr, state.epoch)
+    for batch in batches:
+        started = time.perf_counter()
+        values = train_step(
+            run.model,
+            run.compute_loss,
+            run.optimizer,
+            batch,
+            device=run.device,
+            named_parameters=run.named_parameters,
+            grad_clip=config.grad_clip,
+            info=run.info,
+            step=state.step + 1,
+            last_checkpoint=state.last_checkpoint,
+        )
+        state.step += 1
+        state.in_epoch += 1
+        state.window.add(values, batch_size(batch) or 1, time.perf_counter() - started)
+        run.bar.update(1)
+
+        epoch_done = state.in_epoch >= run.per_epoch
+        last = config.max_steps is not None and state.step >= config.max_steps
+        last = last or (
+            config.max_steps is None and epoch_done and state.epoch + 1 >= config.epochs
+        )
+        _after_step(run, state, epoch_done, last)
+        if epoch_done:
+            state.epoch, state.in_epoch = state.epoch + 1, 0
+        if epoch_done or last:
+            return
+    raise ValueError(
+        f"make_batches(epoch={state.epoch}) stopped after batch {state.in_epoch}, but "
+        f"num_batches = {run.per_epoch}; pass the number of batches one epoch yields"
+    )
+
+
+# --- after a step: log, validate, callbacks, checkpoint -----------------------------------------
+
+
+def _after_step(run: _Run, state: RunState, epoch_done: bool, last: bool) -> None:
+    """In this order: log training means, validate, run callbacks, checkpoint (each when due)."""
+    config, step = run.config, state.step
+    regular_log = step % config.log_every == 0
+    if regular_log or last:
+        state.train_metrics = _train_means(run, state)
+        run.log(step, state.train_metrics)
+    if regular_log:  # a partial window at the last step is kept for the checkpoint
+        state.window = MetricWindow()
+    validated = run.make_valid_batches is not None and (
+        last
+        or bool(config.eval_every and step % config.eval_every == 0)
+        or (not config.eval_every and epoch_done)
+    )
+    if validated:
+        with isolated_rng(mixed_seed(config.seed, _EVAL_STREAM)):
+            state.eval_metrics = evaluate(run.model, run.make_valid_batches, run.device, run.info)
+        run.log(step, state.eval_metrics)
+    if regular_log and run.callbacks:
+        merged = {**state.train_metrics, **(state.eval_metrics if validated else {})}
+        for callback in run.callbacks:
+            with isolated_rng(mixed_seed(config.seed, _CALLBACK_STREAM, step)):
+                extra = callback(step, run.model, merged)
+            if extra:
+                run.log(step, extra)
+    periodic = config.checkpoint_every and step % config.checkpoint_every == 0
+    stopping = any_across_ranks(bool(stop_request()), run.info)  # SIGTERM / SIGINT on any rank
+    if last or stopping or periodic:
+        _save(run, state, epoch_done, validated)
+    if stopping and not last:
+        raise stop_request().stopped(f"at step {step}", state.last_checkpoint)
+
+
+def _train_means(run: _Run, state: RunState) -> dict[str, float]:
+    """The training row: means over the window (across ranks), epoch, lr and throughput."""
+    window = state.window
+    sums = {**window.sums, "__examples": window.examples}
+    counts = {**window.counts, "__examples": 1.0}
+    sums, counts = reduce_sums(sums, counts, run.info)
+    examples = sums.pop("__examples")
+    counts.pop("__examples")
+    means = {name: sums[name] / counts[name] for name in sums}
+    row = {TOTAL: means.pop(TOTAL)}
+    row.update({f"train/{name}": value for name, value in means.items()})
+    row["train/epoch"] = state.epoch + state.in_epoch / run.per_epoch
+    row["train/lr"] = float(run.optimizer.param_groups[0]["lr"])
+    seconds = max(window.seconds, 1e-12)
+    row["perf/steps_per_sec"] = window.steps / seconds
+    row["perf/examples_per_sec"] = examples / seconds
+    postfix = {"step": state.step, "loss": f"{row[TOTAL]:.4g}"}
+    elbo = next((v for k, v in row.items() if k.endswith("elbo")), None)
+    if elbo is not None:
+        postfix["elbo"] = f"{elbo:.4g}"
+    run.bar.set_postfix(postfix, refresh=False)
+    return row
+
+
+def _save(run: _Run, state: RunState, epoch_done: bool, validated: bool) -> None:
+    """Checkpoint the state after this step; mark it best when its validation loss is lowest."""
+    loss_now = state.eval_metrics.get(EVAL_LOSS, math.inf) if validated else math.inf
+    is_best = loss_now < state.best_loss
+    state.best_loss = min(state.best_loss, loss_now)
+    state.last_checkpoint = _checkpoint(
+        run.run_dir, state.step, run.model, run.optimizer, run.run_config, run.config, run.info,
+        state.epoch + 1 if epoch_done else state.epoch,
+        0 if epoch_done else state.in_epoch,
+        state.window, {**state.train_metrics, **state.eval_metrics}, state.best_loss,
+    )  # fmt: skip
+    if is_best and state.last_checkpoint is not None:
+        state.best_checkpoint = state.last_checkpoint
+        if run.info.is_main:
+            mark_best(state.last_checkpoint)
 
 
 def _checkpoint(
