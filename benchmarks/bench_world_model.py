@@ -62,8 +62,9 @@ from latentvi.jobs.world_model import (
     train_world_model,
 )
 from latentvi.models.ssm import RSSMConfig, WorldModel
+from latentvi.optim_step import optimizer_step
 from latentvi.presets import resolve
-from latentvi.rl.world_model_agent import ModelTrainingConfig, clip_and_step
+from latentvi.rl.world_model_agent import ModelTrainingConfig
 from results_io import median_seconds, save_results
 
 RESULTS = Path(__file__).parent / "results"
@@ -309,7 +310,7 @@ def overshooting(args) -> dict:
         for _ in range(args.updates):
             batch = store.sample(training.batch_size, training.chunk_length)
             loss, metrics, _ = model.loss(batch["obs"], batch["action"], batch["reward"])
-            clip_and_step(optimizer, loss, training.grad_clip, "world-model loss")
+            optimizer_step(optimizer, loss, clip=training.grad_clip, name="world-model loss")
             losses.append(metrics)
         seconds = time.process_time() - started
         keys = losses[-1] if losses else {}
