@@ -204,3 +204,12 @@ def test_json_output_never_holds_nan():
     assert parsed["inner"] == {"ok": 2.5, "bad": None}
     assert set(parsed["non_finite"]) == {"elbo", "curve[1]", "inner.bad"}
     assert "non_finite" not in json.loads(to_json({"a": 1.0}))
+
+
+def test_version(capsys):
+    import latentvi
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"latentvi {latentvi.__version__}"

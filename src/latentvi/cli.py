@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from latentvi import __version__
 from latentvi.cli_options import Groups, command, print_result, to_json, with_options
 from latentvi.config import USAGE_ERROR, CommandParser, from_arguments, typed_values
 from latentvi.envs.demos import DemoConfig
@@ -445,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="latentvi",
         description="Latent variable models and variational inference on PyTorch.",
     )
+    parser.add_argument("--version", action="version", version=f"latentvi {__version__}")
     subparsers = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=CommandParser
     )
