@@ -32,7 +32,8 @@ from latentvi.rl.slac import SlacConfig
 from latentvi.rl.world_model_agent import ModelTrainingConfig
 from latentvi.train import TrainConfig
 from latentvi.train.distributed import destroy_distributed, init_distributed
-from latentvi.train.errors import TrainingDivergedError
+from latentvi.train.errors import RunFailedError, TrainingDivergedError, describe_os_error
+from latentvi.train.runs import check_writable
 from latentvi.train.signals import RunStopped, exit_now, exit_on_signals
 
 __all__ = ["build_parser", "main", "resolve_latent_q", "resolve_world_model"]
@@ -209,6 +210,7 @@ def _add_sample(subparsers) -> None:
 
 
 def _run_sample(arguments: argparse.Namespace) -> None:
+    check_writable(arguments.out, "out", folder=False)
     print(runs.sample(arguments.run, arguments.n, arguments.out, arguments.seed))
 
 
@@ -227,6 +229,8 @@ def _add_plot(subparsers) -> None:
 
 
 def _run_plot(arguments: argparse.Namespace) -> None:
+    if arguments.out is not None:
+        check_writable(arguments.out, "out")
     for path in runs.plot(arguments.run, arguments.out):
         print(path)
 
@@ -455,6 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _is_oom(error: RuntimeError) -> bool:
+    """torch's allocators: ``OutOfMemoryError`` (CUDA) or the CPU allocator's message."""
+    return "OutOfMemoryError" in type(error).__name__ or "can't allocate memory" in str(error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``latentvi`` script; returns the exit code."""
     parser = build_parser()
@@ -468,11 +481,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv is None:  # this is the program (not a call from Python): end it now
             exit_now(stop.exit_code)
         return stop.exit_code
-    except (ValueError, FileNotFoundError) as error:
-        print(f"latentvi {arguments.command}: error: {error}", file=sys.stderr)
+    except ValueError as error:
+        print(f"latentvi {arguments.command}: error: {_one_line(error)}", file=sys.stderr)
         return USAGE_ERROR
-    except TrainingDivergedError as error:
-        print(f"latentvi {arguments.command}: {error}", file=sys.stderr)
+    except RunFailedError as error:  # a filesystem or memory error during a run
+        print(f"latentvi {arguments.command}: error: {error}", file=sys.stderr)
+        return 1
+    except (OSError, MemoryError) as error:  # before a run started: nothing was written
+        print(f"latentvi {arguments.command}: error: {describe_os_error(error)}", file=sys.stderr)
+        return USAGE_ERROR
+    except RuntimeError as error:  # divergence, or torch out of memory: during a run
+        if not isinstance(error, TrainingDivergedError) and not _is_oom(error):
+            raise
+        if isinstance(error, TrainingDivergedError):
+            message = _one_line(error)
+        else:
+            message = "error: " + (describe_os_error(MemoryError()) if _is_oom(error) else
+                                   _one_line(error))  # fmt: skip
+        print(f"latentvi {arguments.command}: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("latentvi: interrupted", file=sys.stderr)

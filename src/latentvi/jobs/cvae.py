@@ -37,6 +37,7 @@ from latentvi.data import Batches, binarize_static, load_dataset
 from latentvi.jobs.vae import TEST_BINARIZATION_SEED, DataSource
 from latentvi.models.cvae import CVAE, CVAEConfig, Regressor
 from latentvi.train import TrainConfig, fit, load_checkpoint
+from latentvi.train.lock import run_lock
 from latentvi.train.rng import seed_everything
 from latentvi.train.runs import FIGURES, check_run_folder, read_run, write_run
 from latentvi.train.storage import replace_text
@@ -121,6 +122,13 @@ def train_cvae(
     model_config: CVAEConfig, data: CVAEDataConfig, train: TrainConfig
 ) -> dict[str, Any]:
     """Train the CVAE (and, for ``halves``, the regressor), evaluate, plot; JSON-ready summary."""
+    if train.out is None:
+        return _train_cvae(model_config, data, train)  # refused: out is required
+    with run_lock(train.out):  # one writer per run folder
+        return _train_cvae(model_config, data, train)
+
+
+def _train_cvae(model_config: CVAEConfig, data: CVAEDataConfig, train: TrainConfig):
     require(train.out is not None, "out", train.out, "give a run folder, e.g. --out runs/cvae")
     require(
         model_config.likelihood == "bernoulli",

@@ -50,6 +50,7 @@ from latentvi.presets import DEFAULT_PRESET, resolve
 from latentvi.rl.e2c import Controller, check_value_grid, goal_stability, latent_controller
 from latentvi.train import TrainConfig, fit
 from latentvi.train.checkpoint import load_checkpoint
+from latentvi.train.lock import run_lock
 from latentvi.train.rng import mixed_seed, seed_everything
 from latentvi.train.runs import check_run_folder, read_run, write_run
 from latentvi.train.storage import write_json
@@ -351,9 +352,13 @@ def run_e2c(
     ``model_config`` defaults to the ``default`` preset's model; :func:`preset` gives both (and
     ``preset``, the name saved in ``config.json``, says which preset they came from).
     """
+    with run_lock(out):  # one writer per run folder
+        return _run_e2c(config, Path(out), model_config, preset)
+
+
+def _run_e2c(config, out: Path, model_config, preset) -> dict[str, Any]:
     run = config
     model_config = model_config or resolve("e2c", DEFAULT_PRESET, (E2CConfig,))[0]
-    out = Path(out)
     check_run_folder(out, resume=False)  # E2C runs do not resume: checkpoints there refuse it
     if run.controller == "value":  # the grid's size, checked before anything is written
         check_value_grid(run.value_cells, model_config.latent_dim)

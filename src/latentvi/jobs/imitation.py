@@ -36,6 +36,7 @@ from latentvi.rl.imitation import (
     summarize,
 )
 from latentvi.train import TrainConfig, fit
+from latentvi.train.lock import run_lock
 from latentvi.train.rng import seed_everything
 from latentvi.train.runs import RUN_FILE, check_run_folder, read_run, write_run
 from latentvi.train.storage import replace_text
@@ -125,6 +126,13 @@ def run_imitation(
     out: str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate ``policy`` on ``job.task`` (see the module docstring); JSON-ready."""
+    if out is None:
+        return _run_imitation(job, policy, demos, out)
+    with run_lock(out):  # one writer per run folder
+        return _run_imitation(job, policy, demos, out)
+
+
+def _run_imitation(job, policy, demos, out) -> dict[str, Any]:
     seed_everything(policy.seed)  # seed first, then build anything random
     demos = demos or DemoConfig()
     _check_folders(out, policy, job.seeds)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from latentvi.data import DATASETS, Batches, ImageDataset, binarize_static, load
 from latentvi.models.vae import VAE, VAEConfig
 from latentvi.train import TrainConfig, fit, load_checkpoint
 from latentvi.train.distributed import current
+from latentvi.train.lock import run_lock
 from latentvi.train.rng import seed_everything
 from latentvi.train.runs import check_run_folder, read_run, write_run
 
@@ -171,17 +173,18 @@ def train_vae(
         "model": to_dict(model_config),
         "data": to_dict(data),
     }
-    if info.is_main and not resume:
-        write_run(out, "vae", configs, data_shape=list(train_set.shape))
-    result = fit(
-        model,
-        make_batches,
-        batches.num_batches,
-        train,
-        make_valid_batches=make_valid_batches,
-        resume=resume,
-        extra_config=spec,
-    )
+    with run_lock(out) if info.is_main else nullcontext():  # one writer per run folder
+        if info.is_main and not resume:
+            write_run(out, "vae", configs, data_shape=list(train_set.shape))
+        result = fit(
+            model,
+            make_batches,
+            batches.num_batches,
+            train,
+            make_valid_batches=make_valid_batches,
+            resume=resume,
+            extra_config=spec,
+        )
     return {
         "run_dir": str(out),
         "steps": result.steps,

@@ -54,6 +54,7 @@ from latentvi.config import option, require, require_int
 from latentvi.train.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from latentvi.train.config import resolve_device
 from latentvi.train.errors import TrainingDivergedError
+from latentvi.train.lock import run_lock
 from latentvi.train.metrics import MetricsLogger
 from latentvi.train.rng import isolated_rng, mixed_seed, seed_everything
 from latentvi.train.runs import check_run_folder, write_run
@@ -178,10 +179,13 @@ class EnvLoop:
         self.stop = StopRequest()  # never set outside the context
         self.device = resolve_device(run.device)
         seed_everything(run.seed)
+        self._lock = run_lock(self.out)  # one writer per run folder, until __exit__
+        self._lock.__enter__()
         try:
             self._build(make_env, make_agent, describe, record, latest)
-        except BaseException:
+        except BaseException as error:
             self._close_envs()
+            self._unlock(type(error), error, error.__traceback__)
             raise
 
     def _build(self, make_env, make_agent, describe, record, latest: Path | None) -> None:
@@ -226,7 +230,17 @@ class EnvLoop:
                 self.metrics_logger.close()
             self._close_envs()
         finally:
-            self._release_signals(kind, error, traceback)
+            try:
+                self._release_signals(kind, error, traceback)
+            finally:
+                self._unlock(kind, error, traceback)
+
+    def _unlock(self, kind=None, error=None, traceback=None) -> None:
+        """Release the run folder's lock (once); an ``OSError`` or ``MemoryError`` passing
+        through becomes a one-line ``RunFailedError``."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.__exit__(kind, error, traceback)
 
     def _release_signals(self, kind=None, error=None, traceback=None) -> None:
         """Leave the stop-request mode (once): raises ``RunStopped`` for a request still

@@ -1,11 +1,12 @@
-"""The two errors of the training package; both say what went wrong and what to do next."""
+"""The errors of the training package; each says what went wrong and what to do next."""
 
 from __future__ import annotations
 
+import errno
 import math
 from collections.abc import Mapping
 
-__all__ = ["CheckpointError", "TrainingDivergedError"]
+__all__ = ["CheckpointError", "RunFailedError", "TrainingDivergedError", "describe_os_error"]
 
 
 class CheckpointError(ValueError):
@@ -59,3 +60,32 @@ class TrainingDivergedError(RuntimeError):
             f"step was not taken and no checkpoint was written; {next_step}"
         )
         return cls(message, step=step, metric=metric, last_checkpoint=last_checkpoint)
+
+
+class RunFailedError(OSError):
+    """A filesystem or memory error while a job wrote its run folder (a full disk, a read-only
+    folder, no memory left). The message is one line naming the path and the cause; what was
+    written before (the last complete checkpoint) is intact."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+_READING = (errno.ENOENT, errno.ENOTDIR)
+
+
+def describe_os_error(error: BaseException) -> str:
+    """One line for an ``OSError`` or ``MemoryError``: ``cannot write PATH: CAUSE``."""
+    if isinstance(error, MemoryError):
+        detail = " ".join(str(error).split())
+        return f"out of memory{f' ({detail})' if detail else ''}: use smaller sizes"
+    if not isinstance(error, OSError):
+        return " ".join(str(error).split())
+    cause = error.strerror or " ".join(str(error).split()) or type(error).__name__
+    if error.filename is None:
+        return cause
+    verb = "read" if error.errno in _READING else "write"
+    where = str(error.filename)
+    if error.filename2 is not None:
+        where += f" -> {error.filename2}"
+    return f"cannot {verb} {where}: {cause}"

@@ -47,6 +47,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,7 @@ from latentvi.train.distributed import (
     wrap_model,
 )
 from latentvi.train.evaluate import evaluate
+from latentvi.train.lock import run_lock
 from latentvi.train.metrics import MetricsLogger, MetricWindow
 from latentvi.train.optim import default_optimizer
 from latentvi.train.rng import isolated_rng, mixed_seed
@@ -161,72 +163,74 @@ def fit(
     run_dir = Path(config.out) if config.out is not None else None
     latest = check_run_folder(run_dir, resume)
 
-    model.to(device)
-    make_optimizer = optimizer_factory or (lambda m: default_optimizer(m, config))
-    optimizer = make_optimizer(model)
-    total_steps = config.max_steps or config.epochs * per_epoch
-    details = {
-        "device": str(device),
-        "world_size": info.world_size,
-        "num_batches": per_epoch,
-        "total_steps": total_steps,
-        "torch": torch.__version__,
-    }
-    run_config = resolved_config(config, extra_config, details)
-    if resume:
-        state = resume_state(latest, run_dir, model, optimizer, config, info, device, per_epoch)
-    else:
-        state = fresh_state(config, info)
+    lock = run_lock(run_dir) if run_dir is not None and info.is_main else nullcontext()
+    with lock:  # one writer per run folder (latentvi.train.lock)
+        model.to(device)
+        make_optimizer = optimizer_factory or (lambda m: default_optimizer(m, config))
+        optimizer = make_optimizer(model)
+        total_steps = config.max_steps or config.epochs * per_epoch
+        details = {
+            "device": str(device),
+            "world_size": info.world_size,
+            "num_batches": per_epoch,
+            "total_steps": total_steps,
+            "torch": torch.__version__,
+        }
+        run_config = resolved_config(config, extra_config, details)
+        if resume:
+            state = resume_state(latest, run_dir, model, optimizer, config, info, device, per_epoch)
+        else:
+            state = fresh_state(config, info)
 
-    metrics_logger = None
-    if run_dir is not None and info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        replace_text(run_dir / "config.json", json.dumps(run_config, indent=2) + "\n")
-        metrics_logger = MetricsLogger(
-            run_dir, tensorboard=config.tensorboard, resume_step=state.step if resume else None
+        metrics_logger = None
+        if run_dir is not None and info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            replace_text(run_dir / "config.json", json.dumps(run_config, indent=2) + "\n")
+            metrics_logger = MetricsLogger(
+                run_dir, tensorboard=config.tensorboard, resume_step=state.step if resume else None
+            )
+        run = _Run(
+            model=model,
+            optimizer=optimizer,
+            config=config,
+            info=info,
+            device=device,
+            per_epoch=per_epoch,
+            run_dir=run_dir,
+            run_config=run_config,
+            make_batches=make_batches,
+            make_valid_batches=make_valid_batches,
+            callbacks=tuple(callbacks),
+            compute_loss=wrap_model(model, device) if info.distributed else model.loss,
+            metrics_logger=metrics_logger,
+            bar=tqdm(
+                total=total_steps,
+                initial=state.step,
+                disable=not (config.progress and info.is_main),
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+            ),
+            named_parameters=list(model.named_parameters()),  # walked once, not every step
         )
-    run = _Run(
-        model=model,
-        optimizer=optimizer,
-        config=config,
-        info=info,
-        device=device,
-        per_epoch=per_epoch,
-        run_dir=run_dir,
-        run_config=run_config,
-        make_batches=make_batches,
-        make_valid_batches=make_valid_batches,
-        callbacks=tuple(callbacks),
-        compute_loss=wrap_model(model, device) if info.distributed else model.loss,
-        metrics_logger=metrics_logger,
-        bar=tqdm(
-            total=total_steps,
-            initial=state.step,
-            disable=not (config.progress and info.is_main),
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
-        ),
-        named_parameters=list(model.named_parameters()),  # walked once, not every step
-    )
-    with numerics(config, device):
-        try:
-            while not _finished(config, state):
-                _train_epoch(run, state)
-        finally:
-            run.bar.close()
-            if metrics_logger is not None:
-                metrics_logger.close()
-    if info.distributed:
-        torch.distributed.barrier()
-    return TrainResult(
-        steps=state.step,
-        epochs=state.step / per_epoch,
-        metrics={**state.resumed_metrics, **state.train_metrics, **state.eval_metrics},
-        last_checkpoint=state.last_checkpoint,
-        best_checkpoint=state.best_checkpoint,
-        run_dir=run_dir,
-    )
+        with numerics(config, device):
+            try:
+                while not _finished(config, state):
+                    _train_epoch(run, state)
+            finally:
+                run.bar.close()
+                if metrics_logger is not None:
+                    metrics_logger.close()
+        if info.distributed:
+            torch.distributed.barrier()
+        return TrainResult(
+            steps=state.step,
+            epochs=state.step / per_epoch,
+            metrics={**state.resumed_metrics, **state.train_metrics, **state.eval_metrics},
+            last_checkpoint=state.last_checkpoint,
+            best_checkpoint=state.best_checkpoint,
+            run_dir=run_dir,
+        )
 
 
 @dataclasses.dataclass(frozen=True)

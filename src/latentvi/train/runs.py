@@ -48,6 +48,7 @@ __all__ = [
     "RUN_FILE",
     "Run",
     "check_run_folder",
+    "check_writable",
     "read_run",
     "run_record",
     "space_info",
@@ -230,6 +231,29 @@ def _differences(recorded: Mapping[str, Any], given: Mapping[str, Any]) -> list[
     ]
 
 
+def check_writable(path: str | os.PathLike, name: str = "out", *, folder: bool = True) -> None:
+    """Refuse, writing nothing, a ``path`` that cannot be written as a folder (``folder``) or a
+    file: one naming a file where a folder is meant (or the reverse), or one whose nearest
+    existing parent folder this process may not write. Raises ValueError naming the fix."""
+    target = Path(path)
+    if folder and target.exists() and not target.is_dir():
+        raise ValueError(f"{name} = {str(target)!r} is a file, not a folder: choose a folder")
+    if not folder and target.is_dir():
+        raise ValueError(f"{name} = {str(target)!r} is a folder: give a file name in it")
+    existing = target if folder and target.is_dir() else target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(
+            f"{name} = {str(target)!r} is invalid: {str(existing)!r} is a file, not a folder"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{name} = {str(target)!r} is invalid: cannot write {existing}: permission denied "
+            "or read-only; choose a writable location"
+        )
+
+
 def check_run_folder(
     out: str | os.PathLike,
     resume: bool,
@@ -248,6 +272,7 @@ def check_run_folder(
     ``ignore[name]`` may differ, e.g. the step budget). Raises ValueError naming the fix.
     """
     folder = Path(out)
+    check_writable(folder)
     latest = find_latest(folder) if folder.is_dir() else None
     if not resume:
         if latest is not None or holds_run:

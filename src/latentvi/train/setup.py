@@ -32,6 +32,7 @@ from latentvi.train.metrics import MetricWindow
 from latentvi.train.optim import adopt_hyperparameters, hyperparameters
 from latentvi.train.precision import bfloat16_matmuls_in_effect
 from latentvi.train.rng import mixed_seed, seed_everything
+from latentvi.train.runs import check_writable
 
 __all__ = [
     "RunState",
@@ -85,6 +86,8 @@ def resolved_device(config: TrainConfig, info: DistInfo) -> torch.device:
 def check_run_folder(run_dir: Path | None, resume: bool) -> Path | None:
     """The latest checkpoint of the run folder; refuses a resume without one, and a fresh run
     into a folder that holds some."""
+    if run_dir is not None:
+        check_writable(run_dir)
     latest = find_latest(run_dir) if run_dir is not None else None
     if resume and latest is None:
         where = "TrainConfig.out is None" if run_dir is None else f"{run_dir} holds no checkpoint"

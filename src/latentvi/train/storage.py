@@ -59,12 +59,22 @@ def fsync_dir(path: Path) -> None:
         os.close(handle)
 
 
+def _named(error: OSError, path: Path) -> OSError:
+    """`error` with `path` as its file name (a failed ``write`` or ``fsync`` carries none)."""
+    if error.filename is not None:
+        return error
+    return OSError(error.errno, error.strerror or str(error), str(path))
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path`, flushed and fsynced."""
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(path, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise _named(error, path) from error
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -76,13 +86,19 @@ def replace_file(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Atomically make what ``write(stream)`` writes the content of `path`: a temp file in the
     same folder, fsync, ``os.replace``, fsync the folder. Readers see the old or the new content,
     never a mix; on an error the temp file is removed and `path` is left as it was."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise _named(error, path) from error
     try:
         with os.fdopen(handle, "wb") as stream:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp, path)
+    except OSError as error:
+        Path(temp).unlink(missing_ok=True)
+        raise _named(error, path) from error
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
