@@ -128,9 +128,7 @@ def check_fresh_run_fails_cleanly(tmp_path, monkeypatch, capsys, fail_at, code) 
 
 
 @pytest.mark.parametrize("fail_at", [1, 5, 11])
-def test_disk_full_at_a_write_is_one_line_and_loses_nothing(
-    tmp_path, monkeypatch, capsys, fail_at
-):
+def test_disk_full_at_a_write_is_one_line_and_loses_nothing(tmp_path, monkeypatch, capsys, fail_at):
     check_fresh_run_fails_cleanly(tmp_path, monkeypatch, capsys, fail_at, errno.ENOSPC)
 
 
