@@ -27,7 +27,7 @@ from typing import Any
 
 from latentvi.train.errors import RunFailedError, describe_os_error
 
-__all__ = ["LOCK_FILE", "RunFolderLockedError", "read_lock", "run_lock"]
+__all__ = ["LOCK_FILE", "RunFolderLockedError", "check_unlocked", "read_lock", "run_lock"]
 
 LOCK_FILE = ".lock"
 _UNREADABLE_GRACE_S = 5.0  # a lock file still empty after this long was left by a crash
@@ -82,6 +82,25 @@ def _describe(holder: dict[str, Any]) -> str:
     return f"pid {holder['pid']} on {holder.get('host', '?')} ({command})"
 
 
+def _locked(folder: Path, holder: dict[str, Any]) -> RunFolderLockedError:
+    return RunFolderLockedError(
+        f"out = {str(folder)!r} is locked by {_describe(holder)}, which is writing it: wait for "
+        f"it to finish, or choose another folder (delete {folder / LOCK_FILE} only if that "
+        "process is gone)"
+    )
+
+
+def check_unlocked(out: str | os.PathLike) -> None:
+    """Refuse, writing nothing, a folder that another live process holds (checked first, so
+    that a second job hears about the holder rather than about the holder's files)."""
+    folder = Path(out)
+    holder = read_lock(folder)
+    if holder is None or str(folder.resolve()) in _HELD:
+        return
+    if not _stale(folder / LOCK_FILE, holder):
+        raise _locked(folder, holder)
+
+
 def _acquire(folder: Path, command: str) -> None:
     path = folder / LOCK_FILE
     record = {
@@ -99,11 +118,7 @@ def _acquire(folder: Path, command: str) -> None:
             if holder is None:  # released meanwhile
                 continue
             if not _stale(path, holder):
-                raise RunFolderLockedError(
-                    f"out = {str(folder)!r} is locked by {_describe(holder)}, which is writing "
-                    f"it: wait for it to finish, or choose another folder (delete {path} only if "
-                    "that process is gone)"
-                ) from None
+                raise _locked(folder, holder) from None
             # Stale: move it aside under a unique name (one taker wins), then try again.
             aside = folder / f"{LOCK_FILE}.stale-{record['token']}"
             with contextlib.suppress(FileNotFoundError):

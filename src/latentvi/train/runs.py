@@ -40,6 +40,7 @@ from typing import Any
 
 from latentvi.config import to_dict
 from latentvi.train.checkpoint import find_latest
+from latentvi.train.lock import check_unlocked
 from latentvi.train.storage import replace_text
 
 __all__ = [
@@ -273,6 +274,7 @@ def check_run_folder(
     """
     folder = Path(out)
     check_writable(folder)
+    check_unlocked(folder)
     latest = find_latest(folder) if folder.is_dir() else None
     if not resume:
         if latest is not None or holds_run:

@@ -28,6 +28,7 @@ from latentvi.train.checkpoint import (
 from latentvi.train.config import TrainConfig
 from latentvi.train.distributed import DistInfo
 from latentvi.train.errors import CheckpointError
+from latentvi.train.lock import check_unlocked
 from latentvi.train.metrics import MetricWindow
 from latentvi.train.optim import adopt_hyperparameters, hyperparameters
 from latentvi.train.precision import bfloat16_matmuls_in_effect
@@ -88,6 +89,7 @@ def check_run_folder(run_dir: Path | None, resume: bool) -> Path | None:
     into a folder that holds some."""
     if run_dir is not None:
         check_writable(run_dir)
+        check_unlocked(run_dir)
     latest = find_latest(run_dir) if run_dir is not None else None
     if resume and latest is None:
         where = "TrainConfig.out is None" if run_dir is None else f"{run_dir} holds no checkpoint"
