@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from latentvi.config import check_positive_int
+from latentvi.memory import require_memory
 
 __all__ = ["ReplayBatch", "ReplayBuffer", "bytes_per_slot"]
 
@@ -99,6 +100,13 @@ class ReplayBuffer:
             )
         self.frame_shape = tuple(int(s) for s in frame_shape)
         self.action_shape = tuple(int(s) for s in action_shape)
+        slot = bytes_per_slot(self.frame_shape, frame_dtype, self.action_shape, action_dtype)
+        require_memory(
+            capacity * slot,
+            f"a replay buffer of {capacity} frames of shape {list(self.frame_shape)}",
+            ("buffer capacity (--buffer-size, --steps)",),
+            "use a smaller buffer or fewer steps",
+        )
         self.frames = np.zeros((capacity, *self.frame_shape), dtype=frame_dtype)
         self.actions = np.zeros((capacity, *self.action_shape), dtype=action_dtype)
         self.rewards = np.zeros(capacity, dtype=np.float32)

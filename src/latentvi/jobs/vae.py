@@ -21,6 +21,7 @@ import torch
 
 from latentvi.config import from_dict, option, require, to_dict
 from latentvi.data import DATASETS, Batches, ImageDataset, binarize_static, load_dataset
+from latentvi.memory import mlp_parameters, require_memory, training_bytes
 from latentvi.models.vae import VAE, VAEConfig
 from latentvi.train import TrainConfig, fit, load_checkpoint
 from latentvi.train.distributed import current
@@ -125,6 +126,29 @@ def _check_likelihood(model_config: VAEConfig, data: DataConfig) -> None:
     )
 
 
+def _check_memory(model: VAEConfig, data: DataConfig, shape) -> None:
+    """Refuse (one line) a model whose weights cannot be trained in this machine's memory."""
+    features = math.prod(int(s) for s in shape)
+    hidden = [int(h) for h in model.hidden]
+    if model.body == "conv":
+        hidden = [features * max(int(c) for c in model.channels)]
+    two_layer = model.stochastic_layers == 2
+    bottom = model.latent_dim_1 if two_layer else model.latent_dim
+    parameters = mlp_parameters([features, *hidden, 2 * bottom])
+    parameters += mlp_parameters([bottom, *reversed(hidden), 2 * features])
+    if two_layer:
+        hidden_1 = [int(h) for h in model.hidden_1]
+        parameters += mlp_parameters([bottom, *hidden_1, 2 * model.latent_dim])
+        parameters += mlp_parameters([model.latent_dim, *reversed(hidden_1), 2 * bottom])
+    activations = data.batch_size * model.num_samples * (features + sum(hidden) + 3 * bottom)
+    require_memory(
+        training_bytes(parameters, activations),
+        f"a VAE of {parameters:.3g} weights on {features}-pixel images",
+        ("latent_dim", "hidden", "latent_dim_1", "hidden_1", "batch_size"),
+        "use smaller sizes",
+    )
+
+
 def train_vae(
     model_config: VAEConfig,
     data: DataConfig,
@@ -149,6 +173,7 @@ def train_vae(
     dynamic = "dynamic" if data.binarize == "dynamic" else None
     valid_images = _evaluation_images(data, held_out)[: data.valid_examples]
 
+    _check_memory(model_config, data, train_set.shape)
     info = current()  # this process's rank and the world size (1 without torchrun)
     batches = Batches(
         images,

@@ -31,6 +31,7 @@ from latentvi.gradients import (
     score_function_elbo,
 )
 from latentvi.inference import LocalGaussians, VariationalProblem, amortization_gap, fit_vi
+from latentvi.memory import mlp_parameters, require_memory, training_bytes
 from latentvi.models import LinearGaussian
 from latentvi.nn import MLP, DiagonalGaussianEncoder
 from latentvi.optim_step import optimizer_step
@@ -170,6 +171,20 @@ def _probe(model: LinearGaussian, x: torch.Tensor, q_loc, q_raw_scale, config: V
     return variance_probe(estimators, [q_loc, q_raw_scale], config.probe_draws, exact)
 
 
+def _check_memory(config: VIConfig) -> None:
+    """Refuse (one line) sizes whose data and per-datapoint tables cannot fit in memory: x and
+    its latents, and the tables of q's means and scales with gradients and Adam moments."""
+    n, d, k = config.num_points, config.data_dim, config.latent_dim
+    tables = 2 * n * k
+    encoder = mlp_parameters([d, 64, 2 * k])
+    require_memory(
+        training_bytes(tables + encoder, n * (d + k)),
+        f"{n} points of dimension {d} with a {k}-dimensional latent",
+        ("num_points", "data_dim", "latent_dim"),
+        "use fewer points or smaller dimensions",
+    )
+
+
 def run_vi(config: VIConfig, progress: bool = True) -> dict[str, Any]:
     """Run the job; write ``results.json``, ``report.txt`` and ``vi.png`` under ``config.out``.
 
@@ -177,6 +192,7 @@ def run_vi(config: VIConfig, progress: bool = True) -> dict[str, Any]:
     """
     from latentvi.plots import plot_vi_report
 
+    _check_memory(config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     replace_text(out / "config.json", json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
