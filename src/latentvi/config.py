@@ -165,10 +165,46 @@ def argument_values(config_type: type, arguments: argparse.Namespace) -> dict[st
     }
 
 
+_JSON_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
+
+
+def _json_value_fits(value: Any, annotation: Any) -> bool:
+    """Whether a JSON value can be a field of type ``annotation`` (int, float, bool, str,
+    tuples of those, ``X | None``); other annotations are not checked here."""
+    if annotation in _JSON_TYPES:
+        if isinstance(value, bool) and annotation is not bool:
+            return False
+        return isinstance(value, _JSON_TYPES[annotation])
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_json_value_fits(value, a) for a in arguments)
+    if annotation is type(None):
+        return value is None
+    if origin is tuple and arguments:
+        if not isinstance(value, (list, tuple)):
+            return False
+        element = arguments[0]
+        return all(_json_value_fits(v, element) for v in value)
+    return True
+
+
 def from_dict(config_type: type[T], values: dict[str, Any]) -> T:
     """``config_type`` from a :func:`to_dict` dict read back from JSON: lists become tuples
-    (JSON has no tuples) and fields the dict lacks keep their defaults; an unknown key is a
-    ``TypeError`` (validated by ``config_type``'s ``__post_init__``)."""
+    (JSON has no tuples) and fields the dict lacks keep their defaults. An unknown key, or a
+    value of the wrong type, is a ``TypeError`` naming it; the values are then validated by
+    ``config_type``'s ``__post_init__`` (ValueError)."""
+    if not isinstance(values, dict):
+        raise TypeError(f"{config_type.__name__}: expected a JSON object, got {values!r:.60}")
+    try:
+        hints = typing.get_type_hints(config_type)
+    except (NameError, TypeError):  # an annotation that cannot be resolved: checked by the type
+        hints = {}
+    names = {f.name for f in dataclasses.fields(config_type)}
+    for key, value in values.items():
+        if key not in names:
+            raise TypeError(f"{config_type.__name__} has no field {key!r:.60}")
+        if not _json_value_fits(value, hints.get(key)):
+            raise TypeError(f"{config_type.__name__}.{key} = {value!r:.60} has the wrong type")
     return config_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 

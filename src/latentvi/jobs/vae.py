@@ -226,10 +226,19 @@ def _read_spec(run_dir: str | os.PathLike) -> dict[str, Any]:
     try:
         model = from_dict(VAEConfig, run.config("model"))
         data = from_dict(DataConfig, run.config("data"))
-        shape = tuple(int(s) for s in run.info["data_shape"])
+        shape = run.info["data_shape"]
+        if not (
+            isinstance(shape, list)
+            and len(shape) == 3
+            and all(type(s) is int and 1 <= s <= 1 << 16 for s in shape)
+        ):
+            raise TypeError(f"data_shape {shape!r:.60} is not [C, H, W] of sizes 1..65536")
     except (KeyError, TypeError) as error:
         raise ValueError(f"{run.path} holds a corrupt vae run ({error}); retrain it") from None
-    return {"model": model, "data": data, "data_shape": shape}
+    except ValueError as error:
+        raise ValueError(f"{run.path} holds an invalid vae run ({error}); retrain it") from None
+    _check_memory(model, data, shape)  # a forged latent_dim of 1e12 is refused, not allocated
+    return {"model": model, "data": data, "data_shape": tuple(shape)}
 
 
 def load(

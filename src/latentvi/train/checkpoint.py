@@ -298,7 +298,24 @@ def _check_model(model: torch.nn.Module, loaded: Mapping[str, torch.Tensor], pat
         for name in expected
         if name in loaded and loaded[name].shape != expected[name].shape
     ]
+    dtypes = [
+        f"{name}: checkpoint {loaded[name].dtype} vs model {expected[name].dtype}"
+        for name in expected
+        if name in loaded and loaded[name].dtype != expected[name].dtype
+    ]
+    parameters = {name for name, _ in model.named_parameters()}
+    non_finite = [
+        name
+        for name in sorted(parameters & set(loaded))
+        if loaded[name].is_floating_point() and not bool(torch.isfinite(loaded[name]).all())
+    ]
     problems = []
+    if dtypes:
+        problems.append(f"dtype mismatch {'; '.join(dtypes[:5])}")
+    if non_finite:
+        problems.append(
+            f"non-finite weights in {non_finite[:5]}{' …' if len(non_finite) > 5 else ''}"
+        )
     if missing:
         problems.append(f"missing keys {missing[:5]}{' …' if len(missing) > 5 else ''}")
     if unexpected:

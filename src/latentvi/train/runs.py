@@ -41,7 +41,7 @@ from typing import Any
 from latentvi.config import to_dict
 from latentvi.train.checkpoint import find_latest
 from latentvi.train.lock import check_unlocked
-from latentvi.train.storage import replace_text
+from latentvi.train.storage import parse_json, replace_text
 
 __all__ = [
     "FIGURES",
@@ -135,9 +135,13 @@ def space_info(space: Any) -> dict[str, Any]:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is corrupt ({error}); retrain or restore it") from None
+        value = parse_json(path.read_text(), path)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        message = " ".join(str(error).split())
+        raise ValueError(f"{path} is corrupt ({message}); retrain or restore it") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is corrupt (not a JSON object); retrain or restore it")
+    return value
 
 
 def read_run(run_dir: str | os.PathLike) -> Run:

@@ -31,6 +31,8 @@ __all__ = [
     "encode_tree",
     "file_digest",
     "fsync_dir",
+    "json_depth",
+    "parse_json",
     "read_json",
     "read_tensors",
     "replace_file",
@@ -173,15 +175,49 @@ def read_tensors(
     return tensors
 
 
+MAX_JSON_DEPTH = 64  # what latentvi writes nests < 15 levels (optimizer state, RNG states)
+MAX_JSON_BYTES = 1 << 30
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value (0 for a number or string), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def parse_json(text: str, path: Path, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse JSON read from `path`; ValueError naming the file when it is not JSON, nests
+    deeper than ``max_depth`` (a 200,000-level file is refused, not a RecursionError) or is
+    larger than 1 GiB."""
+    if len(text) > MAX_JSON_BYTES:
+        raise ValueError(f"{path} is {len(text)} characters long: not a file latentvi wrote")
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{path} nests too deeply (over {max_depth} levels)") from None
+    except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
+    if json_depth(value) > max_depth:
+        raise ValueError(f"{path} nests too deeply (over {max_depth} levels)")
+    return value
+
+
 def read_json(path: Path) -> Any:
     """Parse a JSON file, raising CheckpointError naming the file when it is missing or broken."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} is missing; {_ADVICE}")
     try:
-        return json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
+        return parse_json(path.read_text(), path)
+    except (ValueError, UnicodeDecodeError, OSError) as error:
         raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt (not valid JSON: {error}); {_ADVICE}"
+            f"checkpoint {path} is truncated or corrupt: {error}; {_ADVICE}"
         ) from error
 
 
