@@ -135,7 +135,7 @@ def space_info(space: Any) -> dict[str, Any]:
 
 def _read_json(path: Path) -> Any:
     try:
-        value = parse_json(path.read_text(), path)
+        value = parse_json(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as error:
         message = " ".join(str(error).split())
         raise ValueError(f"{path} is corrupt ({message}); retrain or restore it") from None

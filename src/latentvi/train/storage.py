@@ -192,20 +192,20 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
-def parse_json(text: str, path: Path, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Parse JSON read from `path`; ValueError naming the file when it is not JSON, nests
+def parse_json(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse JSON text; ValueError saying why (the caller names the file) when it is not JSON, nests
     deeper than ``max_depth`` (a 200,000-level file is refused, not a RecursionError) or is
     larger than 1 GiB."""
     if len(text) > MAX_JSON_BYTES:
-        raise ValueError(f"{path} is {len(text)} characters long: not a file latentvi wrote")
+        raise ValueError(f"{len(text)} characters long: not a file latentvi wrote")
     try:
         value = json.loads(text)
     except RecursionError:
-        raise ValueError(f"{path} nests too deeply (over {max_depth} levels)") from None
+        raise ValueError(f"nests too deeply (over {max_depth} levels)") from None
     except ValueError as error:
-        raise ValueError(f"{path} is not valid JSON ({error})") from None
+        raise ValueError(f"not valid JSON: {error}") from None
     if json_depth(value) > max_depth:
-        raise ValueError(f"{path} nests too deeply (over {max_depth} levels)")
+        raise ValueError(f"nests too deeply (over {max_depth} levels)")
     return value
 
 
@@ -214,7 +214,7 @@ def read_json(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} is missing; {_ADVICE}")
     try:
-        return parse_json(path.read_text(), path)
+        return parse_json(path.read_text())
     except (ValueError, UnicodeDecodeError, OSError) as error:
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupt: {error}; {_ADVICE}"
