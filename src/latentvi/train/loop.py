@@ -87,7 +87,7 @@ from latentvi.train.setup import (
     resume_state,
 )
 from latentvi.train.signals import stop_on_signals, stop_request
-from latentvi.train.step import train_step
+from latentvi.train.step import ExplosionGuard, check_weights, train_step
 from latentvi.train.storage import replace_text
 
 __all__ = ["Callback", "TrainResult", "fit"]
@@ -212,6 +212,7 @@ def fit(
                 dynamic_ncols=True,
             ),
             named_parameters=list(model.named_parameters()),  # walked once, not every step
+            guard=ExplosionGuard(),
         )
         with numerics(config, device):
             try:
@@ -252,6 +253,7 @@ class _Run:
     metrics_logger: MetricsLogger | None
     bar: Any
     named_parameters: list[tuple[str, torch.nn.Parameter]]
+    guard: ExplosionGuard
 
     def log(self, step: int, row: Mapping[str, Any]) -> None:
         if self.metrics_logger is not None:
@@ -289,6 +291,8 @@ def _train_epoch(run: _Run, state: RunState) -> None:
             last_checkpoint=state.last_checkpoint,
         )
         state.step += 1
+        lr = float(run.optimizer.param_groups[0]["lr"])
+        run.guard.check(values, state.step, lr, state.last_checkpoint, run.info)
         state.in_epoch += 1
         state.window.add(values, batch_size(batch) or 1, time.perf_counter() - started)
         run.bar.update(1)
@@ -371,6 +375,9 @@ def _train_means(run: _Run, state: RunState) -> dict[str, float]:
 
 def _save(run: _Run, state: RunState, epoch_done: bool, validated: bool) -> None:
     """Checkpoint the state after this step; mark it best when its validation loss is lowest."""
+    if run.run_dir is not None:  # the kept checkpoint is finite and from before a divergence
+        lr = float(run.optimizer.param_groups[0]["lr"])
+        check_weights(run.named_parameters, state.step, lr, state.last_checkpoint)
     loss_now = state.eval_metrics.get(EVAL_LOSS, math.inf) if validated else math.inf
     is_best = loss_now < state.best_loss
     state.best_loss = min(state.best_loss, loss_now)

@@ -9,6 +9,8 @@ into :class:`~latentvi.train.errors.TrainingDivergedError`, which names the last
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,95 @@ from typing import Any
 import torch
 
 from latentvi.optim_step import NonFiniteError, optimizer_step
-from latentvi.train.batches import loss_values, move_to
+from latentvi.train.batches import TOTAL, loss_values, move_to
 from latentvi.train.distributed import DistInfo, any_across_ranks
 from latentvi.train.errors import TrainingDivergedError
 
-__all__ = ["NonFiniteError", "optimizer_step", "train_step"]
+__all__ = [
+    "EXPLOSION_FACTOR",
+    "WEIGHT_LIMIT",
+    "ExplosionGuard",
+    "NonFiniteError",
+    "check_weights",
+    "optimizer_step",
+    "train_step",
+]
+
+EXPLOSION_FACTOR = 1e6
+"""A loss or gradient norm this many times its scale over the first steps is an explosion
+(README, "Divergence": normal training stays within 1e2 of it)."""
+WARMUP_STEPS = 20
+"""Steps (of each start or resume) whose median |loss| and gradient norm set the scale."""
+WEIGHT_LIMIT = 1e6
+"""No checkpoint is written while a weight is larger than this in magnitude (or not finite)."""
+
+
+def _advice(lr: float, last_checkpoint: Path | None) -> str:
+    if last_checkpoint is None:
+        return (
+            f"no checkpoint was written yet; restart with a lower learning rate (e.g. {lr / 10:g})"
+        )
+    return (
+        f"the last good checkpoint is {last_checkpoint}; resume from it with a lower learning "
+        f"rate (e.g. --resume --lr {lr / 10:g})"
+    )
+
+
+@dataclasses.dataclass
+class ExplosionGuard:
+    """Stops a run whose loss or gradient norm grows by :data:`EXPLOSION_FACTOR` over its scale
+    (the median of the first :data:`WARMUP_STEPS` steps, at least 1): finite values that have
+    blown up, which the non-finite check of the optimizer step does not see. Reads values only:
+    the arithmetic of a run is unchanged."""
+
+    losses: list[float] = dataclasses.field(default_factory=list)
+    grad_norms: list[float] = dataclasses.field(default_factory=list)
+
+    def check(
+        self, values: dict[str, float], step: int, lr: float, last: Path | None, info: DistInfo
+    ) -> None:
+        loss, grad_norm = abs(values[TOTAL]), values.get("grad_norm", 0.0)
+        if len(self.losses) < WARMUP_STEPS:
+            self.losses.append(loss)
+            self.grad_norms.append(grad_norm)
+            return
+        scales = {
+            "loss": max(statistics.median(self.losses), 1.0),
+            "gradient norm": max(statistics.median(self.grad_norms), 1.0),
+        }
+        found = {"loss": loss, "gradient norm": grad_norm}
+        exploded = [n for n in found if found[n] > EXPLOSION_FACTOR * scales[n]]
+        if any_across_ranks(bool(exploded), info):
+            name = exploded[0] if exploded else "loss"
+            raise TrainingDivergedError(
+                f"training diverged at step {step}: the {name} is {found[name]:.3g}, over "
+                f"{EXPLOSION_FACTOR:g} times its scale {scales[name]:.3g} in the first "
+                f"{WARMUP_STEPS} steps; no checkpoint was written after it; "
+                f"{_advice(lr, last)}",
+                step=step,
+                metric=name,
+                last_checkpoint=None if last is None else str(last),
+            )
+
+
+def check_weights(
+    named_parameters: Sequence[tuple[str, torch.Tensor]],
+    step: int,
+    lr: float,
+    last: Path | None,
+) -> None:
+    """Refuse (TrainingDivergedError) to checkpoint weights that are not finite or larger than
+    :data:`WEIGHT_LIMIT`: the kept checkpoint is always one from before a divergence."""
+    for name, parameter in named_parameters:
+        largest = float(parameter.detach().abs().max()) if parameter.numel() else 0.0
+        if not largest <= WEIGHT_LIMIT:  # also NaN
+            raise TrainingDivergedError(
+                f"training diverged at step {step}: weight {name} reaches {largest:.3g} (limit "
+                f"{WEIGHT_LIMIT:g}), so no checkpoint was written; {_advice(lr, last)}",
+                step=step,
+                metric=f"weight {name}",
+                last_checkpoint=None if last is None else str(last),
+            )
 
 
 def train_step(
