@@ -15,8 +15,15 @@ import sys
 from collections.abc import Callable, Sequence
 
 from latentvi import __version__
-from latentvi.cli_options import Groups, command, print_result, to_json, with_options
-from latentvi.config import USAGE_ERROR, CommandParser, from_arguments, typed_values
+from latentvi.cli_options import (
+    Groups,
+    command,
+    error_report,
+    print_result,
+    to_json,
+    with_options,
+)
+from latentvi.config import CommandParser, from_arguments, typed_values
 from latentvi.envs.demos import DemoConfig
 from latentvi.jobs import cvae, e2c, em, imitation, latent_q, runs, vae, vi, world_model
 from latentvi.models.cvae import CVAEConfig
@@ -32,7 +39,6 @@ from latentvi.rl.slac import SlacConfig
 from latentvi.rl.world_model_agent import ModelTrainingConfig
 from latentvi.train import TrainConfig
 from latentvi.train.distributed import destroy_distributed, init_distributed
-from latentvi.train.errors import RunFailedError, TrainingDivergedError, describe_os_error
 from latentvi.train.runs import check_writable
 from latentvi.train.signals import RunStopped, exit_now, exit_on_signals
 
@@ -459,15 +465,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
-
-
-def _is_oom(error: RuntimeError) -> bool:
-    """torch's allocators: ``OutOfMemoryError`` (CUDA) or the CPU allocator's message."""
-    return "OutOfMemoryError" in type(error).__name__ or "can't allocate memory" in str(error)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``latentvi`` script; returns the exit code."""
     parser = build_parser()
@@ -481,25 +478,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv is None:  # this is the program (not a call from Python): end it now
             exit_now(stop.exit_code)
         return stop.exit_code
-    except ValueError as error:
-        print(f"latentvi {arguments.command}: error: {_one_line(error)}", file=sys.stderr)
-        return USAGE_ERROR
-    except RunFailedError as error:  # a filesystem or memory error during a run
-        print(f"latentvi {arguments.command}: error: {error}", file=sys.stderr)
-        return 1
-    except (OSError, MemoryError) as error:  # before a run started: nothing was written
-        print(f"latentvi {arguments.command}: error: {describe_os_error(error)}", file=sys.stderr)
-        return USAGE_ERROR
-    except RuntimeError as error:  # divergence, or torch out of memory: during a run
-        if not isinstance(error, TrainingDivergedError) and not _is_oom(error):
+    except (ValueError, OSError, MemoryError, RuntimeError) as error:
+        line, code = error_report(error)  # one line: exit 2 before a run, 1 during one
+        if line is None:
             raise
-        if isinstance(error, TrainingDivergedError):
-            message = _one_line(error)
-        else:
-            message = "error: " + (describe_os_error(MemoryError()) if _is_oom(error) else
-                                   _one_line(error))  # fmt: skip
-        print(f"latentvi {arguments.command}: {message}", file=sys.stderr)
-        return 1
+        print(f"latentvi {arguments.command}: {line}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("latentvi: interrupted", file=sys.stderr)
         return 130

@@ -11,10 +11,19 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from latentvi.config import CommandParser, add_arguments
+from latentvi.config import USAGE_ERROR, CommandParser, add_arguments
 from latentvi.presets import DEFAULT_PRESET, preset_names, preset_notes
+from latentvi.train.errors import RunFailedError, TrainingDivergedError, describe_os_error
 
-__all__ = ["Groups", "command", "json_safe", "print_result", "to_json", "with_options"]
+__all__ = [
+    "Groups",
+    "command",
+    "error_report",
+    "json_safe",
+    "print_result",
+    "to_json",
+    "with_options",
+]
 
 Groups = tuple[tuple[str, type], ...]  # option groups of a command: (group name, config type)
 
@@ -101,3 +110,30 @@ def json_safe(result: dict) -> dict:
     if replaced:
         cleaned["non_finite"] = replaced
     return cleaned
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """torch's allocators: ``OutOfMemoryError`` (CUDA) or the CPU allocator's message."""
+    return "OutOfMemoryError" in type(error).__name__ or "can't allocate memory" in str(error)
+
+
+def error_report(error: BaseException) -> tuple[str | None, int]:
+    """``(one line, exit code)`` for an error a command ended with, ``(None, 1)`` for one that
+    is a bug (its traceback is shown). Bad input and filesystem or memory errors before a run
+    starts: exit code 2 (nothing was written); during a run (``RunFailedError``, divergence,
+    torch out of memory): 1."""
+    if isinstance(error, ValueError):
+        return f"error: {_one_line(error)}", USAGE_ERROR
+    if isinstance(error, RunFailedError):
+        return f"error: {error}", 1
+    if isinstance(error, (OSError, MemoryError)):
+        return f"error: {describe_os_error(error)}", USAGE_ERROR
+    if isinstance(error, TrainingDivergedError):
+        return _one_line(error), 1
+    if _out_of_memory(error):
+        return f"error: {describe_os_error(MemoryError())}", 1
+    return None, 1
