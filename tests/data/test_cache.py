@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from latentvi.data import cache_dir
-from latentvi.data.cache import load_npz, save_npz_atomic
+from latentvi.data.cache import CHECKSUM, arrays_digest, load_npz, save_npz_atomic
 
 
 def test_cache_dir_order(monkeypatch, tmp_path):
@@ -51,3 +51,27 @@ def test_load_refuses_object_arrays(tmp_path):
     np.savez(path, x=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError, match="allow_pickle"):
         load_npz(path)
+
+
+def test_a_cache_carries_its_checksum_and_a_damaged_one_is_refused(tmp_path):
+    path = tmp_path / "a.npz"
+    arrays = {"images": np.arange(60, dtype=np.uint8).reshape(3, 4, 5), "labels": np.ones(3)}
+    save_npz_atomic(path, arrays)
+    with np.load(path) as archive:
+        assert CHECKSUM in archive.files
+    # zeroed images, valid layout, the old checksum: refused by its own checksum
+    zeroed = {**arrays, "images": np.zeros_like(arrays["images"])}
+    np.savez(path, **zeroed, **{CHECKSUM: arrays_digest(arrays)})
+    with pytest.raises(ValueError, match="damaged: its content does not match its checksum"):
+        load_npz(path)
+    # truncated
+    save_npz_atomic(path, arrays)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or not an npz file"):
+        load_npz(path)
+    # a file without a checksum is refused where one is required
+    np.savez(path, **arrays)
+    assert load_npz(path).keys() == arrays.keys()
+    with pytest.raises(ValueError, match="carries no checksum"):
+        load_npz(path, require_checksum=True)

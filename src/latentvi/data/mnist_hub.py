@@ -182,9 +182,10 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
     if not path.is_file():
         return None
     try:
-        arrays = load_npz(path)
+        arrays = load_npz(path, require_checksum=True)
     except (OSError, ValueError, EOFError) as error:
-        logger.warning("ignoring unreadable MNIST cache %s (%s); rebuilding it", path, error)
+        cause = " ".join(str(error).split())
+        logger.warning("MNIST cache unusable (%s): rebuilding it from the verified source", cause)
         return None
     for part, count in _PARTS.items():
         images, labels = arrays.get(f"{part}_images"), arrays.get(f"{part}_labels")
