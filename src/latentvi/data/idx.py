@@ -9,6 +9,7 @@ dimensions D, then D uint32 sizes, then the elements in C order. Files may be gz
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -29,6 +30,7 @@ _TYPE_CODES: dict[int, np.dtype] = {
 }
 _CODE_OF_KIND = {(dtype.kind, dtype.itemsize): code for code, dtype in _TYPE_CODES.items()}
 _GZIP_MAGIC = b"\x1f\x8b"
+MAX_LABEL = 9  # the idx data sets latentvi reads (MNIST, Fashion-MNIST) have ten classes
 
 IDX_FILES: dict[str, tuple[str, str]] = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -72,7 +74,7 @@ def read_idx(path: str | Path, *, ndim: int | None = None) -> np.ndarray:
     if len(data) < header:
         raise _malformed(path, f"it is truncated inside the header ({len(data)} of {header} bytes)")
     shape = struct.unpack(f">{dims}I", data[4:header])
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     if len(data) != expected:
         kind = "truncated" if len(data) < expected else "longer than its header says"
         raise _malformed(
@@ -142,6 +144,11 @@ def load_idx_split(
         raise ValueError(
             f"{images_path} and {labels_path} must hold uint8 data; got {images.dtype} and "
             f"{labels.dtype}. Write them with write_idx from uint8 arrays."
+        )
+    if labels.size and int(labels.max()) > MAX_LABEL:
+        raise ValueError(
+            f"{labels_path} holds label {int(labels.max())}, outside 0..{MAX_LABEL} (ten classes); "
+            "the file is damaged or belongs to another data set."
         )
     if images.shape[0] != labels.shape[0]:
         raise ValueError(

@@ -142,6 +142,12 @@ def _train_cvae(model_config: CVAEConfig, data: CVAEDataConfig, train: TrainConf
     if data.task == "halves":
         check_run_folder(out / "regressor", resume=False)
     x, y, shape = conditional_data(data, "train", train.seed)
+    test_shape = load_dataset(data.dataset, "test", root=data.root).shape
+    if tuple(test_shape) != tuple(shape):  # caught now, not after training
+        raise ValueError(
+            f"dataset = {data.dataset!r} is invalid: its training images are {tuple(shape)} but "
+            f"its test images are {tuple(test_shape)}; use files of one image size"
+        )
     spec = {
         "kind": "cvae",
         "x_dim": x.shape[1],

@@ -167,6 +167,11 @@ def train_vae(
     seed_everything(train.seed)  # seed first: the model's initial weights come from it
     train_set = load_data(data, "train")
     held_out = load_data(data, "valid" if data.validation else "test")
+    if held_out.shape != train_set.shape:  # caught now, not after training
+        raise ValueError(
+            f"dataset = {data.dataset!r} is invalid: its training images are {train_set.shape} "
+            f"but its held-out images are {held_out.shape}; use files of one image size"
+        )
     images = train_set.images
     if data.binarize == "static":
         images = binarize_static(images, train.seed)
