@@ -231,3 +231,19 @@ def test_memory_error_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(vi, "run_vi", exhausted)
     status, err = run_cli(["vi", "--out", str(tmp_path / "vi")], capsys)
     assert status == 2 and len(err) == 1 and "out of memory" in err[0], err
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_run_files_follow_the_umask(tmp_path, capsys, umask):
+    out = tmp_path / "run"
+    old = os.umask(umask)
+    try:
+        assert cli.main([*TINY, "--max-steps", "2", "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    capsys.readouterr()
+    for path in [out, *out.rglob("*")]:
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        if path.name == "tensorboard" or "tensorboard" in path.parts:
+            continue
+        assert path.stat().st_mode & 0o777 == expected, (path, oct(path.stat().st_mode))

@@ -52,6 +52,7 @@ from latentvi.train.storage import (
     read_json,
     read_tensors,
     replace_text,
+    umask_mode,
     write_json,
     write_tensors,
 )
@@ -121,6 +122,7 @@ def save_checkpoint(
     final = folder / checkpoint_name(step)
     temp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=folder))
     try:
+        os.chmod(temp, umask_mode(directory=True))  # mkdtemp makes it 0700
         _write_contents(temp, step, model, optimizer, extra_state, config, rng_states)
         fsync_dir(temp)
         _publish(temp, final)

@@ -37,6 +37,7 @@ __all__ = [
     "read_tensors",
     "replace_file",
     "replace_text",
+    "umask_mode",
     "write_bytes",
     "write_json",
     "write_tensors",
@@ -68,6 +69,15 @@ def _named(error: OSError, path: Path) -> OSError:
     return OSError(error.errno, error.strerror or str(error), str(path))
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The mode ``open``/``mkdir`` would give a new file (0666) or folder (0777) under the
+    process's umask; files made by ``mkstemp``/``mkdtemp`` (0600/0700) are set to it, so run
+    files follow the umask like any other file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path`, flushed and fsynced."""
     try:
@@ -97,6 +107,7 @@ def replace_file(path: Path, write: Callable[[BinaryIO], None]) -> None:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temp, umask_mode())
         os.replace(temp, path)
     except OSError as error:
         Path(temp).unlink(missing_ok=True)
