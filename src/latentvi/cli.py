@@ -237,6 +237,7 @@ def _add_imitate(subparsers) -> None:
         "imitate",
         _run_imitate,
         IMITATE_GROUPS,
+        resume=True,
         json_help="print the results as one JSON object",
         help="imitation learning from multimodal demonstrations (BC, CVAE, chunk CVAE, latent plans)",
         description="Collect scripted demonstrations of a 2-D navigation task that can be solved in "
@@ -252,7 +253,7 @@ def _add_imitate(subparsers) -> None:
 def _run_imitate(arguments: argparse.Namespace) -> None:
     job, policy, demos = (from_arguments(t, arguments) for _, t in IMITATE_GROUPS)
     out = arguments.out or f"runs/imitate/{job.task}-{policy.policy}"
-    result = imitation.run_imitation(job, policy, demos, out=out)
+    result = imitation.run_imitation(job, policy, demos, out=out, resume=arguments.resume)
     if arguments.json:
         print(to_json(result))
     else:
@@ -414,12 +415,10 @@ def _run_e2c_agent(arguments: argparse.Namespace) -> dict:
             f"env = {arguments.env!r} is invalid: --agent e2c runs only on Pendulum-v1 (it sets "
             "the pendulum's state to collect its data); drop --env"
         )
-    if arguments.resume:
-        raise ValueError("resume = True is invalid: --agent e2c runs cannot resume; drop --resume")
     if arguments.out is None:
         raise ValueError("out = None is invalid: give a run folder, e.g. --out runs/e2c")
     run, model = resolve_world_model(arguments)
-    return e2c.run_e2c(run, arguments.out, model, preset=arguments.preset)
+    return e2c.run_e2c(run, arguments.out, model, preset=arguments.preset, resume=arguments.resume)
 
 
 def _run_world_model(arguments: argparse.Namespace) -> None:

@@ -422,7 +422,9 @@ def test_refused_e2c_changes_nothing(e2c_run, capsys, tmp_path):
     folder = e2c_run[0]
     out = ["--out", str(folder)]
     refused(capsys, folder, *E2C, *out, says="already holds a run")
-    refused(capsys, folder, *E2C, *out, "--resume", says="cannot resume")
+    # a resume must keep the run's data and model options (control options may change)
+    refused(capsys, folder, *E2C, *out, "--resume", "--e2c-transitions", "300",
+            says="resume = True is invalid")  # fmt: skip
     refused(capsys, folder, *E2C, *out, "--e2c-steps", "0", says="steps")
     fresh = tmp_path / "fresh"
     big = [*E2C, "--out", str(fresh), "--e2c-controller", "value", "--e2c-value-cells", "200"]
