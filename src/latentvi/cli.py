@@ -299,7 +299,8 @@ def resolve_latent_q(arguments: argparse.Namespace) -> tuple:
 
 def _run_latent_q(arguments: argparse.Namespace) -> None:
     run, agent = resolve_latent_q(arguments)
-    print_result(latent_q.run_latent_q(agent, run, resume=arguments.resume), arguments.json)
+    summary = latent_q.run_latent_q(agent, run, resume=arguments.resume, preset=arguments.preset)
+    print_result(summary, arguments.json)
 
 
 WORLD_MODEL_GROUPS: Groups = (
@@ -404,7 +405,7 @@ def _run_rssm_agent(arguments: argparse.Namespace) -> dict:
     agent_type = world_model.AGENTS[arguments.agent][0]
     (agent_config,) = (c for c in agent_configs if isinstance(c, agent_type))
     return world_model.train_world_model(
-        arguments.agent, run, model, training, agent_config, resume=arguments.resume
+        arguments.agent, run, model, training, agent_config, arguments.resume, arguments.preset
     )
 
 

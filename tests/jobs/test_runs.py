@@ -430,3 +430,17 @@ def test_refused_e2c_changes_nothing(e2c_run, capsys, tmp_path):
     big = [*E2C, "--out", str(fresh), "--e2c-controller", "value", "--e2c-value-cells", "200"]
     refused(capsys, fresh, *big, says="value_cells")
     assert not fresh.exists()
+
+
+def test_run_json_records_the_preset_the_configs_came_from(latent_q_run, e2c_run):
+    from latentvi.train.runs import read_run
+
+    assert read_run(latent_q_run[0]).info["preset"] == "debug"
+    assert read_run(e2c_run[0]).info["preset"] == "debug"
+
+
+def test_world_model_run_json_records_its_agent_and_preset(world_model_run):
+    from latentvi.train.runs import read_run
+
+    info = read_run(world_model_run[0]).info
+    assert info["preset"] == "debug" and info["agent"] in ("planet", "dreamer", "slac")

@@ -374,7 +374,8 @@ def run_e2c(
     if run.controller == "value":  # the grid's size, checked before anything is written
         check_value_grid(run.value_cells, model_config.latent_dim)
     if not resume:
-        write_run(out, "e2c", configs, obs_shape=[2, run.image_size, run.image_size], action_dim=1)
+        shape = [2, run.image_size, run.image_size]
+        write_run(out, "e2c", configs, obs_shape=shape, action_dim=1, preset=preset)
     seed_everything(run.seed)  # seed first, then build anything random
     started = time.perf_counter()
     data = collect_transitions(run, mixed_seed(run.seed, 1))

@@ -205,9 +205,10 @@ def evaluate_policy(agent: LatentQAgent, env, episodes: int, seed: int) -> dict[
 
 
 def run_latent_q(
-    agent_config: LatentQConfig, run: RunConfig, resume: bool = False
+    agent_config: LatentQConfig, run: RunConfig, resume: bool = False, preset: str | None = None
 ) -> dict[str, Any]:
-    """Train an agent for ``run.steps`` environment steps; return a JSON-ready summary."""
+    """Train an agent for ``run.steps`` environment steps; return a JSON-ready summary.
+    ``preset``: the name of the preset the configs were resolved with (recorded in run.json)."""
     pixels = _check(agent_config, run)
     stack = run.frame_stack if pixels else 1
     pretrains = agent_config.variant == "vae-pretrained" and not resume and run.prior_data
@@ -235,6 +236,7 @@ def run_latent_q(
             info={
                 "observation_space": space_info(env.observation_space),
                 "action_space": space_info(env.action_space),
+                "preset": preset,
             },
         ),
         resume=resume,

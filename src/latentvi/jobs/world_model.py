@@ -180,6 +180,7 @@ def train_world_model(
     training: ModelTrainingConfig,
     agent_config: Any,
     resume: bool = False,
+    preset: str | None = None,
 ) -> dict[str, Any]:
     """Train ``agent_name`` (a key of :data:`AGENTS`) for ``run.steps`` environment steps;
     return a JSON-ready summary. ``model_config``'s ``action_dim`` and ``obs_shape`` are set from
@@ -234,7 +235,7 @@ def train_world_model(
             {"run": run, "model": model_for(env), "training": training, "agent": agent_config},
             fixed=("run", "model", "training", "agent"),
             ignore={"run": RESUMABLE_RUN_FIELDS},
-            info={"agent": agent_name},
+            info={"agent": agent_name, "preset": preset},
         ),
         resume=resume,
         divergence_hint="start again with lower learning rates (--model-lr; Dreamer: "
