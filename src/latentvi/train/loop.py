@@ -51,8 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from latentvi.progress import progress_bar
 from latentvi.train.batches import TOTAL, batch_size, epoch_batches
 from latentvi.train.batches import num_batches_of as _num_batches_of
 from latentvi.train.checkpoint import (
@@ -199,10 +199,10 @@ def fit(
         callbacks=tuple(callbacks),
         compute_loss=wrap_model(model, device) if info.distributed else model.loss,
         metrics_logger=metrics_logger,
-        bar=tqdm(
+        bar=progress_bar(
             total=total_steps,
             initial=state.step,
-            disable=not (config.progress and info.is_main),
+            show=config.progress and info.is_main,
             desc="train",
             unit="step",
             dynamic_ncols=True,
