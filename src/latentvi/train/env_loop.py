@@ -251,7 +251,7 @@ class EnvLoop:
         run, state = self.run, self.state
         self.metrics_logger = MetricsLogger(
             self.out, tensorboard=run.tensorboard,
-            resume_step=state["env_steps"] if self.resumed else None,
+            resume_step=state["env_steps"] if self.resumed else None, hparams=self.spec,
         )  # fmt: skip
         self.bar = progress_bar(total=run.steps, initial=state["env_steps"], show=run.progress,
                         unit="step")  # fmt: skip

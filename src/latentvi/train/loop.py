@@ -146,7 +146,7 @@ def fit(
             default ``AdamW(lr, betas, eps, weight_decay)`` from the config.
         resume: continue from the latest checkpoint in ``config.out`` (ValueError if none).
         callbacks: ``callback(step, model, metrics)`` after each logging step; a returned dict
-            of metrics is logged at that step.
+            of metrics (namespaced names: ``eval/…``, ``train/…``) is logged at that step.
         extra_config: more JSON-ready config (model, data) saved with the run's config.json.
 
     Raises:
@@ -183,7 +183,10 @@ def fit(
         run_dir.mkdir(parents=True, exist_ok=True)
         replace_text(run_dir / "config.json", json.dumps(run_config, indent=2) + "\n")
         metrics_logger = MetricsLogger(
-            run_dir, tensorboard=config.tensorboard, resume_step=state.step if resume else None
+            run_dir,
+            tensorboard=config.tensorboard,
+            resume_step=state.step if resume else None,
+            hparams=run_config,
         )
     run = _Run(
         model=model,
