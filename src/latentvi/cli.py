@@ -15,7 +15,14 @@ import sys
 from collections.abc import Callable, Sequence
 
 from latentvi import __version__
-from latentvi.cli_options import Groups, command, print_result, to_json, with_options
+from latentvi.cli_options import (
+    Groups,
+    add_progress_option,
+    command,
+    print_result,
+    to_json,
+    with_options,
+)
 from latentvi.config import USAGE_ERROR, CommandParser, from_arguments, typed_values
 from latentvi.envs.demos import DemoConfig
 from latentvi.jobs import cvae, e2c, em, imitation, latent_q, runs, vae, vi, world_model
@@ -68,7 +75,7 @@ def _add_vi(subparsers) -> None:
 
 
 def _run_vi(arguments: argparse.Namespace) -> None:
-    results = vi.run_vi(from_arguments(vi.VIConfig, arguments), progress=not arguments.json)
+    results = vi.run_vi(from_arguments(vi.VIConfig, arguments))
     print(to_json(results) if arguments.json else vi.format_vi_report(results))
 
 
@@ -176,6 +183,7 @@ def _add_eval(subparsers) -> None:
         default=None,
         help="evaluation episodes of agents and policies, trials of e2c (default: the run's)",
     )
+    add_progress_option(parser, "a bar over the evaluation batches (vae)")
 
 
 def _run_eval(arguments: argparse.Namespace) -> None:
@@ -189,7 +197,7 @@ def _run_eval(arguments: argparse.Namespace) -> None:
         n_examples=arguments.n_examples,
         split=arguments.split,
         episodes=arguments.episodes,
-        progress=not arguments.json,
+        progress=arguments.progress,
     )
     print_result(result, arguments.json)
 
@@ -205,6 +213,7 @@ def _add_sample(subparsers) -> None:
     parser.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
     parser.add_argument("--out", default="samples.png", help="PNG to write (default: samples.png)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_progress_option(parser, "nothing (sampling draws no bar; accepted like everywhere)")
     parser.set_defaults(handler=_run_sample)
 
 
@@ -223,6 +232,7 @@ def _add_plot(subparsers) -> None:
     )
     parser.add_argument("run", help="run folder written by a latentvi training command")
     parser.add_argument("--out", default=None, help="folder for the PNGs (default: RUN/figures)")
+    add_progress_option(parser, "nothing (plotting draws no bar; accepted like everywhere)")
     parser.set_defaults(handler=_run_plot)
 
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from collections.abc import Callable
@@ -14,7 +15,15 @@ from typing import Any
 from latentvi.config import CommandParser, add_arguments
 from latentvi.presets import DEFAULT_PRESET, preset_names, preset_notes
 
-__all__ = ["Groups", "command", "json_safe", "print_result", "to_json", "with_options"]
+__all__ = [
+    "Groups",
+    "add_progress_option",
+    "command",
+    "json_safe",
+    "print_result",
+    "to_json",
+    "with_options",
+]
 
 Groups = tuple[tuple[str, type], ...]  # option groups of a command: (group name, config type)
 
@@ -56,6 +65,17 @@ def with_options(
     parser.add_argument("--json", action="store_true", help=json_help)
     parser.set_defaults(handler=handler)
     return parser
+
+
+def add_progress_option(parser: CommandParser, what: str = "a progress bar") -> None:
+    """``--progress/--no-progress`` on a command whose configs have no ``progress`` field, so
+    that every command takes it (``what``: what it shows, or that the command draws none)."""
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"show {what} on stderr when it is a terminal (--no-progress: never)",
+    )
 
 
 def print_result(result: dict, as_json: bool) -> None:

@@ -123,7 +123,7 @@ def cvae_run(runs):
 
 @pytest.fixture(scope="module")
 def imitation_run(runs):
-    import latentvi.rl.imitation as policies
+    import latentvi.jobs.imitation as policies  # train_policy calls fit there
 
     with captured_models(policies) as models:
         results = train(*IMITATE, "--out", str(runs / "imitate"))

@@ -152,7 +152,9 @@ class E2CRunConfig:
     )
     start_noise: float = option(0.2, "start: θ = start_angle ± this, θ̇ = ± this (uniform)")
     seed: int = option(0, "seed of the data, the networks and the trials")
-    progress: bool = option(False, "show a progress bar while training")
+    progress: bool = option(
+        True, "show a progress bar on stderr when it is a terminal (--no-progress: never)"
+    )
 
     def __post_init__(self) -> None:
         for name in (

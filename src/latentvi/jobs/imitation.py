@@ -100,6 +100,9 @@ class ImitationConfig:
     task: str = option("obstacle", "obstacle (2 modes) or passages (3 modes)", choices=tuple(TASKS))
     seeds: int = option(3, "independent training runs (seeds 0..n-1); metrics are mean ± std")
     episodes: int = option(200, "fresh evaluation episodes per seed")
+    progress: bool = option(
+        True, "show a progress bar on stderr when it is a terminal (--no-progress: never)"
+    )
 
     def __post_init__(self) -> None:
         require(self.task in TASKS, "task", self.task, f"choose one of {', '.join(TASKS)}")
@@ -115,11 +118,13 @@ def run_seeds(
     episodes: int,
     out: str | None = None,
     resume: bool = False,
+    progress: bool = False,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[Episode]]:
     """Train ``policy`` with seeds ``policy.seed .. policy.seed + seeds − 1`` and evaluate each on
     the same ``episodes`` fresh episodes: ``(summary: mean ± std, per-seed metrics, the first
     seed's episodes)``. With ``resume``, a seed whose folder holds a checkpoint continues from it
-    (bitwise as if it had never stopped)."""
+    (bitwise as if it had never stopped); ``progress``: a bar per training run
+    (:mod:`latentvi.progress`)."""
     names = task_spec(task).mode_names
     _check_folders(out, policy, seeds, resume)
     per_seed, first_runs = [], None
@@ -132,7 +137,9 @@ def run_seeds(
                 run_dir, "imitation", {"policy": config}, task=task,
                 state_dim=demonstrations.state_dim, action_dim=demonstrations.action_dim,
             )  # fmt: skip
-        model, seconds = train_policy(demonstrations, config, out=run_dir, resume=continues)
+        model, seconds = train_policy(
+            demonstrations, config, out=run_dir, resume=continues, progress=progress
+        )
         metrics, runs = evaluate_policy(
             task, make_controller(model, config, task), episodes, EVAL_SEED
         )
@@ -166,7 +173,7 @@ def run_imitation(
         configs = {"job": job, "policy": policy, "demos": demos}
         write_run(out, "imitation", configs, task=job.task, runs=runs)
     summary, per_seed, first_runs = run_seeds(
-        job.task, demonstrations, policy, job.seeds, job.episodes, out, resume
+        job.task, demonstrations, policy, job.seeds, job.episodes, out, resume, job.progress
     )
     result = {
         "task": job.task,
@@ -246,11 +253,15 @@ def format_imitation_table(results: list[dict[str, Any]]) -> str:
 
 
 def train_policy(
-    demos: Demonstrations, config: PolicyConfig, out: str | None = None, resume: bool = False
+    demos: Demonstrations,
+    config: PolicyConfig,
+    out: str | None = None,
+    resume: bool = False,
+    progress: bool = False,
 ) -> tuple[nn.Module, float]:
     """Train ``config.policy`` on ``demos`` with :func:`latentvi.train.fit`; returns the model (in
     eval mode) and the training time in seconds. With ``out``, the loop writes its run folder
-    there (config, metrics, a final safetensors checkpoint)."""
+    there (config, metrics, a final safetensors checkpoint); ``progress``: its bar."""
     torch.manual_seed(config.seed)
     model, tensors = build_policy_model(demos, config)
     batches = Batches(*tensors, batch_size=min(config.batch_size, tensors[0].shape[0]))
@@ -258,7 +269,7 @@ def train_policy(
         max_steps=config.steps,
         lr=config.lr,
         seed=config.seed,
-        progress=False,
+        progress=progress,
         tensorboard=False,
         log_every=max(1, config.steps // 10),
         out=out,

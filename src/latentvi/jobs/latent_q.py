@@ -38,6 +38,7 @@ from latentvi.train.env_schedules import (
     play_episode,
     random_action,
 )
+from latentvi.train.metrics import log_images
 from latentvi.train.rng import isolated_rng, mixed_seed
 from latentvi.train.runs import space_info
 from latentvi.train.storage import read_json, read_tensors, replace_text, write_json, write_tensors
@@ -247,6 +248,10 @@ def run_latent_q(
             _pretrain(loop.agent, run, loop.out, stack, loop.stop)
         state = loop.train()
         files = _write_outputs(loop.agent, agent_config, loop.storage.buffer, state, loop.out)
+        if run.tensorboard and "reconstructions" in files:
+            log_images(
+                loop.out, state["env_steps"], {"eval/reconstructions": files["reconstructions"]}
+            )
     final = loop.final_row()
     summary = {
         "run_dir": str(loop.out),

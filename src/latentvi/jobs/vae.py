@@ -21,6 +21,7 @@ import torch
 from latentvi.config import from_dict, option, require, to_dict
 from latentvi.data import DATASETS, Batches, ImageDataset, binarize_static, load_dataset
 from latentvi.models.vae import VAE, VAEConfig
+from latentvi.progress import progress_bar
 from latentvi.train import TrainConfig, fit, load_checkpoint
 from latentvi.train.distributed import current
 from latentvi.train.rng import seed_everything
@@ -239,8 +240,6 @@ def evaluate_run(
     al. 2016, eq. 2); the standard errors are those of the mean over examples (they include the
     Monte Carlo noise of each example's estimate).
     """
-    from tqdm.auto import tqdm
-
     require(importance_samples >= 1, "importance_samples", importance_samples, "use K >= 1")
     require(n_examples is None or n_examples >= 1, "n_examples", n_examples, "use N >= 1")
     model = load(run_dir, checkpoint=checkpoint)
@@ -250,8 +249,8 @@ def evaluate_run(
         images = images[:n_examples]
     torch.manual_seed(TEST_BINARIZATION_SEED)
     elbos, log_likelihoods = [], []
-    for start in tqdm(
-        range(0, images.shape[0], batch_size), desc="eval", disable=not progress, unit="batch"
+    for start in progress_bar(
+        range(0, images.shape[0], batch_size), show=progress, desc="eval", unit="batch"
     ):
         x = images[start : start + batch_size]
         elbos.append(model.elbo(x))

@@ -59,6 +59,9 @@ class VIConfig:
     eval_every: int = option(100, "steps between evaluations of the training curves")
     seed: int = option(0, "random seed (data, initialization, sampling)")
     out: str = option("runs/vi", "output folder for results.json, report.txt and vi.png")
+    progress: bool = option(
+        True, "show a progress bar on stderr when it is a terminal (--no-progress: never)"
+    )
 
     def __post_init__(self) -> None:
         positive = ("data_dim", "latent_dim", "num_points", "steps", "batch_size")
@@ -170,7 +173,7 @@ def _probe(model: LinearGaussian, x: torch.Tensor, q_loc, q_raw_scale, config: V
     return variance_probe(estimators, [q_loc, q_raw_scale], config.probe_draws, exact)
 
 
-def run_vi(config: VIConfig, progress: bool = True) -> dict[str, Any]:
+def run_vi(config: VIConfig) -> dict[str, Any]:
     """Run the job; write ``results.json``, ``report.txt`` and ``vi.png`` under ``config.out``.
 
     Returns the results as a JSON-ready dict (the same object ``--json`` prints).
@@ -210,7 +213,7 @@ def run_vi(config: VIConfig, progress: bool = True) -> dict[str, Any]:
                 lr=config.lr,
                 seed=config.seed,
                 eval_every=config.eval_every,
-                progress=progress,
+                progress=config.progress,
             )
             seconds = time.perf_counter() - started
             summary = _summarize(problem, x, config)

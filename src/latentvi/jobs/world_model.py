@@ -58,6 +58,7 @@ from latentvi.rl.world_model_agent import ModelTrainingConfig, WorldModelAgent
 from latentvi.train.checkpoint import find_latest, load_checkpoint
 from latentvi.train.env_loop import EnvLoop, EnvRunConfig, RunRecord, write_curve
 from latentvi.train.env_schedules import EpisodeSchedule, EpisodeStorage
+from latentvi.train.metrics import log_images
 from latentvi.train.rng import isolated_rng, mixed_seed
 from latentvi.train.runs import read_run
 from latentvi.train.storage import replace_text
@@ -243,6 +244,9 @@ def train_world_model(
     ) as loop:
         state = loop.train()
         files = _write_outputs(loop.agent, agent_name, run, loop.eval_env, state, loop.out)
+        if run.tensorboard:
+            images = {"eval/open_loop": files["open_loop_png"], "eval/frames": files["frames"]}
+            log_images(loop.out, state["env_steps"], images)
     final = loop.final_row()
     timing = state["timing"]
     busy = max(sum(timing.values()), 1e-9)
