@@ -78,3 +78,12 @@ def test_a_supervised_run_writes_namespaced_scalars_images_and_hparams(tmp_path)
     assert main(argv) == 0
     scalars = _check(tmp_path, {"eval/samples_per_digit"})
     assert {"loss/total", "train/loss/kl", "train/elbo"} <= scalars
+
+
+def test_train_vae_writes_reconstructions_and_samples_as_images(tmp_path):
+    argv = ["train", "vae", "--dataset", "digits", "--latent-dim", "2", "--hidden", "32",
+            "--max-steps", "20", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    scalars = _check(tmp_path, {"eval/reconstructions", "eval/samples"})
+    assert {"loss/total", "train/elbo"} <= scalars
+    assert (tmp_path / "figures" / "reconstructions.png").stat().st_size > 0

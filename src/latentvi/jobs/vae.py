@@ -24,7 +24,8 @@ from latentvi.models.vae import VAE, VAEConfig
 from latentvi.progress import progress_bar
 from latentvi.train import TrainConfig, fit, load_checkpoint
 from latentvi.train.distributed import current
-from latentvi.train.rng import seed_everything
+from latentvi.train.metrics import log_images
+from latentvi.train.rng import isolated_rng, seed_everything
 from latentvi.train.runs import check_run_folder, read_run, write_run
 
 __all__ = [
@@ -183,6 +184,8 @@ def train_vae(
         resume=resume,
         extra_config=spec,
     )
+    if info.is_main and train.tensorboard:
+        _log_figures(model, valid_images, out, result.steps)
     return {
         "run_dir": str(out),
         "steps": result.steps,
@@ -190,6 +193,28 @@ def train_vae(
         "metrics": result.metrics,
         "last_checkpoint": str(result.last_checkpoint),
     }
+
+
+@torch.no_grad()
+def _log_figures(model: VAE, images: torch.Tensor, out: Path, step: int) -> None:
+    """Reconstructions of held-out images and prior samples: PNGs in ``RUN/figures`` and
+    TensorBoard images (``eval/reconstructions``, ``eval/samples``), under their own seed."""
+    from latentvi.plots import plot_image_grid
+
+    model.eval()
+    with isolated_rng(TEST_BINARIZATION_SEED):
+        originals = images[:16].to(next(model.parameters()).device)
+        pairs = torch.stack([originals, model.reconstruct(originals)], 1).flatten(0, 1)
+        figures = out / "figures"
+        drawn = {
+            "eval/reconstructions": plot_image_grid(
+                pairs.cpu(), figures / "reconstructions.png", "data | reconstruction", columns=16
+            ),
+            "eval/samples": plot_image_grid(
+                model.sample(64, mean=True).cpu(), figures / "samples.png", "p(x) samples"
+            ),
+        }
+    log_images(out, step, drawn)
 
 
 def _read_spec(run_dir: str | os.PathLike) -> dict[str, Any]:
