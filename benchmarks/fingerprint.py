@@ -8,6 +8,7 @@ compare:
     python benchmarks/fingerprint.py record before.json
     python benchmarks/fingerprint.py record after.json
     python benchmarks/fingerprint.py compare before.json after.json
+    python benchmarks/fingerprint.py compare before.json after.json --map-renames  # see below
 
 ``--only NAME`` runs a subset. The global random state is seeded before each job (as every job
 seeds itself first), so the weights do not depend on what ran before in this process.
@@ -144,8 +145,43 @@ def record(path: str, only: list[str] | None) -> None:
     Path(path).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
 
 
-def compare(before: str, after: str) -> int:
+# Deliberate renames since the first record (the one TensorBoard tag scheme): metric key -> new key
+# ("vae/NAME" -> "train/vae_NAME" too), and config keys added since. ``compare --map-renames``
+# applies them to the older record, so that only values and weights are compared.
+RENAMED_METRICS = {"kl": "train/kl", "elbo": "train/elbo", "loss": "loss/total"}
+ADDED_CONFIG_KEYS = ("progress",)
+
+
+def _renamed(value, metrics: bool):
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key in ADDED_CONFIG_KEYS:
+                continue
+            if metrics:
+                key = (
+                    "train/vae_" + key[4:]
+                    if key.startswith("vae/")
+                    else RENAMED_METRICS.get(key, key)
+                )
+            out[key] = _renamed(item, metrics)
+        return out
+    if isinstance(value, list):
+        return [_renamed(item, metrics) for item in value]
+    return value
+
+
+def compare(before: str, after: str, map_renames: bool = False) -> int:
     a, b = json.loads(Path(before).read_text()), json.loads(Path(after).read_text())
+    if map_renames:
+        a = {
+            job: {k: _renamed(v, k == "metrics.jsonl") for k, v in r.items()}
+            for job, r in a.items()
+        }
+        b = {
+            job: {k: _renamed(v, k == "metrics.jsonl") for k, v in r.items()}
+            for job, r in b.items()
+        }
     differ = 0
     for name in sorted(set(a) | set(b)):
         if a.get(name) == b.get(name):
@@ -167,11 +203,12 @@ def main() -> int:
     cmp_ = sub.add_parser("compare")
     cmp_.add_argument("before")
     cmp_.add_argument("after")
+    cmp_.add_argument("--map-renames", action="store_true", help="apply RENAMED_METRICS first")
     args = parser.parse_args()
     if args.command == "record":
         record(args.path, args.only)
         return 0
-    return compare(args.before, args.after)
+    return compare(args.before, args.after, args.map_renames)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,12 @@ def run(*args: str, cwd: Path = ROOT) -> str:
 
 
 def test_every_example_has_a_test():
-    tested = {"vi_on_your_own_data.py", "read_metrics.py", "gym_environment.py"}
+    tested = {
+        "vi_on_your_own_data.py",
+        "read_metrics.py",
+        "gym_environment.py",
+        "vae_own_networks.py",
+    }
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -75,3 +80,14 @@ def test_gym_environment(tmp_path):
     episodes = [line for line in out.splitlines() if line.startswith("episode")]
     assert len(episodes) == 2 and all("success True" in line for line in episodes)
     assert "frame: (96, 96, 3) uint8" in out and frame.stat().st_size > 100
+
+
+def test_vae_own_networks(tmp_path):
+    out = run(str(EXAMPLES / "vae_own_networks.py"), "--out", str(tmp_path / "run"),
+              "--steps", "150")  # fmt: skip
+    first, second = out.strip().splitlines()[-2:]
+    elbo, log_px = float(first.split()[2]), float(first.split()[9])
+    assert -64 * 0.6932 < elbo <= log_px < 0  # better than coin flips; ELBO below log p(x)
+    assert second.startswith("reopened: same posterior means True")
+    assert float(second.split()[-1]) == elbo  # the reopened model gives the same bound
+    assert not (tmp_path / "run" / "run.json").exists()  # nothing of the architecture saved

@@ -5,8 +5,9 @@
 
 - **exact models**, the ground truth: :class:`LinearGaussian` (probabilistic PCA),
   :class:`GaussianMixture`, :class:`LinearGaussianSSM` (Kalman filter and smoother);
-- **deep models**: :class:`VAE` / :class:`VAEConfig`, :class:`CVAE` / :class:`CVAEConfig`, the
-  RSSM world model :class:`WorldModel` / :class:`RSSMConfig`, :class:`E2C` / :class:`E2CConfig`;
+- **deep models**: :class:`VAE` / :class:`VAEConfig`, :class:`CustomVAE` (your own networks),
+  :class:`CVAE` / :class:`CVAEConfig`, the RSSM world model :class:`WorldModel` /
+  :class:`RSSMConfig`, :class:`E2C` / :class:`E2CConfig`;
 - **distributions**: :func:`diagonal_gaussian`, :func:`bernoulli`, :func:`standard_normal`,
   :func:`kl`, :func:`log_mean_exp`;
 - **bounds**: :func:`elbo_entropy`, :func:`elbo_kl`, :func:`iwae_bound`,
@@ -41,7 +42,7 @@ _PUBLIC: dict[str, str] = {
         ("LinearGaussian", "GaussianMixture", "LinearGaussianSSM", "WorldModel", "RSSMConfig"),
         "latentvi.models",
     ),
-    **dict.fromkeys(("VAE", "VAEConfig"), "latentvi.models.vae"),
+    **dict.fromkeys(("VAE", "VAEConfig", "CustomVAE", "vae_objective"), "latentvi.models.vae"),
     **dict.fromkeys(("CVAE", "CVAEConfig"), "latentvi.models.cvae"),
     **dict.fromkeys(("E2C", "E2CConfig"), "latentvi.models.e2c"),
     **dict.fromkeys(
@@ -142,7 +143,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     )
     from latentvi.models.cvae import CVAE, CVAEConfig
     from latentvi.models.e2c import E2C, E2CConfig
-    from latentvi.models.vae import VAE, VAEConfig
+    from latentvi.models.vae import VAE, CustomVAE, VAEConfig, vae_objective
     from latentvi.rl.dreamer import DreamerAgent, DreamerConfig
     from latentvi.rl.latent_q import LatentQAgent, LatentQConfig
     from latentvi.rl.planet import PlanetAgent, PlanetConfig
@@ -150,17 +151,18 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from latentvi.train import TrainConfig, fit, read_metrics  # fmt: skip
 
 
-def load(run_dir, map_location="cpu", checkpoint=None):
+def load(run_dir, map_location="cpu", checkpoint=None, model=None):
     """The trained object of a run folder written by any ``latentvi`` training command, in eval
     mode: a VAE (``encode(x [*B, C, H, W])``, ``decode(z [*S, *B, Z])``, ``prior``,
     ``elbo(x) -> [*B]``, ``log_likelihood(x, K) -> [*B]``, ``sample(n)``), a CVAE or the halves
     task's regressor, an imitation policy's model, a latent-Q agent, a world-model agent (PlaNet,
     Dreamer, SLAC) or an E2C model. ``checkpoint``: a checkpoint folder of the run (default: the
-    latest).
+    latest). ``model``: a module of your own (e.g. a :class:`CustomVAE` trained by :func:`fit`)
+    to fill with the run's weights and return.
 
     Only JSON and safetensors are read: loading runs no code from the folder.
     See :mod:`latentvi.jobs.runs` for what each kind gives.
     """
     from latentvi.jobs.runs import load as load_run
 
-    return load_run(run_dir, map_location, checkpoint)
+    return load_run(run_dir, map_location, checkpoint, model)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from latentvi import __version__
 from latentvi.cli_options import (
     Groups,
+    add_progress_option,
     command,
     error_report,
     print_result,
@@ -75,7 +76,7 @@ def _add_vi(subparsers) -> None:
 
 
 def _run_vi(arguments: argparse.Namespace) -> None:
-    results = vi.run_vi(from_arguments(vi.VIConfig, arguments), progress=not arguments.json)
+    results = vi.run_vi(from_arguments(vi.VIConfig, arguments))
     print(to_json(results) if arguments.json else vi.format_vi_report(results))
 
 
@@ -183,6 +184,7 @@ def _add_eval(subparsers) -> None:
         default=None,
         help="evaluation episodes of agents and policies, trials of e2c (default: the run's)",
     )
+    add_progress_option(parser, "a bar over the evaluation batches (vae)")
 
 
 def _run_eval(arguments: argparse.Namespace) -> None:
@@ -196,7 +198,7 @@ def _run_eval(arguments: argparse.Namespace) -> None:
         n_examples=arguments.n_examples,
         split=arguments.split,
         episodes=arguments.episodes,
-        progress=not arguments.json,
+        progress=arguments.progress,
     )
     print_result(result, arguments.json)
 
@@ -212,6 +214,7 @@ def _add_sample(subparsers) -> None:
     parser.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
     parser.add_argument("--out", default="samples.png", help="PNG to write (default: samples.png)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_progress_option(parser, "nothing (sampling draws no bar; accepted like everywhere)")
     parser.set_defaults(handler=_run_sample)
 
 
@@ -231,6 +234,7 @@ def _add_plot(subparsers) -> None:
     )
     parser.add_argument("run", help="run folder written by a latentvi training command")
     parser.add_argument("--out", default=None, help="folder for the PNGs (default: RUN/figures)")
+    add_progress_option(parser, "nothing (plotting draws no bar; accepted like everywhere)")
     parser.set_defaults(handler=_run_plot)
 
 
@@ -247,6 +251,7 @@ def _add_imitate(subparsers) -> None:
         "imitate",
         _run_imitate,
         IMITATE_GROUPS,
+        resume=True,
         json_help="print the results as one JSON object",
         help="imitation learning from multimodal demonstrations (BC, CVAE, chunk CVAE, latent plans)",
         description="Collect scripted demonstrations of a 2-D navigation task that can be solved in "
@@ -262,7 +267,7 @@ def _add_imitate(subparsers) -> None:
 def _run_imitate(arguments: argparse.Namespace) -> None:
     job, policy, demos = (from_arguments(t, arguments) for _, t in IMITATE_GROUPS)
     out = arguments.out or f"runs/imitate/{job.task}-{policy.policy}"
-    result = imitation.run_imitation(job, policy, demos, out=out)
+    result = imitation.run_imitation(job, policy, demos, out=out, resume=arguments.resume)
     if arguments.json:
         print(to_json(result))
     else:
@@ -308,7 +313,8 @@ def resolve_latent_q(arguments: argparse.Namespace) -> tuple:
 
 def _run_latent_q(arguments: argparse.Namespace) -> None:
     run, agent = resolve_latent_q(arguments)
-    print_result(latent_q.run_latent_q(agent, run, resume=arguments.resume), arguments.json)
+    summary = latent_q.run_latent_q(agent, run, resume=arguments.resume, preset=arguments.preset)
+    print_result(summary, arguments.json)
 
 
 WORLD_MODEL_GROUPS: Groups = (
@@ -413,7 +419,7 @@ def _run_rssm_agent(arguments: argparse.Namespace) -> dict:
     agent_type = world_model.AGENTS[arguments.agent][0]
     (agent_config,) = (c for c in agent_configs if isinstance(c, agent_type))
     return world_model.train_world_model(
-        arguments.agent, run, model, training, agent_config, resume=arguments.resume
+        arguments.agent, run, model, training, agent_config, arguments.resume, arguments.preset
     )
 
 
@@ -424,12 +430,10 @@ def _run_e2c_agent(arguments: argparse.Namespace) -> dict:
             f"env = {arguments.env!r} is invalid: --agent e2c runs only on Pendulum-v1 (it sets "
             "the pendulum's state to collect its data); drop --env"
         )
-    if arguments.resume:
-        raise ValueError("resume = True is invalid: --agent e2c runs cannot resume; drop --resume")
     if arguments.out is None:
         raise ValueError("out = None is invalid: give a run folder, e.g. --out runs/e2c")
     run, model = resolve_world_model(arguments)
-    return e2c.run_e2c(run, arguments.out, model, preset=arguments.preset)
+    return e2c.run_e2c(run, arguments.out, model, preset=arguments.preset, resume=arguments.resume)
 
 
 def _run_world_model(arguments: argparse.Namespace) -> None:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from latentvi.train.errors import RunFailedError, TrainingDivergedError, describ
 
 __all__ = [
     "Groups",
+    "add_progress_option",
     "command",
     "error_report",
     "json_safe",
@@ -65,6 +67,17 @@ def with_options(
     parser.add_argument("--json", action="store_true", help=json_help)
     parser.set_defaults(handler=handler)
     return parser
+
+
+def add_progress_option(parser: CommandParser, what: str = "a progress bar") -> None:
+    """``--progress/--no-progress`` on a command whose configs have no ``progress`` field, so
+    that every command takes it (``what``: what it shows, or that the command draws none)."""
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"show {what} on stderr when it is a terminal (--no-progress: never)",
+    )
 
 
 def print_result(result: dict, as_json: bool) -> None:

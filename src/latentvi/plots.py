@@ -1,5 +1,7 @@
-"""Figures people look at. Every function draws with matplotlib's Agg backend (no screen needed)
-and writes a PNG through :func:`save_figure`, which replaces the file atomically."""
+"""Figures people look at. Every function draws on its own :class:`matplotlib.figure.Figure`
+(not through pyplot, so no screen is needed and importing this module leaves the process's
+matplotlib backend alone: inline plots in a notebook keep working) and writes a PNG through
+:func:`save_figure`, which replaces the file atomically."""
 
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Circle, Rectangle
 
 __all__ = [
     "image_grid",
@@ -32,7 +34,13 @@ __all__ = [
 ]
 
 
-def save_figure(figure: plt.Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize, layout=None, **keywords):
+    """``pyplot.subplots`` without pyplot: a new Figure (no backend) and its axes."""
+    figure = Figure(figsize=figsize, layout=layout)
+    return figure, figure.subplots(nrows, ncols, **keywords)
+
+
+def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Write ``figure`` to ``path`` (PNG) atomically and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,7 +50,7 @@ def save_figure(figure: plt.Figure, path: str | os.PathLike, dpi: int = 120) -> 
         figure.savefig(temporary, dpi=dpi, bbox_inches="tight")
         os.replace(temporary, path)
     finally:
-        plt.close(figure)
+        figure.clear()
         if os.path.exists(temporary):
             os.remove(temporary)
     return path
@@ -60,10 +68,10 @@ def plot_vi_report(
     ``reference_log_likelihood`` is the closed-form maximum-likelihood value; ``variances`` maps an
     estimator name to the total variance of its gradient (trace of the covariance).
     """
-    figure, (curves, bars) = plt.subplots(
+    figure, (curves, bars) = _subplots(
         1, 2, figsize=(14, 5.5), layout="constrained", width_ratios=(1.3, 1)
     )
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for colour, (name, history) in zip(colours, histories.items(), strict=False):
         steps = [record["step"] for record in history]
         curves.plot(steps, [r["elbo"] for r in history], color=colour, label=f"{name}: ELBO")
@@ -106,10 +114,8 @@ def plot_em_comparison(
     """
     floor = 1e-7
     rows = len(parts)
-    figure, axes = plt.subplots(
-        rows, 2, figsize=(13, 4.6 * rows), layout="constrained", squeeze=False
-    )
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    figure, axes = _subplots(rows, 2, figsize=(13, 4.6 * rows), layout="constrained", squeeze=False)
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     titles = {"ppca": "probabilistic PCA", "mixture": "Gaussian mixture"}
     for row, (name, part) in zip(axes, parts.items(), strict=True):
         reference = part["reference_log_likelihood"]
@@ -161,9 +167,7 @@ def plot_image_grid(
     """Save a grid of images ``[N, C, H, W]`` in [0, 1] as a PNG; ``row_labels`` name the rows
     (one label per row of the grid, written left of it)."""
     grid = image_grid(images, columns)
-    figure, axis = plt.subplots(
-        figsize=(max(3.0, grid.shape[1] / 30), max(3.0, grid.shape[0] / 30))
-    )
+    figure, axis = _subplots(figsize=(max(3.0, grid.shape[1] / 30), max(3.0, grid.shape[0] / 30)))
     axis.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     if row_labels:
         height = (grid.shape[0] - 1) / len(row_labels)  # rows of images, padding included
@@ -185,7 +189,7 @@ def plot_latent_scatter(
 ) -> Path:
     """Scatter of 2-D points ``[N, 2]`` coloured by integer labels ``[N]``."""
     points, labels = points.detach().cpu().numpy(), labels.detach().cpu().numpy()
-    figure, axis = plt.subplots(figsize=(6, 5))
+    figure, axis = _subplots(figsize=(6, 5))
     scatter = axis.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=3, alpha=0.7)
     figure.colorbar(scatter, ax=axis, label="label")
     axis.set_title(title)
@@ -200,7 +204,7 @@ def plot_training_curves(
     xlabel: str = "step",
 ) -> Path:
     """Plot ``keys`` of metric records (each with a ``step``) against the step, one panel."""
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure, axis = _subplots(figsize=(7, 4))
     for key in keys:
         points = [(r["step"], r[key]) for r in records if key in r and r[key] is not None]
         if points:
@@ -229,13 +233,13 @@ def plot_trajectories(
     """
     colours = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
     count = len(panels)
-    figure, axes = plt.subplots(1, count, figsize=(3.2 * count, 3.4), squeeze=False)
+    figure, axes = _subplots(1, count, figsize=(3.2 * count, 3.4), squeeze=False)
     for axis, (name, episodes) in zip(axes[0], panels.items(), strict=True):
         for cx, cy, r in layout.discs:
-            axis.add_patch(plt.Circle((cx, cy), r, color="0.3"))
+            axis.add_patch(Circle((cx, cy), r, color="0.3"))
         for x0, y0, x1, y1 in layout.boxes:
-            axis.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, color="0.3"))
-        axis.add_patch(plt.Circle(layout.goal, layout.goal_radius, color="gold", alpha=0.6))
+            axis.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, color="0.3"))
+        axis.add_patch(Circle(layout.goal, layout.goal_radius, color="gold", alpha=0.6))
         for episode in list(episodes)[:max_paths]:
             if episode.collision:
                 colour = "tab:red"
@@ -254,12 +258,12 @@ def plot_trajectories(
         axis.set_title(name, fontsize=9)
     names = list(getattr(layout, "mode_names", ()))
     legend = [
-        plt.Line2D([], [], color=colours[i % len(colours)], label=f"mode: {mode}")
+        Line2D([], [], color=colours[i % len(colours)], label=f"mode: {mode}")
         for i, mode in enumerate(names)
     ]
     legend += [
-        plt.Line2D([], [], color="tab:red", label="collision"),
-        plt.Line2D([], [], color="0.6", label="timeout"),
+        Line2D([], [], color="tab:red", label="collision"),
+        Line2D([], [], color="0.6", label="timeout"),
     ]
     figure.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
     figure.subplots_adjust(bottom=0.14)
@@ -275,7 +279,7 @@ def plot_prediction_errors(
     title: str = "open-loop prediction error against steps ahead",
 ) -> Path:
     """Per-step error of an open-loop prediction ``[H]`` beside a baseline's ``[H]``."""
-    figure, axis = plt.subplots(figsize=(6, 3.5))
+    figure, axis = _subplots(figsize=(6, 3.5))
     axis.set_title(title)
     steps = np.arange(1, len(mse) + 1)
     axis.plot(steps, mse, label="open-loop prediction")
@@ -322,7 +326,7 @@ def plot_e2c(
         ]
         means = model.encode(data["x"][:3000]).mean.numpy()
     theta = data["theta"][:3000].numpy()
-    figure, axis = plt.subplots(figsize=(6, 5))
+    figure, axis = _subplots(figsize=(6, 5))
     if means.shape[1] >= 3:
         figure.delaxes(axis)
         axis = figure.add_subplot(projection="3d")
@@ -351,7 +355,7 @@ def plot_learning_curves(
     curves: dict[str, list[dict]], path: str | os.PathLike, title: str = ""
 ) -> Path:
     """Evaluation return (mean ± std band) against environment steps, one line per name."""
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure, axis = _subplots(figsize=(7, 4))
     for name, rows in curves.items():
         if not rows:
             continue

@@ -170,7 +170,7 @@ def test_report_of_a_debug_run(tmp_path, capsys):
     assert name == "dreamer" and step == 400 and run.image_size == 32
     # the loaded agent trains on: its fitting config is not nn.Module's train/eval flag
     metrics = agent.train().update(EpisodeStore(out / "episodes").sample(2, 8))
-    assert math.isfinite(metrics["loss"])
+    assert math.isfinite(metrics["loss/total"])
     agent.eval()
     summary = open_loop_report(out, episodes=2, horizon=30, out=tmp_path / "report")
     assert summary["checkpoint_step"] == 400 and summary["horizon"] == 30

@@ -123,7 +123,7 @@ def cvae_run(runs):
 
 @pytest.fixture(scope="module")
 def imitation_run(runs):
-    import latentvi.jobs.imitation as policies
+    import latentvi.jobs.imitation as policies  # train_policy calls fit there
 
     with captured_models(policies) as models:
         results = train(*IMITATE, "--out", str(runs / "imitate"))
@@ -422,9 +422,25 @@ def test_refused_e2c_changes_nothing(e2c_run, capsys, tmp_path):
     folder = e2c_run[0]
     out = ["--out", str(folder)]
     refused(capsys, folder, *E2C, *out, says="already holds a run")
-    refused(capsys, folder, *E2C, *out, "--resume", says="cannot resume")
+    # a resume must keep the run's data and model options (control options may change)
+    refused(capsys, folder, *E2C, *out, "--resume", "--e2c-transitions", "300",
+            says="resume = True is invalid")  # fmt: skip
     refused(capsys, folder, *E2C, *out, "--e2c-steps", "0", says="steps")
     fresh = tmp_path / "fresh"
     big = [*E2C, "--out", str(fresh), "--e2c-controller", "value", "--e2c-value-cells", "200"]
     refused(capsys, fresh, *big, says="value_cells")
     assert not fresh.exists()
+
+
+def test_run_json_records_the_preset_the_configs_came_from(latent_q_run, e2c_run):
+    from latentvi.train.runs import read_run
+
+    assert read_run(latent_q_run[0]).info["preset"] == "debug"
+    assert read_run(e2c_run[0]).info["preset"] == "debug"
+
+
+def test_world_model_run_json_records_its_agent_and_preset(world_model_run):
+    from latentvi.train.runs import read_run
+
+    info = read_run(world_model_run[0]).info
+    assert info["preset"] == "debug" and info["agent"] in ("planet", "dreamer", "slac")

@@ -147,7 +147,9 @@ def test_observe_loss_and_open_loop_shapes(latent):
     loss, metrics, states = model.loss(obs, actions, rewards)
     assert loss.dim() == 0 and not states.deter.requires_grad
     assert states.deter.shape == (5, 3, 12)
-    assert {"loss/recon", "loss/reward", "loss/kl", "kl", "elbo", "loss"} <= set(metrics)
+    assert {"loss/recon", "loss/reward", "loss/kl", "train/kl", "train/elbo", "loss/total"} <= set(
+        metrics
+    )
     assert all(isinstance(v, float) for v in metrics.values())
     frames = model.open_loop(obs[:2], actions[:2], actions[2:])
     assert frames.shape == (3, 3, *SHAPE) and frames.min() >= 0 and frames.max() <= 1
@@ -169,7 +171,7 @@ def test_plain_loss_is_minus_elbo_per_step(latent):
     terms, _, _ = model.step_terms(obs, actions, rewards)
     expected = -(terms["recon"].mean() + terms["reward"][1:].mean() - terms["kl"].mean())
     torch.testing.assert_close(loss, expected, atol=1e-10, rtol=0)
-    assert metrics["elbo"] == pytest.approx(elbo.mean().item() / obs.shape[0], abs=1e-9)
+    assert metrics["train/elbo"] == pytest.approx(elbo.mean().item() / obs.shape[0], abs=1e-9)
     # with a single step the reward term is kept: loss = −ELBO exactly
     torch.manual_seed(7)
     one, _, _ = model.loss(obs[:1], actions[:1], rewards[:1])
@@ -235,7 +237,7 @@ def test_free_nats_in_the_model_stop_the_kl_gradient(balance):
     obs, actions, rewards = sequences()
     model = tiny(free_nats=1e3, recon_scale=0.0, reward_scale=0.0, kl_balance=balance)
     loss, metrics, _ = model.loss(obs, actions, rewards)
-    assert metrics["kl"] < 1e3 and loss.item() == pytest.approx(1e3)
+    assert metrics["train/kl"] < 1e3 and loss.item() == pytest.approx(1e3)
     loss.backward()
     assert all(p.grad is None or p.grad.abs().max() == 0 for p in model.parameters())
     model = tiny(free_nats=0.0, recon_scale=0.0, reward_scale=0.0, kl_balance=balance)
@@ -253,7 +255,7 @@ def test_kl_balancing_keeps_the_value_and_reweights_the_prior_gradient():
         torch.manual_seed(8)
         loss, metrics, _ = model.loss(obs, actions, rewards)
         loss.backward()
-        values[balance] = (loss.item(), metrics["kl"])
+        values[balance] = (loss.item(), metrics["train/kl"])
         gradients[balance] = model.rssm.prior_head[-1].weight.grad.clone()
     assert values[0.8][0] == pytest.approx(values[0.0][0], abs=1e-10)
     assert values[0.8][0] == pytest.approx(values[0.8][1], abs=1e-10)

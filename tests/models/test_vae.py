@@ -139,3 +139,69 @@ def test_every_hidden_layer_has_its_activation(layers):
     assert count(model.encoder) == 2 and count(model.decoder) == 2
     if layers == 2:
         assert count(model.encoder_2) == 2 and count(model.decoder_2) == 2
+
+
+def test_custom_vae_of_a_vaes_own_networks_gives_the_vaes_loss_and_reloads(tmp_path):
+    """A CustomVAE from the networks of a VAE gives the VAE's (generic-path) objective, bitwise,
+    for the ELBO, β-VAE and IWAE; fit trains it; load(run, model=...) refills a fresh one."""
+    from torch import nn
+
+    import latentvi as lv
+
+    torch.manual_seed(0)
+    for options in ({}, {"beta": 2.0, "num_samples": 3}, {"objective": "iwae", "num_samples": 4}):
+        config = VAEConfig(latent_dim=3, hidden=(16,), **options)
+        vae = VAE((1, 4, 4), config)
+        vae.fused = False
+        custom = lv.CustomVAE(
+            vae.encoder, nn.Sequential(vae.decoder, vae.likelihood_head), latent_dim=3,
+            objective=config.objective, num_samples=config.num_samples, beta=config.beta,
+        )  # fmt: skip
+        x = torch.bernoulli(torch.full((5, 1, 4, 4), 0.3))
+        torch.manual_seed(1)
+        expected, expected_metrics = vae.loss(x)
+        torch.manual_seed(1)
+        got, metrics = custom.loss(x)
+        assert torch.equal(got, expected) and metrics.keys() == expected_metrics.keys()
+
+    def build():
+        encoder = nn.Sequential(nn.Flatten(-3), nn.Linear(16, 6), _GaussianFromParams())
+        decoder = nn.Sequential(nn.Linear(3, 16), nn.Unflatten(-1, (1, 4, 4)), _Bernoulli())
+        return lv.CustomVAE(encoder, decoder, latent_dim=3)
+
+    data = torch.bernoulli(torch.full((40, 1, 4, 4), 0.3))
+    trained = build()
+    batches = lv_batches(data)
+    lv.fit(trained, batches.make_batches, batches,
+           lv.TrainConfig(max_steps=10, out=str(tmp_path / "run"), progress=False,
+                          tensorboard=False))  # fmt: skip
+    reopened = lv.load(tmp_path / "run", model=build())
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(trained.state_dict().values(), reopened.state_dict().values(), strict=True)
+    )
+    with pytest.raises(ValueError, match="does not match the model"):
+        lv.load(tmp_path / "run", model=lv.CustomVAE(nn.Linear(16, 2), nn.Linear(2, 16), 2))
+    with pytest.raises(TypeError, match=r"must return a torch\.distributions\.Distribution"):
+        lv.CustomVAE(nn.Identity(), nn.Identity(), latent_dim=2).encode(torch.zeros(2))
+
+
+class _GaussianFromParams(torch.nn.Module):
+    def forward(self, params):
+        from latentvi import diagonal_gaussian
+
+        loc, raw = params.chunk(2, -1)
+        return diagonal_gaussian(loc, torch.nn.functional.softplus(raw) + 1e-3)
+
+
+class _Bernoulli(torch.nn.Module):
+    def forward(self, logits):
+        from latentvi import bernoulli
+
+        return bernoulli(logits, 3)
+
+
+def lv_batches(data):
+    from latentvi.data import Batches
+
+    return Batches(data, batch_size=10)

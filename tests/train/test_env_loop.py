@@ -62,7 +62,7 @@ class SignAgent(nn.Module):
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return {"loss": float(loss.detach())}
+        return {"loss/total": float(loss.detach())}
 
     def optimizer_state(self) -> dict:
         return {"sgd": self.optimizer.state_dict()}
@@ -109,7 +109,7 @@ def test_evaluations_checkpoints_and_metrics_come_on_schedule(tmp_path):
     # periodic checkpoints at the first episode boundary after each 40 steps, and the last
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name[0] == "s")
     assert names == [f"step-{s:06d}" for s in (40, 80, 120, 160, 200)]
-    rows = [row for row in read_metrics(tmp_path) if "loss" in row]
+    rows = [row for row in read_metrics(tmp_path) if "loss/total" in row]
     assert [row["step"] for row in rows] == [25, 50, 75, 100, 125, 150, 175, 200]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import json
 import math
 
@@ -220,11 +221,18 @@ def test_epochs_mode_end_of_epoch_validation_and_grad_clip(tiny, tmp_path):
     assert load_checkpoint(result.last_checkpoint, model)["epoch"] == 2
 
 
-def test_progress_bar_shows_step_and_elbo(tiny, capsys):
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_shows_step_and_elbo_on_a_terminal(tiny, monkeypatch):
     data = tiny.data()
-    fit(tiny.model(), data, data, _config(progress=True, max_steps=4))
-    err = capsys.readouterr().err
-    assert "elbo=" in err and "loss=" in err and "4/4" in err
+    for stream, drawn in ((_Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr("sys.stderr", stream)
+        fit(tiny.model(), data, data, _config(progress=True, max_steps=4))
+        err = stream.getvalue()
+        assert ("elbo=" in err and "loss=" in err and "4/4" in err) is drawn
 
 
 def test_bad_model_outputs_and_data_are_reported(tiny):

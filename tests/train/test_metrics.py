@@ -56,7 +56,7 @@ def test_bad_metrics_are_refused(tmp_path):
         with pytest.raises(ValueError, match="reserved"):
             logger.log(1, {"step": 1})
         with pytest.raises(ValueError, match="not a number"):
-            logger.log(1, {"name": "text"})
+            logger.log(1, {"train/name": "text"})
 
 
 def test_tensorboard_scalars_when_installed(tmp_path):

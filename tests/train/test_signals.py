@@ -217,13 +217,49 @@ def test_a_world_model_run_stopped_inside_a_block_and_an_episode_resumes_exactly
 
 
 def test_imitate_stops_on_sigterm_with_a_checkpoint(tmp_path):
-    """``imitate`` trains through fit; it has no --resume (fit(resume=True) continues it)."""
     out = tmp_path / "imitate"
     argv = ["imitate", "--policy", "cvae", "--steps", "1000000", "--seeds", "1", "--episodes",
             "4", "--demos", "20", "--out", str(out)]  # fmt: skip
     code, seconds, stderr = _stop(argv, out / "seed-0" / "metrics.jsonl", signal.SIGTERM, True)
     assert code == 143 and seconds < STOP_WITHIN, (code, seconds, stderr)
     assert _checkpoint_step(out / "seed-0") >= 1
+
+
+# ~6 s: two tiny imitate jobs of two seeds
+def test_a_stopped_imitate_job_resumes_to_the_same_policies(monkeypatch, tmp_path):
+    import latentvi.jobs.imitation as imitation
+    from latentvi.cli import main
+    from latentvi.train.storage import read_tensors
+
+    argv = ["imitate", "--policy", "cvae", "--steps", "60", "--seeds", "2", "--episodes", "4",
+            "--demos", "20", "--json"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "straight")]) == 0
+    stopped = [*argv, "--out", str(tmp_path / "stopped")]
+    with monkeypatch.context() as patch:  # SIGTERM while the first seed's batch 31 is drawn
+        batches = imitation.Batches.make_batches
+        drawn = []
+
+        def signalling(self, epoch, generator, **kwargs):
+            for batch in batches(self, epoch, generator, **kwargs):
+                drawn.append(1)
+                if len(drawn) == 31:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                yield batch
+
+        patch.setattr(imitation.Batches, "make_batches", signalling)
+        assert main(stopped) == 143
+    assert 1 <= _checkpoint_step(tmp_path / "stopped" / "seed-0") < 60
+    assert not (tmp_path / "stopped" / "seed-1").exists()
+    assert main([*stopped, "--resume"]) == 0
+    for seed in ("seed-0", "seed-1"):
+        a, b = (read_tensors(find_latest(tmp_path / run / seed) / "model.safetensors")
+                for run in ("straight", "stopped"))  # fmt: skip
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), seed
+    results = [json.loads((tmp_path / run / "results.json").read_text())
+               for run in ("straight", "stopped")]  # fmt: skip
+    assert results[0]["summary"]["success"] == results[1]["summary"]["success"]
+    # --resume of a job trained with another policy is refused before anything is written
+    assert main([*argv, "--out", str(tmp_path / "stopped"), "--hidden", "8", "--resume"]) == 2
 
 
 def test_a_stop_in_vae_pretraining_ends_before_the_first_checkpoint(monkeypatch, tmp_path, capsys):

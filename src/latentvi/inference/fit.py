@@ -20,7 +20,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
-from tqdm.auto import tqdm
 
 from latentvi.bounds import check_num_samples, elbo_kl
 from latentvi.config import check_positive_int
@@ -28,6 +27,7 @@ from latentvi.gradients import reparameterized_elbo, score_function_elbo
 from latentvi.inference.local import LocalGaussians
 from latentvi.inference.optim import LazyAdam
 from latentvi.optim_step import optimizer_step
+from latentvi.progress import progress_bar
 
 __all__ = ["Estimator", "VariationalProblem", "fit_vi", "make_optimizers"]
 
@@ -295,7 +295,7 @@ def _fit_loop(
     batches_per_epoch = num_points // batch_size
     started = time.perf_counter()
     history = [{"step": 0, **_evaluate(problem, x, eval_samples), "seconds": 0.0}]
-    bar = tqdm(total=steps, disable=not progress, desc="vi", leave=False)
+    bar = progress_bar(total=steps, show=progress, desc="vi", leave=False)
     train_sum, train_count = torch.zeros((), dtype=x.dtype, device=x.device), 0
     batches = None
     for step in range(1, steps + 1):

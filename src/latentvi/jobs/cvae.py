@@ -38,6 +38,7 @@ from latentvi.jobs.vae import TEST_BINARIZATION_SEED, DataSource
 from latentvi.models.cvae import CVAE, CVAEConfig, Regressor
 from latentvi.train import TrainConfig, fit, load_checkpoint
 from latentvi.train.lock import run_lock
+from latentvi.train.metrics import log_images, read_metrics
 from latentvi.train.rng import seed_everything
 from latentvi.train.runs import FIGURES, check_run_folder, read_run, write_run
 from latentvi.train.storage import replace_text
@@ -194,6 +195,10 @@ def _train_cvae(model_config: CVAEConfig, data: CVAEDataConfig, train: TrainConf
         gain = log_likelihood - exact
         results["gain"], results["gain_stderr"] = _mean_and_stderr(gain)
     results["figures"] = [str(p) for p in _figures(model, regressor, data, shape, out)]
+    if train.tensorboard:
+        rows = read_metrics(out)
+        images = {f"eval/{Path(p).stem.replace('-', '_')}": p for p in results["figures"]}
+        log_images(out, rows[-1]["step"] if rows else 0, images)
     replace_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 

@@ -75,6 +75,12 @@ TRIAL_SEED = 3_000_000
 UPRIGHT_ANGLE, UPRIGHT_SPEED = math.pi / 4, 3.0  # the near-upright starts of ``upright_share``
 LINEARIZATIONS = ("e2c", "autograd")
 CONTROLLERS = ("mpc", "value")
+# Options a resume may change (control and display); data and training must be the run's.
+RESUMABLE_RUN_FIELDS = (
+    "steps", "horizon", "iterations", "state_cost", "action_cost", "linearization", "final_cost",
+    "controller", "value_cells", "value_actions", "discount", "regulator", "trials",
+    "episode_steps", "success_steps", "success_angle", "start_angle", "start_noise", "progress",
+)  # fmt: skip
 LATENT_BOX_SAMPLES = 5000  # encoded training observations that span the value grid
 
 
@@ -147,7 +153,9 @@ class E2CRunConfig:
     )
     start_noise: float = option(0.2, "start: θ = start_angle ± this, θ̇ = ± this (uniform)")
     seed: int = option(0, "seed of the data, the networks and the trials")
-    progress: bool = option(False, "show a progress bar while training")
+    progress: bool = option(
+        True, "show a progress bar on stderr when it is a terminal (--no-progress: never)"
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -224,9 +232,11 @@ def train_model(
     model_config: E2CConfig,
     out: Path,
     preset: str | None = None,
+    resume: bool = False,
 ) -> tuple[E2C, float]:
-    """Train E2C on ``data`` with :func:`latentvi.train.fit`; returns (model, seconds). The run
-    folder's ``config.json`` gets both configs and the name of the ``preset`` they came from."""
+    """Train E2C on ``data`` with :func:`latentvi.train.fit` (``resume``: on from the latest
+    checkpoint in ``out``); returns (model, seconds). The run folder's ``config.json`` gets both
+    configs and the name of the ``preset`` they came from."""
     size = run.image_size
     model = E2C((2, size, size), 1, model_config)
     n = data["x"].shape[0]
@@ -249,7 +259,7 @@ def train_model(
     )
     started = time.perf_counter()
     extra = {"model": to_dict(model_config), "run": to_dict(run), "preset": preset}
-    fit(model, batches, per_epoch, train, extra_config=extra)
+    fit(model, batches, per_epoch, train, extra_config=extra, resume=resume)
     return model.eval(), time.perf_counter() - started
 
 
@@ -346,32 +356,39 @@ def run_e2c(
     out: str | Path,
     model_config: E2CConfig | None = None,
     preset: str | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Collect data, train E2C, control from the bottom; write figures and ``summary.json``.
 
     ``model_config`` defaults to the ``default`` preset's model; :func:`preset` gives both (and
-    ``preset``, the name saved in ``config.json``, says which preset they came from).
+    ``preset``, the name saved in ``config.json``, says which preset they came from). ``resume``
+    continues a stopped run in ``out``: the same transitions are drawn again (they come from the
+    seed) and training goes on from the latest checkpoint, bitwise as if it had not stopped; the
+    data and model options must be the run's, the control options may change.
     """
     with run_lock(out):  # one writer per run folder
-        return _run_e2c(config, Path(out), model_config, preset)
+        return _run_e2c(config, Path(out), model_config, preset, resume)
 
 
-def _run_e2c(config, out: Path, model_config, preset) -> dict[str, Any]:
+def _run_e2c(config, out: Path, model_config, preset, resume: bool) -> dict[str, Any]:
     run = config
     model_config = model_config or resolve("e2c", DEFAULT_PRESET, (E2CConfig,))[0]
-    check_run_folder(out, resume=False)  # E2C runs do not resume: checkpoints there refuse it
+    configs = {"run": run, "model": model_config}
+    check_run_folder(
+        out, resume, kind="e2c", configs=configs, fixed=("run", "model"),
+        ignore={"run": RESUMABLE_RUN_FIELDS},
+    )  # fmt: skip
     if run.controller == "value":  # the grid's size, checked before anything is written
         check_value_grid(run.value_cells, model_config.latent_dim)
-    write_run(
-        out, "e2c", {"run": run, "model": model_config},
-        obs_shape=[2, run.image_size, run.image_size], action_dim=1,
-    )  # fmt: skip
+    if not resume:
+        shape = [2, run.image_size, run.image_size]
+        write_run(out, "e2c", configs, obs_shape=shape, action_dim=1, preset=preset)
     seed_everything(run.seed)  # seed first, then build anything random
     started = time.perf_counter()
     data = collect_transitions(run, mixed_seed(run.seed, 1))
     collect_seconds = time.perf_counter() - started
     logger.info("collected %d transitions in %.1f s", run.transitions, collect_seconds)
-    model, train_seconds = train_model(data, run, model_config, out, preset)
+    model, train_seconds = train_model(data, run, model_config, out, preset, resume)
     with torch.no_grad():
         evaluation = {
             f"eval/{name}": float(value[:1000].mean())

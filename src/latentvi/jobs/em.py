@@ -38,6 +38,7 @@ from latentvi.inference import LocalGaussians, VariationalProblem, make_optimize
 from latentvi.inference.em import MODES, fit_em
 from latentvi.models import GaussianMixture, LinearGaussian
 from latentvi.nn import DiagonalGaussianEncoder
+from latentvi.progress import progress_bar
 from latentvi.train.storage import replace_text
 
 __all__ = ["EMConfig", "format_em_report", "run_em"]
@@ -76,6 +77,9 @@ class EMConfig:
     )
     seed: int = option(0, "random seed (data, starts, minibatches, z samples)")
     out: str = option("runs/em", "output folder for results.json, report.txt and em.png")
+    progress: bool = option(
+        True, "show a progress bar on stderr when it is a terminal (--no-progress: never)"
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -255,7 +259,7 @@ def _summary(history: list[dict], reference: float, tolerance: float) -> dict[st
 
 def _compare(methods, start, x, config: EMConfig, reference: float) -> dict[str, dict]:
     fits = {}
-    for method in methods:
+    for method in progress_bar(methods, show=config.progress, desc="em", unit="method"):
         model, history = _fit(method, start, x, config)
         fits[method] = _summary(history, reference, config.tolerance)
         if isinstance(model, LinearGaussian):

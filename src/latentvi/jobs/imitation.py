@@ -36,6 +36,7 @@ from latentvi.rl.imitation import (
     summarize,
 )
 from latentvi.train import TrainConfig, fit
+from latentvi.train.checkpoint import find_latest
 from latentvi.train.lock import run_lock
 from latentvi.train.rng import seed_everything
 from latentvi.train.runs import RUN_FILE, check_run_folder, read_run, write_run
@@ -57,16 +58,40 @@ def seed_folder(out: str | Path, seed: int) -> Path:
     return Path(out) / f"seed-{seed}"
 
 
-def _check_folders(out: str | Path | None, policy: PolicyConfig, seeds: int) -> None:
+def _check_folders(
+    out: str | Path | None, policy: PolicyConfig, seeds: int, resume: bool = False
+) -> None:
     """Refuse, before anything is written, an ``out`` whose seed folders (those of this call,
-    and those an earlier job there lists in its run.json) hold checkpoints."""
+    and those an earlier job there lists in its run.json) hold checkpoints; with ``resume``,
+    one that holds no imitate job, or whose seeds' checkpoints were trained with another policy
+    (only the step budget may change)."""
     if out is None:
+        return
+    if resume:
+        require(
+            (Path(out) / RUN_FILE).is_file(),
+            "resume",
+            True,
+            f"{str(out)!r} holds no imitate job to resume; drop --resume",
+        )
+        for offset in range(seeds):
+            config = dataclasses.replace(policy, seed=policy.seed + offset)
+            folder = seed_folder(out, config.seed)
+            if _has_checkpoint(folder):
+                check_run_folder(
+                    folder, True, kind="imitation", configs={"policy": config},
+                    fixed=("policy",), ignore={"policy": ("steps",)},
+                )  # fmt: skip
         return
     folders = [seed_folder(out, policy.seed + offset) for offset in range(seeds)]
     if (Path(out) / RUN_FILE).is_file():
         folders += [Path(out) / name for name in read_run(out).info.get("runs", [])]
     for folder in folders:
         check_run_folder(folder, resume=False)
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    return folder.is_dir() and find_latest(folder) is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +101,9 @@ class ImitationConfig:
     task: str = option("obstacle", "obstacle (2 modes) or passages (3 modes)", choices=tuple(TASKS))
     seeds: int = option(3, "independent training runs (seeds 0..n-1); metrics are mean ± std")
     episodes: int = option(200, "fresh evaluation episodes per seed")
+    progress: bool = option(
+        True, "show a progress bar on stderr when it is a terminal (--no-progress: never)"
+    )
 
     def __post_init__(self) -> None:
         require(self.task in TASKS, "task", self.task, f"choose one of {', '.join(TASKS)}")
@@ -90,22 +118,29 @@ def run_seeds(
     seeds: int,
     episodes: int,
     out: str | None = None,
+    resume: bool = False,
+    progress: bool = False,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[Episode]]:
     """Train ``policy`` with seeds ``policy.seed .. policy.seed + seeds − 1`` and evaluate each on
     the same ``episodes`` fresh episodes: ``(summary: mean ± std, per-seed metrics, the first
-    seed's episodes)``."""
+    seed's episodes)``. With ``resume``, a seed whose folder holds a checkpoint continues from it
+    (bitwise as if it had never stopped); ``progress``: a bar per training run
+    (:mod:`latentvi.progress`)."""
     names = task_spec(task).mode_names
-    _check_folders(out, policy, seeds)
+    _check_folders(out, policy, seeds, resume)
     per_seed, first_runs = [], None
     for offset in range(seeds):
         config = dataclasses.replace(policy, seed=policy.seed + offset)
         run_dir = None if out is None else str(seed_folder(out, config.seed))
-        if run_dir is not None:
+        continues = resume and run_dir is not None and _has_checkpoint(Path(run_dir))
+        if run_dir is not None and not continues:
             write_run(
                 run_dir, "imitation", {"policy": config}, task=task,
                 state_dim=demonstrations.state_dim, action_dim=demonstrations.action_dim,
             )  # fmt: skip
-        model, seconds = train_policy(demonstrations, config, out=run_dir)
+        model, seconds = train_policy(
+            demonstrations, config, out=run_dir, resume=continues, progress=progress
+        )
         metrics, runs = evaluate_policy(
             task, make_controller(model, config, task), episodes, EVAL_SEED
         )
@@ -124,26 +159,29 @@ def run_imitation(
     policy: PolicyConfig,
     demos: DemoConfig | None = None,
     out: str | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Train and evaluate ``policy`` on ``job.task`` (see the module docstring); JSON-ready."""
+    """Train and evaluate ``policy`` on ``job.task`` (see the module docstring); JSON-ready.
+    ``resume`` continues a job in ``out`` that was stopped: seeds with a checkpoint go on from
+    it, the others train from the start."""
     if out is None:
-        return _run_imitation(job, policy, demos, out)
+        return _run_imitation(job, policy, demos, out, resume)
     with run_lock(out):  # one writer per run folder
-        return _run_imitation(job, policy, demos, out)
+        return _run_imitation(job, policy, demos, out, resume)
 
 
-def _run_imitation(job, policy, demos, out) -> dict[str, Any]:
+def _run_imitation(job, policy, demos, out, resume) -> dict[str, Any]:
     seed_everything(policy.seed)  # seed first, then build anything random
     demos = demos or DemoConfig()
-    _check_folders(out, policy, job.seeds)
+    _check_folders(out, policy, job.seeds, resume)
     demonstrations = collect_demonstrations(job.task, demos)
     names = task_spec(job.task).mode_names
-    if out is not None:
+    if out is not None and not resume:
         runs = [seed_folder(out, policy.seed + i).name for i in range(job.seeds)]
         configs = {"job": job, "policy": policy, "demos": demos}
         write_run(out, "imitation", configs, task=job.task, runs=runs)
     summary, per_seed, first_runs = run_seeds(
-        job.task, demonstrations, policy, job.seeds, job.episodes, out
+        job.task, demonstrations, policy, job.seeds, job.episodes, out, resume, job.progress
     )
     result = {
         "task": job.task,
@@ -223,11 +261,15 @@ def format_imitation_table(results: list[dict[str, Any]]) -> str:
 
 
 def train_policy(
-    demos: Demonstrations, config: PolicyConfig, out: str | None = None
+    demos: Demonstrations,
+    config: PolicyConfig,
+    out: str | None = None,
+    resume: bool = False,
+    progress: bool = False,
 ) -> tuple[nn.Module, float]:
     """Train ``config.policy`` on ``demos`` with :func:`latentvi.train.fit`; returns the model (in
     eval mode) and the training time in seconds. With ``out``, the loop writes its run folder
-    there (config, metrics, a final safetensors checkpoint)."""
+    there (config, metrics, a final safetensors checkpoint); ``progress``: its bar."""
     torch.manual_seed(config.seed)
     model, tensors = build_policy_model(demos, config)
     batches = Batches(*tensors, batch_size=min(config.batch_size, tensors[0].shape[0]))
@@ -235,7 +277,7 @@ def train_policy(
         max_steps=config.steps,
         lr=config.lr,
         seed=config.seed,
-        progress=False,
+        progress=progress,
         tensorboard=False,
         log_every=max(1, config.steps // 10),
         out=out,
@@ -247,5 +289,6 @@ def train_policy(
         batches,
         train,
         extra_config={"policy": to_dict(config)},
+        resume=resume,
     )
     return model.eval(), time.perf_counter() - start

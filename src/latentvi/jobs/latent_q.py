@@ -38,6 +38,7 @@ from latentvi.train.env_schedules import (
     play_episode,
     random_action,
 )
+from latentvi.train.metrics import log_images
 from latentvi.train.rng import isolated_rng, mixed_seed
 from latentvi.train.runs import space_info
 from latentvi.train.storage import read_json, read_tensors, replace_text, write_json, write_tensors
@@ -205,9 +206,10 @@ def evaluate_policy(agent: LatentQAgent, env, episodes: int, seed: int) -> dict[
 
 
 def run_latent_q(
-    agent_config: LatentQConfig, run: RunConfig, resume: bool = False
+    agent_config: LatentQConfig, run: RunConfig, resume: bool = False, preset: str | None = None
 ) -> dict[str, Any]:
-    """Train an agent for ``run.steps`` environment steps; return a JSON-ready summary."""
+    """Train an agent for ``run.steps`` environment steps; return a JSON-ready summary.
+    ``preset``: the name of the preset the configs were resolved with (recorded in run.json)."""
     pixels = _check(agent_config, run)
     stack = run.frame_stack if pixels else 1
     pretrains = agent_config.variant == "vae-pretrained" and not resume and run.prior_data
@@ -235,6 +237,7 @@ def run_latent_q(
             info={
                 "observation_space": space_info(env.observation_space),
                 "action_space": space_info(env.action_space),
+                "preset": preset,
             },
         ),
         resume=resume,
@@ -245,6 +248,10 @@ def run_latent_q(
             _pretrain(loop.agent, run, loop.out, stack, loop.stop)
         state = loop.train()
         files = _write_outputs(loop.agent, agent_config, loop.storage.buffer, state, loop.out)
+        if run.tensorboard and "reconstructions" in files:
+            log_images(
+                loop.out, state["env_steps"], {"eval/reconstructions": files["reconstructions"]}
+            )
     final = loop.final_row()
     summary = {
         "run_dir": str(loop.out),

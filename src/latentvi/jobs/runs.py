@@ -415,9 +415,25 @@ def load(
     run_dir: str | os.PathLike,
     map_location: str | torch.device = "cpu",
     checkpoint: str | os.PathLike | None = None,
+    model: torch.nn.Module | None = None,
 ):
     """The trained object of a run folder of any kind, in eval mode (see the module's table):
-    the weights of ``checkpoint`` (e.g. ``RUN/checkpoints/step-000100``), or of the latest."""
+    the weights of ``checkpoint`` (e.g. ``RUN/checkpoints/step-000100``), or of the latest.
+
+    With ``model`` (a module you built, e.g. a :class:`~latentvi.models.vae.CustomVAE` of your own
+    networks, trained by :func:`latentvi.train.fit`), the checkpoint's weights go into it instead
+    (names and shapes must match, or one line says which differ) and it is returned: no code and
+    no architecture is taken from the folder."""
+    if model is not None:
+        require(
+            isinstance(model, torch.nn.Module),
+            "model",
+            type(model).__name__,
+            "pass the torch.nn.Module to fill, built as the trained one was",
+        )
+        source = run_dir if checkpoint is None else checkpoint
+        load_checkpoint(source, model, map_location=map_location, restore_rng=False)
+        return model.eval()
     run, action = _kind(run_dir, "load")
     return action(run, map_location, checkpoint)
 

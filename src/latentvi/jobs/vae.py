@@ -23,10 +23,12 @@ from latentvi.config import from_dict, option, require, to_dict
 from latentvi.data import DATASETS, Batches, ImageDataset, binarize_static, load_dataset
 from latentvi.memory import mlp_parameters, require_memory, training_bytes
 from latentvi.models.vae import VAE, VAEConfig
+from latentvi.progress import progress_bar
 from latentvi.train import TrainConfig, fit, load_checkpoint
 from latentvi.train.distributed import current
 from latentvi.train.lock import run_lock
-from latentvi.train.rng import seed_everything
+from latentvi.train.metrics import log_images
+from latentvi.train.rng import isolated_rng, seed_everything
 from latentvi.train.runs import check_run_folder, read_run, write_run
 
 __all__ = [
@@ -215,6 +217,8 @@ def train_vae(
             resume=resume,
             extra_config=spec,
         )
+        if info.is_main and train.tensorboard:
+            _log_figures(model, valid_images, out, result.steps)
     return {
         "run_dir": str(out),
         "steps": result.steps,
@@ -222,6 +226,28 @@ def train_vae(
         "metrics": result.metrics,
         "last_checkpoint": str(result.last_checkpoint),
     }
+
+
+@torch.no_grad()
+def _log_figures(model: VAE, images: torch.Tensor, out: Path, step: int) -> None:
+    """Reconstructions of held-out images and prior samples: PNGs in ``RUN/figures`` and
+    TensorBoard images (``eval/reconstructions``, ``eval/samples``), under their own seed."""
+    from latentvi.plots import plot_image_grid
+
+    model.eval()
+    with isolated_rng(TEST_BINARIZATION_SEED):
+        originals = images[:16].to(next(model.parameters()).device)
+        pairs = torch.stack([originals, model.reconstruct(originals)], 1).flatten(0, 1)
+        figures = out / "figures"
+        drawn = {
+            "eval/reconstructions": plot_image_grid(
+                pairs.cpu(), figures / "reconstructions.png", "data | reconstruction", columns=16
+            ),
+            "eval/samples": plot_image_grid(
+                model.sample(64, mean=True).cpu(), figures / "samples.png", "p(x) samples"
+            ),
+        }
+    log_images(out, step, drawn)
 
 
 def _read_spec(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -281,8 +307,6 @@ def evaluate_run(
     al. 2016, eq. 2); the standard errors are those of the mean over examples (they include the
     Monte Carlo noise of each example's estimate).
     """
-    from tqdm.auto import tqdm
-
     require(importance_samples >= 1, "importance_samples", importance_samples, "use K >= 1")
     require(n_examples is None or n_examples >= 1, "n_examples", n_examples, "use N >= 1")
     model = load(run_dir, checkpoint=checkpoint)
@@ -292,8 +316,8 @@ def evaluate_run(
         images = images[:n_examples]
     torch.manual_seed(TEST_BINARIZATION_SEED)
     elbos, log_likelihoods = [], []
-    for start in tqdm(
-        range(0, images.shape[0], batch_size), desc="eval", disable=not progress, unit="batch"
+    for start in progress_bar(
+        range(0, images.shape[0], batch_size), show=progress, desc="eval", unit="batch"
     ):
         x = images[start : start + batch_size]
         elbos.append(model.elbo(x))

@@ -60,6 +60,9 @@ class VIConfig:
     eval_every: int = option(100, "steps between evaluations of the training curves")
     seed: int = option(0, "random seed (data, initialization, sampling)")
     out: str = option("runs/vi", "output folder for results.json, report.txt and vi.png")
+    progress: bool = option(
+        True, "show a progress bar on stderr when it is a terminal (--no-progress: never)"
+    )
 
     def __post_init__(self) -> None:
         positive = ("data_dim", "latent_dim", "num_points", "steps", "batch_size")
@@ -185,7 +188,7 @@ def _check_memory(config: VIConfig) -> None:
     )
 
 
-def run_vi(config: VIConfig, progress: bool = True) -> dict[str, Any]:
+def run_vi(config: VIConfig) -> dict[str, Any]:
     """Run the job; write ``results.json``, ``report.txt`` and ``vi.png`` under ``config.out``.
 
     Returns the results as a JSON-ready dict (the same object ``--json`` prints).
@@ -226,7 +229,7 @@ def run_vi(config: VIConfig, progress: bool = True) -> dict[str, Any]:
                 lr=config.lr,
                 seed=config.seed,
                 eval_every=config.eval_every,
-                progress=progress,
+                progress=config.progress,
             )
             seconds = time.perf_counter() - started
             summary = _summarize(problem, x, config)

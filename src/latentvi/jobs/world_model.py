@@ -58,6 +58,7 @@ from latentvi.rl.world_model_agent import ModelTrainingConfig, WorldModelAgent
 from latentvi.train.checkpoint import find_latest, load_checkpoint
 from latentvi.train.env_loop import EnvLoop, EnvRunConfig, RunRecord, write_curve
 from latentvi.train.env_schedules import EpisodeSchedule, EpisodeStorage
+from latentvi.train.metrics import log_images
 from latentvi.train.rng import isolated_rng, mixed_seed
 from latentvi.train.runs import read_run
 from latentvi.train.storage import replace_text
@@ -180,6 +181,7 @@ def train_world_model(
     training: ModelTrainingConfig,
     agent_config: Any,
     resume: bool = False,
+    preset: str | None = None,
 ) -> dict[str, Any]:
     """Train ``agent_name`` (a key of :data:`AGENTS`) for ``run.steps`` environment steps;
     return a JSON-ready summary. ``model_config``'s ``action_dim`` and ``obs_shape`` are set from
@@ -234,7 +236,7 @@ def train_world_model(
             {"run": run, "model": model_for(env), "training": training, "agent": agent_config},
             fixed=("run", "model", "training", "agent"),
             ignore={"run": RESUMABLE_RUN_FIELDS},
-            info={"agent": agent_name},
+            info={"agent": agent_name, "preset": preset},
         ),
         resume=resume,
         divergence_hint="start again with lower learning rates (--model-lr; Dreamer: "
@@ -242,6 +244,9 @@ def train_world_model(
     ) as loop:
         state = loop.train()
         files = _write_outputs(loop.agent, agent_name, run, loop.eval_env, state, loop.out)
+        if run.tensorboard:
+            images = {"eval/open_loop": files["open_loop_png"], "eval/frames": files["frames"]}
+            log_images(loop.out, state["env_steps"], images)
     final = loop.final_row()
     timing = state["timing"]
     busy = max(sum(timing.values()), 1e-9)

@@ -169,8 +169,8 @@ class WorldModel(nn.Module):
         overshooting_scale·overshooting``, each term a mean over ``[T, B]`` (overshooting: over its
         terms; reward: over steps 1..T−1, see below). Metrics (floats): ``loss/recon``,
         ``loss/reward``, ``loss/kl`` (the shaped KL that is minimized), ``loss/overshooting`` when
-        on, ``kl`` (the plain KL per step), ``elbo`` (per step, nats) and ``loss``. The posterior
-        states are detached.
+        on, ``loss/total`` (the weighted sum), ``train/kl`` (the plain KL per step) and
+        ``train/elbo`` (per step, nats). The posterior states are detached.
         """
         if actions is None and rewards is None:
             obs, actions, rewards = obs
@@ -204,7 +204,8 @@ class WorldModel(nn.Module):
         steps = obs.shape[0]
         elbo = sequence_elbo(terms["recon"] + terms["reward"], divergence).mean() / steps
         metrics = {f"loss/{name}": value.item() for name, value in losses.items()}
-        metrics.update(kl=divergence.mean().item(), elbo=elbo.item(), loss=total.item())
+        metrics["loss/total"] = total.item()
+        metrics.update({"train/kl": divergence.mean().item(), "train/elbo": elbo.item()})
         return total, metrics, posterior.detach()
 
     # --- prediction --------------------------------------------------------------------------------

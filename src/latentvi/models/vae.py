@@ -39,7 +39,7 @@ from latentvi.models import fused
 from latentvi.models.chain import GaussianChain
 from latentvi.nn import MLP, ConvDecoder, ConvEncoder, DiagonalGaussianEncoder, GaussianHead
 
-__all__ = ["VAE", "VAEConfig"]
+__all__ = ["VAE", "CustomVAE", "VAEConfig", "vae_objective"]
 
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "gaussian-fixed")
 OBJECTIVES = ("elbo", "iwae")
@@ -151,7 +151,77 @@ def _trailing(output: Tensor, shape: tuple[int, ...]) -> int:
     return 3 if tuple(output.shape[-3:]) == shape else 1
 
 
-class VAE(nn.Module):
+class _LatentVariableModel(nn.Module):
+    """What every VAE computes from its three distributions alone: ``encode(x) -> q(z|x)``,
+    ``decode(z) -> p(x|z)`` and ``prior`` (p(z)), which a subclass provides."""
+
+    # --- bounds -------------------------------------------------------------------------------
+    def elbo(self, x: Tensor, num_samples: int = 1) -> Tensor:
+        """ELBO per example ``[*B]`` in nats (analytic KL where registered)."""
+        expected, divergence = elbo_terms(x, self.encode(x), self.prior, self.decode, num_samples)
+        return expected - divergence
+
+    def iwae(self, x: Tensor, num_samples: int) -> Tensor:
+        """IWAE-K bound per example ``[*B]`` in nats."""
+        return iwae_bound(x, self.encode(x), self.prior, self.decode, num_samples)
+
+    @torch.no_grad()
+    def log_likelihood(
+        self,
+        x: Tensor,
+        importance_samples: int = 5000,
+        chunk_size: int = 500,
+        return_stderr: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Importance-sampled log p(x) with q(z|x) as proposal (Burda et al. 2016): ``[*B]`` nats.
+
+        With ``return_stderr``, also each estimate's Monte Carlo standard error ``[*B]``.
+        """
+        q = self.encode(x)
+        estimate, stderr = importance_log_likelihood(
+            x, q, self.prior, self.decode, importance_samples, chunk_size
+        )
+        return (estimate, stderr) if return_stderr else estimate
+
+    # --- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = False) -> Tensor:
+        """``n`` images from p(x) = ∫ p(x|z) p(z) dz: ``[n, C, H, W]`` (``mean``: E[x|z] instead)."""
+        check_positive_int("n", n)
+        likelihood = self.decode(self.prior.sample((n,)))
+        return likelihood.mean if mean else likelihood.sample()
+
+
+def vae_objective(
+    x: Tensor,
+    q: Distribution,
+    prior: Distribution,
+    decode: Callable[[Tensor], Distribution],
+    objective: str = "elbo",
+    num_samples: int = 1,
+    beta: float = 1.0,
+    dreg: bool = False,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """A VAE's training objective: ``(loss to minimize, metrics)``, per-example means in nats.
+
+    ``objective="elbo"``: ``recon + beta · kl`` (β-VAE, Higgins et al. 2017, for β ≠ 1), with
+    ``num_samples`` draws of z; ``"iwae"``: the negative IWAE-K bound (Burda et al. 2016), with the
+    DReG gradient (Tucker et al. 2019) when ``dreg``. Shapes as :func:`latentvi.bounds.elbo_terms`:
+    ``x [B, *X]``, q with batch ``[B]``.
+    """
+    if objective == "iwae":
+        bound_of = iwae_dreg if dreg else iwae_bound
+        value = bound_of(x, q, prior, decode, num_samples).mean()
+        return -value, {"iwae": value.detach(), "loss/neg_iwae": -value.detach()}
+    expected, divergence = elbo_terms(x, q, prior, decode, num_samples)
+    losses = {"recon": -expected.mean(), "kl": divergence.mean()}
+    total = losses["recon"] + beta * losses["kl"]
+    metrics = {f"loss/{k}": v.detach() for k, v in losses.items()}
+    metrics["elbo"] = -(losses["recon"] + losses["kl"]).detach()
+    return total, metrics
+
+
+class VAE(_LatentVariableModel):
     """A variational autoencoder over images of shape ``data_shape = (C, H, W)`` (Kingma & Welling
     2014; Rezende, Mohamed & Wierstra 2014), with the IWAE objective and two stochastic layers of
     Burda, Grosse & Salakhutdinov (2016) and DReG gradients (Tucker et al. 2019).
@@ -231,42 +301,6 @@ class VAE(nn.Module):
         bottom = z[..., : self.config.latent_dim_1] if self.config.stochastic_layers == 2 else z
         return self.likelihood_head(self.decoder(bottom))
 
-    # --- bounds -------------------------------------------------------------------------------
-    def elbo(self, x: Tensor, num_samples: int = 1) -> Tensor:
-        """ELBO per example ``[*B]`` in nats (analytic KL where registered)."""
-        expected, divergence = elbo_terms(x, self.encode(x), self.prior, self.decode, num_samples)
-        return expected - divergence
-
-    def iwae(self, x: Tensor, num_samples: int) -> Tensor:
-        """IWAE-K bound per example ``[*B]`` in nats."""
-        return iwae_bound(x, self.encode(x), self.prior, self.decode, num_samples)
-
-    @torch.no_grad()
-    def log_likelihood(
-        self,
-        x: Tensor,
-        importance_samples: int = 5000,
-        chunk_size: int = 500,
-        return_stderr: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """Importance-sampled log p(x) with q(z|x) as proposal (Burda et al. 2016): ``[*B]`` nats.
-
-        With ``return_stderr``, also each estimate's Monte Carlo standard error ``[*B]``.
-        """
-        q = self.encode(x)
-        estimate, stderr = importance_log_likelihood(
-            x, q, self.prior, self.decode, importance_samples, chunk_size
-        )
-        return (estimate, stderr) if return_stderr else estimate
-
-    # --- generation -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, n: int, mean: bool = False) -> Tensor:
-        """``n`` images from p(x) = ∫ p(x|z) p(z) dz: ``[n, C, H, W]`` (``mean``: E[x|z] instead)."""
-        check_positive_int("n", n)
-        likelihood = self.decode(self.prior.sample((n,)))
-        return likelihood.mean if mean else likelihood.sample()
-
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """E[x | z = mean of q(z|x)]: ``[*B, C, H, W]``."""
@@ -293,19 +327,9 @@ class VAE(nn.Module):
         if fused.applies(self) and x.dim() == 4 and tuple(x.shape[1:]) == self.data_shape:
             return self._fused_loss(x)
         q = self.encode(x)
-        if c.objective == "iwae":
-            if c.dreg:
-                bound = iwae_dreg(x, q, self.prior, self.decode, c.num_samples)
-            else:
-                bound = iwae_bound(x, q, self.prior, self.decode, c.num_samples)
-            value = bound.mean()
-            return -value, {"iwae": value.detach(), "loss/neg_iwae": -value.detach()}
-        expected, divergence = elbo_terms(x, q, self.prior, self.decode, c.num_samples)
-        losses = {"recon": -expected.mean(), "kl": divergence.mean()}
-        total = losses["recon"] + c.beta * losses["kl"]
-        metrics = {f"loss/{k}": v.detach() for k, v in losses.items()}
-        metrics["elbo"] = -(losses["recon"] + losses["kl"]).detach()
-        return total, metrics
+        return vae_objective(
+            x, q, self.prior, self.decode, c.objective, c.num_samples, c.beta, c.dreg
+        )
 
     def _fused_loss(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """:meth:`loss` through the fused pass: the same values, gradients and random draws."""
@@ -332,3 +356,90 @@ class VAE(nn.Module):
 def _location(q: Distribution) -> Tensor:
     """A point in latent space summarizing q: its mean, or the chain's mean path."""
     return q.mean_path() if isinstance(q, GaussianChain) else q.mean
+
+
+class CustomVAE(_LatentVariableModel):
+    """A VAE from your own networks: ``encoder(x) -> q(z|x)`` and ``decoder(z) -> p(x|z)``, any
+    modules that return ``torch.distributions.Distribution`` objects (Kingma & Welling 2014).
+
+    ``q(z|x)`` must have batch ``[*B]`` and event ``[Z]``, ``p(x|z)`` (for ``z [*S, *B, Z]``) batch
+    ``[*S, *B]`` and the data's event (e.g. :func:`latentvi.distributions.bernoulli` of logits
+    ``[*S, *B, D]``). ``prior`` is p(z), by default N(0, I_Z) with ``Z = latent_dim``. The
+    objective is :func:`vae_objective` (ELBO, β-VAE, IWAE-K, DReG). It trains with
+    :func:`latentvi.train.fit` like any model with ``loss(batch)``, and ``latentvi.load(run,
+    model=CustomVAE(...))`` fills a run's weights back into a model you built the same way (no
+    code is read from the run folder).
+
+    Args:
+        encoder: ``x -> q(z|x)``.
+        decoder: ``z -> p(x|z)``.
+        latent_dim: Z, for the default prior (ignored with ``prior``).
+        prior: p(z) (a Distribution with event ``[Z]``), or None for N(0, I_Z).
+        objective, num_samples, beta, dreg: as :func:`vae_objective`.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        latent_dim: int | None = None,
+        prior: Distribution | None = None,
+        objective: str = "elbo",
+        num_samples: int = 1,
+        beta: float = 1.0,
+        dreg: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, module in (("encoder", encoder), ("decoder", decoder)):
+            require(
+                isinstance(module, nn.Module),
+                name,
+                type(module).__name__,
+                "pass a torch.nn.Module that returns a torch Distribution",
+            )
+        require(objective in OBJECTIVES, "objective", objective, f"use one of {OBJECTIVES}")
+        check_positive_int("num_samples", num_samples)
+        if prior is None:
+            check_positive_int("latent_dim", latent_dim)
+        self.encoder, self.decoder = encoder, decoder
+        self.latent_dim = latent_dim if prior is None else int(prior.event_shape[-1])
+        self._prior = prior
+        self.objective, self.num_samples, self.beta, self.dreg = objective, num_samples, beta, dreg
+        self.register_buffer("_zero", torch.zeros(()), persistent=False)
+
+    @property
+    def prior(self) -> Distribution:
+        """p(z): the prior given, or N(0, I_Z) on the model's device and dtype."""
+        if self._prior is not None:
+            return self._prior
+        return standard_normal(self.latent_dim, dtype=self._zero.dtype, device=self._zero.device)
+
+    def encode(self, x: Tensor) -> Distribution:
+        """q(z|x): the encoder's Distribution (checked to be one)."""
+        return _distribution("encoder", self.encoder(x))
+
+    def decode(self, z: Tensor) -> Distribution:
+        """p(x|z): the decoder's Distribution (checked to be one)."""
+        return _distribution("decoder", self.decoder(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """E[x | z = mean of q(z|x)]."""
+        return self.decode(self.encode(x).mean).mean
+
+    def loss(self, batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """:func:`vae_objective` on ``batch`` (data, or a tuple whose first element is)."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return vae_objective(
+            x, self.encode(x), self.prior, self.decode, self.objective, self.num_samples,
+            self.beta, self.dreg,
+        )  # fmt: skip
+
+
+def _distribution(name: str, value) -> Distribution:
+    if not isinstance(value, Distribution):
+        raise TypeError(
+            f"the {name} returned a {type(value).__name__}: a CustomVAE's {name} must return a "
+            "torch.distributions.Distribution (e.g. latentvi.diagonal_gaussian(loc, scale))"
+        )
+    return value

@@ -230,14 +230,18 @@ class VAERepresentation(nn.Module):
         return q.rsample() if self.sample else q.mean
 
     def loss(self, observation: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The VAE's loss (negative ELBO, nats per observation) on a batch of observations."""
+        """The VAE's loss (negative ELBO, nats per observation) on a batch of observations; its
+        metrics renamed for the agent's log: ``loss/NAME`` -> ``loss/vae_NAME``, any other
+        ``NAME`` (``elbo``) -> ``train/vae_NAME``."""
         if self.center and not bool(self.mean_frame_set):
             with torch.no_grad():
                 self.mean_frame.copy_(_pixels(observation).mean(0))
                 self.mean_frame_set.fill_(True)
         loss, metrics = self.vae.loss(self._centered(observation))
-        names = {"loss/recon": "loss/vae_recon", "loss/kl": "loss/vae_kl", "elbo": "vae/elbo"}
-        return loss, {names.get(k, f"vae/{k}"): v for k, v in metrics.items()}
+        return loss, {
+            f"loss/vae_{k[5:]}" if k.startswith("loss/") else f"train/vae_{k}": v
+            for k, v in metrics.items()
+        }
 
     @torch.no_grad()
     def reconstruct(self, observation: Tensor) -> Tensor:

@@ -55,7 +55,9 @@ class TrainConfig:
     eval_every: int = option(0, "steps between validation passes (0: at the end of each epoch)")
     checkpoint_every: int = option(0, "steps between checkpoints (0: only at the end)")
     keep_checkpoints: int = option(3, "how many of the newest checkpoints to keep on disk")
-    progress: bool = option(True, "show a tqdm progress bar")
+    progress: bool = option(
+        True, "show a progress bar on stderr when it is a terminal (--no-progress: never)"
+    )
     tensorboard: bool = option(True, "also write TensorBoard scalars when tensorboard is installed")
     flush_denormal: bool = option(
         True,

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from latentvi.config import option, require, require_int
+from latentvi.progress import progress_bar
 from latentvi.train.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from latentvi.train.config import resolve_device
 from latentvi.train.errors import TrainingDivergedError
@@ -93,7 +94,9 @@ class EnvRunConfig:
     seed: int = option(0, "seed of the networks, the samplers and the episodes")
     device: str = option("cpu", "cpu, cuda or auto", choices=("cpu", "cuda", "auto"))
     out: str | None = option(None, "run folder (required)")
-    progress: bool = option(True, "show a progress bar")
+    progress: bool = option(
+        True, "show a progress bar on stderr when it is a terminal (--no-progress: never)"
+    )
     tensorboard: bool = option(True, "also write TensorBoard scalars")
 
     def __post_init__(self) -> None:
@@ -259,14 +262,12 @@ class EnvLoop:
         """Run the schedule to ``run.steps`` environment steps, evaluate at the end (unless the
         last evaluation was there) and write the final checkpoint; returns the counters. After
         it, SIGTERM / SIGINT are no longer stop requests (the caller's handlers are back)."""
-        from tqdm.auto import tqdm
-
         run, state = self.run, self.state
         self.metrics_logger = MetricsLogger(
             self.out, tensorboard=run.tensorboard,
-            resume_step=state["env_steps"] if self.resumed else None,
+            resume_step=state["env_steps"] if self.resumed else None, hparams=self.spec,
         )  # fmt: skip
-        self.bar = tqdm(total=run.steps, initial=state["env_steps"], disable=not run.progress,
+        self.bar = progress_bar(total=run.steps, initial=state["env_steps"], show=run.progress,
                         unit="step")  # fmt: skip
         self.started = time.perf_counter() - state["wall"]
         try:

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from latentvi.train.distributed import current
 from latentvi.train.errors import RunFailedError, describe_os_error
 
 __all__ = ["LOCK_FILE", "RunFolderLockedError", "check_unlocked", "read_lock", "run_lock"]
@@ -92,7 +93,10 @@ def _locked(folder: Path, holder: dict[str, Any]) -> RunFolderLockedError:
 
 def check_unlocked(out: str | os.PathLike) -> None:
     """Refuse, writing nothing, a folder that another live process holds (checked first, so
-    that a second job hears about the holder rather than about the holder's files)."""
+    that a second job hears about the holder rather than about the holder's files). Ranks > 0
+    of a data-parallel run do not check: rank 0 holds the lock for them."""
+    if not current().is_main:  # only rank 0 writes (and locks) a data-parallel run's folder
+        return
     folder = Path(out)
     holder = read_lock(folder)
     if holder is None or str(folder.resolve()) in _HELD:

@@ -52,8 +52,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from latentvi.progress import progress_bar
 from latentvi.train.batches import TOTAL, batch_size, epoch_batches
 from latentvi.train.batches import num_batches_of as _num_batches_of
 from latentvi.train.checkpoint import (
@@ -148,7 +148,7 @@ def fit(
             default ``AdamW(lr, betas, eps, weight_decay)`` from the config.
         resume: continue from the latest checkpoint in ``config.out`` (ValueError if none).
         callbacks: ``callback(step, model, metrics)`` after each logging step; a returned dict
-            of metrics is logged at that step.
+            of metrics (namespaced names: ``eval/…``, ``train/…``) is logged at that step.
         extra_config: more JSON-ready config (model, data) saved with the run's config.json.
 
     Raises:
@@ -187,7 +187,10 @@ def fit(
             run_dir.mkdir(parents=True, exist_ok=True)
             replace_text(run_dir / "config.json", json.dumps(run_config, indent=2) + "\n")
             metrics_logger = MetricsLogger(
-                run_dir, tensorboard=config.tensorboard, resume_step=state.step if resume else None
+                run_dir,
+                tensorboard=config.tensorboard,
+                resume_step=state.step if resume else None,
+                hparams=run_config,
             )
         run = _Run(
             model=model,
@@ -203,10 +206,10 @@ def fit(
             callbacks=tuple(callbacks),
             compute_loss=wrap_model(model, device) if info.distributed else model.loss,
             metrics_logger=metrics_logger,
-            bar=tqdm(
+            bar=progress_bar(
                 total=total_steps,
                 initial=state.step,
-                disable=not (config.progress and info.is_main),
+                show=config.progress and info.is_main,
                 desc="train",
                 unit="step",
                 dynamic_ncols=True,

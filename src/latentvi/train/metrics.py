@@ -1,13 +1,17 @@
 """The one metrics logger: ``metrics.jsonl`` (the record), ``metrics.csv`` and TensorBoard.
 
-Keys are namespaced (``loss/…``, ``train/…``, ``eval/…``, ``perf/…``). Each :meth:`MetricsLogger.log`
+Every key has one of the namespaces :data:`NAMESPACES` (``loss/…`` the minimized terms, ``train/…``
+other training quantities, ``eval/…`` held-out ones and evaluation episodes, ``perf/…`` speed);
+one without is refused, so every job's TensorBoard tags follow one scheme. Each :meth:`MetricsLogger.log`
 call appends one JSON object ``{"step": int, "time": unix seconds, **metrics}`` to metrics.jsonl
 (non-finite values are written as ``NaN``/``Infinity``, which :func:`read_metrics` and python's
 ``json`` read back). metrics.csv holds the same rows with the union of all keys as columns
 (first-seen order, empty cells where a row lacks a key): rows are appended, and when a new key
 appears the CSV is rewritten from metrics.jsonl with the wider header. TensorBoard scalars go to
 ``run_dir/tensorboard`` when ``torch.utils.tensorboard`` can be imported (needs the
-``tensorboard`` package).
+``tensorboard`` package), with the run's resolved configs once as hparams (a fresh start, not a
+resume); :func:`log_images` adds a job's figures (reconstructions, samples, open-loop rows) to the
+same folder as TensorBoard images.
 
 On resume, pass ``resume_step``: rows with a larger step (logged after the checkpoint being
 resumed from) are dropped from both files and TensorBoard's events are purged past that step, so
@@ -30,13 +34,14 @@ import torch
 
 from latentvi.train.storage import replace_text
 
-__all__ = ["MetricWindow", "MetricsLogger", "read_metrics"]
+__all__ = ["NAMESPACES", "MetricWindow", "MetricsLogger", "log_images", "read_metrics"]
 
 logger = logging.getLogger(__name__)
 
 JSONL = "metrics.jsonl"
 CSV = "metrics.csv"
 TENSORBOARD = "tensorboard"
+NAMESPACES = ("loss/", "train/", "eval/", "perf/")
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -77,6 +82,8 @@ class MetricsLogger:
         tensorboard: also write TensorBoard scalars, if ``torch.utils.tensorboard`` imports.
         resume_step: keep earlier rows with ``step <= resume_step`` and append after them;
             None starts fresh (earlier files in `run_dir` are replaced).
+        hparams: the run's resolved configs (nested JSON-ready dicts), written once to TensorBoard
+            as hyperparameters (``group.field`` names) on a fresh start.
     """
 
     def __init__(
@@ -85,6 +92,7 @@ class MetricsLogger:
         tensorboard: bool = True,
         *,
         resume_step: int | None = None,
+        hparams: Mapping[str, Any] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -102,6 +110,8 @@ class MetricsLogger:
         self._writer = None
         if tensorboard:
             self._writer = _tensorboard_writer(self.run_dir / TENSORBOARD, resume_step)
+        if self._writer is not None and hparams is not None and resume_step is None:
+            _write_hparams(self._writer, hparams)
 
     @property
     def tensorboard_enabled(self) -> bool:
@@ -115,6 +125,11 @@ class MetricsLogger:
         for name, value in metrics.items():
             if name in ("step", "time"):
                 raise ValueError(f"metric name {name!r} is reserved; use a namespaced name")
+            if not name.startswith(NAMESPACES):
+                raise ValueError(
+                    f"metric name {name!r} has no namespace: start it with one of "
+                    f"{', '.join(NAMESPACES)} (e.g. 'train/{name}')"
+                )
             row[name] = _scalar(name, value)
         self._jsonl.write(_json_line(row))
         self._jsonl.flush()
@@ -177,6 +192,55 @@ def _tensorboard_writer(folder: Path, resume_step: int | None):
             events.unlink()
     purge_step = None if resume_step is None else resume_step + 1
     return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
+
+
+def _flat(configs: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested configs as ``{"group.field": value}`` with the values TensorBoard's hparams take
+    (numbers, text, booleans; anything else as its text)."""
+    flat: dict[str, Any] = {}
+    for key, value in configs.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return flat
+
+
+def _write_hparams(writer, configs: Mapping[str, Any]) -> None:
+    """The hparams plugin's three summaries into this run's own event file (``add_hparams``
+    would start a sub-run folder)."""
+    from torch.utils.tensorboard.summary import hparams
+
+    for summary in hparams(_flat(configs), {}):
+        writer.file_writer.add_summary(summary)
+
+
+def log_images(
+    run_dir: str | os.PathLike, step: int, images: Mapping[str, str | os.PathLike]
+) -> list[str]:
+    """Add the PNG figures ``images`` (``{tag: path}``, namespaced tags such as
+    ``eval/open_loop``) to ``run_dir``'s TensorBoard events at ``step``, if tensorboard is
+    installed; returns the tags written. Jobs call it after drawing their figures, when the run
+    writes TensorBoard."""
+    for tag in images:
+        if not tag.startswith(NAMESPACES):
+            raise ValueError(f"image tag {tag!r} has no namespace: use e.g. 'eval/{tag}'")
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return []
+    import numpy as np
+    from PIL import Image
+
+    with SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD)) as writer:
+        for tag, path in images.items():
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"))  # [H, W, 3] uint8
+            writer.add_image(tag, pixels, global_step=step, dataformats="HWC")
+    return list(images)
 
 
 class MetricWindow:
