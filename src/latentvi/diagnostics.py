@@ -194,7 +194,7 @@ def pendulum_angle(frames: Tensor) -> Tensor:
     frames ``[*B, C, H, W]`` (uint8, or floats in [0, 1]; one or more channels): the direction
     from the image centre (the pivot) to the centroid of the darkness ``1 − pixel`` on the white
     background. On 64×64 grayscale renders it is within 0.02 rad of the true θ on average
-    (``tests/experiments/test_open_loop.py``). Returns ``[*B]`` radians in (−π, π]."""
+    (``tests/jobs/test_open_loop.py``). Returns ``[*B]`` radians in (−π, π]."""
     pixels = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
     darkness = (1.0 - pixels.mean(-3)).clamp_min(0.0)  # [*B, H, W]
     height, width = darkness.shape[-2:]
