@@ -8,7 +8,7 @@ clipped to ±``MAX_TORQUE`` is
     θ̇' = clip(θ̇ + (3g/(2l) sin θ + 3/(m l²) u) DT, ±MAX_SPEED),   θ' = θ + θ̇' DT,
 
 and costs ``wrap(θ)² + 0.1 θ̇² + 0.001 u²`` of the state before the step (the reward is its
-negative; ``wrap`` maps to [−π, π)). ``tests/rl/test_pendulum.py`` checks both against the
+negative; ``wrap`` maps to [−π, π)). ``tests/envs/test_pendulum.py`` checks both against the
 environment. The functions take NumPy arrays or torch tensors (differentiable, for autograd
 Jacobians) that broadcast together.
 """
