@@ -30,7 +30,14 @@ from latentvi.envs.pixels import make_env, newest_frame
 from latentvi.plots import plot_learning_curves
 from latentvi.rl.dqn import epsilon_at
 from latentvi.rl.latent_q import PIXEL_VARIANTS, LatentQAgent, LatentQConfig
-from latentvi.train.env_loop import EVAL_SEED, EnvLoop, EnvRunConfig, RunRecord, write_curve
+from latentvi.train.env_loop import (
+    EVAL_SEED,
+    EnvLoop,
+    EnvRunConfig,
+    RunRecord,
+    evaluation_returns,
+    write_curve,
+)
 from latentvi.train.env_schedules import (
     ReplayStorage,
     StepSchedule,
@@ -39,7 +46,7 @@ from latentvi.train.env_schedules import (
     random_action,
 )
 from latentvi.train.metrics import log_images
-from latentvi.train.rng import isolated_rng, mixed_seed
+from latentvi.train.rng import mixed_seed
 from latentvi.train.runs import space_info
 from latentvi.train.storage import read_json, read_tensors, replace_text, write_json, write_tensors
 
@@ -198,9 +205,9 @@ def load_prior_data(path: str | Path, stack: int, check_only: bool = False) -> R
 def evaluate_policy(agent: LatentQAgent, env, episodes: int, seed: int) -> dict[str, float]:
     """Mean and std of the undiscounted return of the deterministic policy over ``episodes``
     episodes with fixed reset seeds (the run's evaluation, :meth:`EnvLoop.evaluate`)."""
-    with isolated_rng(seed):
-        returns = [play_episode(env, agent, mixed_seed(seed, EVAL_SEED, episode))
-                   for episode in range(episodes)]  # fmt: skip
+    returns = evaluation_returns(
+        lambda reset: play_episode(env, agent, reset), episodes, seed, seed
+    )
     values = np.asarray(returns)
     return {"return_mean": float(values.mean()), "return_std": float(values.std())}
 

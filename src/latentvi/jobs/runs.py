@@ -219,20 +219,18 @@ def world_model_returns(agent, config, episodes: int) -> list[float]:
     and random state of a world-model run's own evaluations."""
     from latentvi.data.episodes import EpisodeRunner
     from latentvi.jobs.world_model import make_run_env
-    from latentvi.train.env_loop import EVAL_SEED
-    from latentvi.train.rng import isolated_rng, mixed_seed
+    from latentvi.train.env_loop import EVAL_SEED, evaluation_returns
+    from latentvi.train.rng import mixed_seed
 
     env = make_run_env(config)
     runner = EpisodeRunner(env, {"model": 0.0, "env": 0.0, "act": 0.0})
-    returns = []
     try:
-        with isolated_rng(mixed_seed(config.seed, EVAL_SEED)):
-            for index in range(episodes):
-                seed = mixed_seed(config.seed, EVAL_SEED, index)
-                returns.append(runner.run(seed, agent, explore=False)[1])
+        return evaluation_returns(
+            lambda seed: runner.run(seed, agent, explore=False)[1],
+            episodes, config.seed, mixed_seed(config.seed, EVAL_SEED),
+        )  # fmt: skip
     finally:
         env.close()
-    return returns
 
 
 def _eval_world_model(run: Run, options: dict[str, Any]) -> dict[str, Any]:

@@ -68,6 +68,7 @@ __all__ = [
     "EnvLoop",
     "EnvRunConfig",
     "RunRecord",
+    "evaluation_returns",
     "next_multiple",
     "write_curve",
 ]
@@ -122,6 +123,22 @@ class RunRecord:
     fixed: tuple[str, ...]
     ignore: Mapping[str, Iterable[str]] = dataclasses.field(default_factory=dict)
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def evaluation_returns(
+    play: Callable[[int], float | None], episodes: int, run_seed: int, rng_seed: int
+) -> list[float]:
+    """The returns of a run's evaluation: ``play(reset_seed)`` for ``episodes`` episodes with
+    reset seeds ``mixed_seed(run_seed, EVAL_SEED, i)``, under their own random state
+    (``isolated_rng(rng_seed)``); it ends early when ``play`` returns None (a stop request)."""
+    returns = []
+    with isolated_rng(rng_seed):
+        for index in range(episodes):
+            total = play(mixed_seed(run_seed, EVAL_SEED, index))
+            if total is None:
+                break
+            returns.append(total)
+    return returns
 
 
 def next_multiple(step: int, every: int) -> int:
@@ -307,14 +324,10 @@ class EnvLoop:
         """``eval_episodes`` episodes without exploration → a curve row and ``eval/`` metrics.
         A stop request drops the evaluation (it is done again on resume) and stops the run."""
         run, state = self.run, self.state
-        returns = []
-        with isolated_rng(self.eval_rng_seed):
-            for index in range(run.eval_episodes):
-                seed = mixed_seed(run.seed, EVAL_SEED, index)
-                total = self.schedule.play(self, self.eval_env, seed)
-                if total is None:
-                    break
-                returns.append(total)
+        returns = evaluation_returns(
+            lambda seed: self.schedule.play(self, self.eval_env, seed),
+            run.eval_episodes, run.seed, self.eval_rng_seed,
+        )  # fmt: skip
         self.stop_if_requested()
         values = np.asarray(returns)
         result = {"return_mean": float(values.mean()), "return_std": float(values.std())}
