@@ -7,7 +7,6 @@ import torch
 
 from latentvi.models.mniw import MNIW, transition_stats
 
-
 pytestmark = pytest.mark.usefixtures("float64")
 
 

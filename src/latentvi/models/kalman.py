@@ -216,8 +216,11 @@ class LinearGaussianSSM(nn.Module):
             )
 
     # --- exact inference ------------------------------------------------------------------------
-    def filter(self, obs: Tensor, actions: Tensor | None = None) -> FilterResult:
-        """The Kalman filter over ``obs [T, *B, D]`` (``actions [T, *B, U]``, a_{t−1} at t)."""
+    def filter(
+        self, obs: Tensor, actions: Tensor | None = None, obs_covs: Tensor | None = None
+    ) -> FilterResult:
+        """The Kalman filter over ``obs [T, *B, D]`` (``actions [T, *B, U]``, a_{t−1} at t);
+        ``obs_covs [T, *B, D, D]`` replaces R per step (an SVAE's Gaussian potentials)."""
         self._check(obs, actions)
         a, c, q, r = self.transition, self.emission, self.process_cov, self.obs_cov
         batch = obs.shape[1:-1]
@@ -231,6 +234,8 @@ class LinearGaussianSSM(nn.Module):
                 cov = _symmetric(a @ cov @ a.mT + q)
             results["pm"].append(mean)
             results["pc"].append(cov)
+            if obs_covs is not None:
+                r = obs_covs[t]
             innovation_cov = _symmetric(c @ cov @ c.mT + r)  # S = C P Cᵀ + R
             chol = torch.linalg.cholesky(innovation_cov)
             residual = obs[t] - _mv(c, mean)
@@ -251,14 +256,19 @@ class LinearGaussianSSM(nn.Module):
             torch.stack(results["fc"]),
         )
 
-    def log_marginal(self, obs: Tensor, actions: Tensor | None = None) -> Tensor:
-        """Exact log p(o_{1:T} | a): ``[T, *B, D] -> [*B]`` nats."""
-        return self.filter(obs, actions).log_marginal
+    def log_marginal(
+        self, obs: Tensor, actions: Tensor | None = None, obs_covs: Tensor | None = None
+    ) -> Tensor:
+        """Exact log p(o_{1:T} | a): ``[T, *B, D] -> [*B]`` nats (``obs_covs`` as in :meth:`filter`)."""
+        return self.filter(obs, actions, obs_covs).log_marginal
 
-    def smooth(self, obs: Tensor, actions: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def smooth(
+        self, obs: Tensor, actions: Tensor | None = None, obs_covs: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """RTS smoother: ``(means [T, *B, n], covs [T, *B, n, n], gains J [T−1, *B, n, n])`` of
-        p(x_t | o_{1:T}); J_t = P_{t|t} Aᵀ P_{t+1|t}⁻¹ also gives Cov(x_t, x_{t+1} | o) = J_t P^s_{t+1}."""
-        result = self.filter(obs, actions)
+        p(x_t | o_{1:T}); J_t = P_{t|t} Aᵀ P_{t+1|t}⁻¹ also gives Cov(x_t, x_{t+1} | o) = J_t P^s_{t+1}.
+        ``obs_covs`` as in :meth:`filter`."""
+        result = self.filter(obs, actions, obs_covs)
         steps = obs.shape[0]
         mean, cov = result.filtered_means[-1], result.filtered_covs[-1]
         means, covs, gains = [mean], [cov], []
