@@ -151,8 +151,9 @@ def structured_posterior(
             f"{tuple(potentials.means.shape)} in [T, *B]: pass u_{{t−1}} at step t"
         )
     controls = _with_one(actions)
-    log_z = ssm.log_marginal(potentials.means, controls, potentials.covs)
-    means, covs, gains = ssm.smooth(potentials.means, controls, potentials.covs)
+    filtered = ssm.filter(potentials.means, controls, potentials.covs)
+    log_z = filtered.log_marginal
+    means, covs, gains = ssm.smooth(potentials.means, controls, potentials.covs, filtered)
     cross = covs[1:] @ gains.mT  # Cov(x_{t+1}, x_t) = P^s_{t+1} J_tᵀ
     kl = potentials.expected_log(means, covs) - log_z
     return StructuredPosterior(means, covs, cross, log_z, kl)

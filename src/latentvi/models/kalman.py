@@ -263,12 +263,16 @@ class LinearGaussianSSM(nn.Module):
         return self.filter(obs, actions, obs_covs).log_marginal
 
     def smooth(
-        self, obs: Tensor, actions: Tensor | None = None, obs_covs: Tensor | None = None
+        self,
+        obs: Tensor,
+        actions: Tensor | None = None,
+        obs_covs: Tensor | None = None,
+        filtered: FilterResult | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """RTS smoother: ``(means [T, *B, n], covs [T, *B, n, n], gains J [T−1, *B, n, n])`` of
         p(x_t | o_{1:T}); J_t = P_{t|t} Aᵀ P_{t+1|t}⁻¹ also gives Cov(x_t, x_{t+1} | o) = J_t P^s_{t+1}.
-        ``obs_covs`` as in :meth:`filter`."""
-        result = self.filter(obs, actions, obs_covs)
+        ``obs_covs`` as in :meth:`filter`; ``filtered``: that filter's result, already computed."""
+        result = self.filter(obs, actions, obs_covs) if filtered is None else filtered
         steps = obs.shape[0]
         mean, cov = result.filtered_means[-1], result.filtered_covs[-1]
         means, covs, gains = [mean], [cov], []
