@@ -24,10 +24,9 @@ def _episode(agent, explore, rng):
         agent.reset()
     for _ in range(HORIZON):
         frame = (PROJECTION @ state + 0.01 * rng.normal(size=10)).astype(np.float32)
-        if agent is None:
-            action = rng.uniform(-1, 1, 2).astype(np.float32)
-        else:
-            action = agent.act(frame, explore)
+        action = (
+            rng.uniform(-1, 1, 2).astype(np.float32) if agent is None else agent.act(frame, explore)
+        )
         frames.append(frame)
         actions.append(action)
         rewards.append(-(state @ Q @ state + action @ R @ action))
@@ -102,7 +101,7 @@ def test_protocol_update_improve_and_kl_bound():
     assert all(np.isfinite(v) for v in metrics.values())
     rollouts = [_episode(agent, True, rng) for _ in range(agent.config.rollouts)]
     assert int(agent.iterations) == 0
-    for frames, actions, _ in rollouts:
+    for _frames, actions, _ in rollouts:
         assert actions.shape == (HORIZON, 2) and np.all(np.abs(actions) <= 1)
     agent.reset()
     assert int(agent.iterations) == 1

@@ -291,7 +291,7 @@ class SolarAgent(nn.Module):
         c, n = self.config, self.config.latent_dim
         h = c.horizon
         require(h >= 2, "horizon", h, "use at least 2 steps")
-        for frames, actions in rollouts:
+        for _frames, actions in rollouts:
             require(
                 len(actions) >= h, "horizon", h, f"use at most an episode's {len(actions)} steps"
             )
