@@ -37,6 +37,7 @@ from latentvi.rl.imitation import PolicyConfig
 from latentvi.rl.latent_q import LatentQConfig
 from latentvi.rl.planet import PlanetConfig
 from latentvi.rl.slac import SlacConfig
+from latentvi.rl.solar import SolarConfig
 from latentvi.rl.world_model_agent import ModelTrainingConfig
 from latentvi.train import TrainConfig
 from latentvi.train.distributed import destroy_distributed, init_distributed
@@ -324,6 +325,7 @@ WORLD_MODEL_GROUPS: Groups = (
     ("planet", PlanetConfig),
     ("dreamer", DreamerConfig),
     ("slac", SlacConfig),
+    ("solar", SolarConfig),
 )
 E2C_GROUPS: Groups = (("e2c run", e2c.E2CRunConfig), ("e2c model", E2CConfig))
 WORLD_MODEL_AGENTS = (*world_model.AGENTS, "e2c")

@@ -212,6 +212,12 @@ AGENT_PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         # SLAC's batch: 32 sequences of 8 steps, i.e. 9 observations (K = 8 frames of history at
         # t and at t+1).
         "slac": {"paper": {"batch_size": 32, "chunk_length": 9}},
+        # SOLAR (Pendulum: 100 agent steps per episode = its TVLG horizon): debug improves the
+        # policy after every episode; default after 5, with a 3-D latent state
+        "solar": {
+            "debug": {"rollouts": 1, "encoder_hidden": (32,), "latent_dim": 3},
+            "default": {"rollouts": 5, "encoder_hidden": (200,), "latent_dim": 3},
+        },
     },
 }
 

@@ -62,7 +62,13 @@ def _lqr_cost():
 
 
 def _agent(**changes):
-    values = {"latent_dim": 2, "hidden": (), "horizon": HORIZON, "rollouts": 5, "kl_bound": 2.0}
+    values = {
+        "latent_dim": 2,
+        "encoder_hidden": (),
+        "horizon": HORIZON,
+        "rollouts": 5,
+        "kl_bound": 2.0,
+    }
     config = SolarConfig(**{**values, **changes})
     return SolarAgent((10,), 2, config, ModelTrainingConfig(batch_size=16, model_lr=2e-2))
 

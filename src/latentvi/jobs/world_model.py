@@ -54,6 +54,7 @@ from latentvi.models.ssm import RSSMConfig
 from latentvi.rl.dreamer import DreamerAgent, DreamerConfig
 from latentvi.rl.planet import PlanetAgent, PlanetConfig
 from latentvi.rl.slac import SlacAgent, SlacConfig
+from latentvi.rl.solar import SolarAgent, SolarConfig
 from latentvi.rl.world_model_agent import ModelTrainingConfig, WorldModelAgent
 from latentvi.train.checkpoint import find_latest, load_checkpoint
 from latentvi.train.env_loop import EnvLoop, EnvRunConfig, RunRecord, write_curve
@@ -109,6 +110,7 @@ AGENTS: dict[str, tuple[type, AgentFactory]] = {
     "planet": (PlanetConfig, PlanetAgent),
     "dreamer": (DreamerConfig, DreamerAgent),
     "slac": (SlacConfig, SlacAgent),
+    "solar": (SolarConfig, SolarAgent.from_world_model),
 }
 
 
@@ -245,7 +247,9 @@ def train_world_model(
         state = loop.train()
         files = _write_outputs(loop.agent, agent_name, run, loop.eval_env, state, loop.out)
         if run.tensorboard:
-            images = {"eval/open_loop": files["open_loop_png"], "eval/frames": files["frames"]}
+            images = {"eval/frames": files["frames"]}
+            if "open_loop_png" in files:
+                images["eval/open_loop"] = files["open_loop_png"]
             log_images(loop.out, state["env_steps"], images)
     final = loop.final_row()
     timing = state["timing"]
@@ -277,7 +281,8 @@ def _write_outputs(agent, agent_name, run, eval_env, state, out: Path) -> dict[s
     evaluator = EpisodeRunner(eval_env, state["timing"])
     with isolated_rng(mixed_seed(run.seed, OPEN_LOOP_SEED)):
         episode, _, _ = evaluator.run(mixed_seed(run.seed, OPEN_LOOP_SEED), agent, explore=False)
-        files.update(open_loop_figures(agent, episode, run, out))
+        if hasattr(agent, "model"):  # an RSSM's open-loop predictions (SOLAR has none)
+            files.update(open_loop_figures(agent, episode, run, out))
     strip = plot_frame_strip(episode["obs"], out / "frames.png", f"{agent_name} acting")
     files["frames"] = str(strip)
     return files

@@ -64,7 +64,9 @@ class SolarConfig:
     """SOLAR's model and policy improvement (module docstring)."""
 
     latent_dim: int = option(3, "SOLAR: size n of the latent state")
-    hidden: tuple[int, ...] = option((200,), "SOLAR: hidden layers of encoder and decoder heads")
+    encoder_hidden: tuple[int, ...] = option(
+        (200,), "SOLAR: hidden layers of the encoder and decoder"
+    )
     horizon: int = option(100, "SOLAR: agent steps of the TVLG policy (one episode)")
     rollouts: int = option(5, "SOLAR: exploring episodes per policy improvement")
     kl_bound: float = option(0.5, "SOLAR: LQR-FLM's bound on the mean per-step KL (nats)")
@@ -78,8 +80,8 @@ class SolarConfig:
     cost_batches: int = option(8, "SOLAR: latest training batches the cost is refitted to")
 
     def __post_init__(self) -> None:
-        if isinstance(self.hidden, list):
-            object.__setattr__(self, "hidden", tuple(self.hidden))
+        if isinstance(self.encoder_hidden, list):
+            object.__setattr__(self, "encoder_hidden", tuple(self.encoder_hidden))
         for name in ("latent_dim", "horizon", "rollouts", "cost_batches"):
             require_int(getattr(self, name), name, 1, "use a positive integer")
         for name in ("kl_bound", "initial_std", "prior_strength", "cost_floor"):
@@ -137,15 +139,21 @@ class SolarAgent(nn.Module):
         n, m = config.latent_dim, self.action_dim
         if self.pixels:
             body = ConvEncoder(self.obs_shape, channels)
-            self.encoder = nn.Sequential(body, MLP(body.out_features, config.hidden, 2 * n))
+            self.encoder = nn.Sequential(body, MLP(body.out_features, config.encoder_hidden, 2 * n))
             self.decoder = nn.Sequential(
-                MLP(n, config.hidden[:-1], config.hidden[-1]) if config.hidden else nn.Identity(),
-                ConvDecoder(config.hidden[-1] if config.hidden else n, self.obs_shape, channels),
+                MLP(n, config.encoder_hidden[:-1], config.encoder_hidden[-1])
+                if config.encoder_hidden
+                else nn.Identity(),
+                ConvDecoder(
+                    config.encoder_hidden[-1] if config.encoder_hidden else n,
+                    self.obs_shape,
+                    channels,
+                ),
             )
             self.register_buffer("obs_log_std", torch.full((1,), float(np.log(obs_std))))
         else:
-            self.encoder = MLP(self.obs_shape[0], config.hidden, 2 * n)
-            self.decoder = MLP(n, config.hidden, self.obs_shape[0])
+            self.encoder = MLP(self.obs_shape[0], config.encoder_hidden, 2 * n)
+            self.decoder = MLP(n, config.encoder_hidden, self.obs_shape[0])
             self.obs_log_std = nn.Parameter(torch.full(self.obs_shape, -1.0))
         self.optimizers = {
             "model": torch.optim.Adam(
