@@ -17,6 +17,7 @@ from latentvi.rl.dreamer import DreamerConfig
 from latentvi.rl.latent_q import LatentQConfig
 from latentvi.rl.planet import PlanetConfig
 from latentvi.rl.slac import SlacConfig
+from latentvi.rl.solar import SolarConfig
 from latentvi.rl.world_model_agent import ModelTrainingConfig
 
 CONFIG_TYPES = {
@@ -28,6 +29,7 @@ CONFIG_TYPES = {
         PlanetConfig,
         DreamerConfig,
         SlacConfig,
+        SolarConfig,
     ),
     "e2c": (e2c.E2CRunConfig, E2CConfig),
 }
@@ -98,7 +100,7 @@ def test_world_model_typed_value_equal_to_the_default_beats_the_preset(agent):
     assert _default(RSSMConfig, "free_nats") == 3.0
     assert PRESETS["world-model"]["default"]["free_nats"] == 1.0
     argv = ["world-model", "train", "--agent", agent, "--free-nats", "3.0", "--no-grayscale"]
-    run, model, training, planet, dreamer, slac = resolve_world_model(_parse(*argv))
+    run, model, training, planet, dreamer, slac, _solar = resolve_world_model(_parse(*argv))
     assert model.free_nats == 3.0 and run.grayscale is False
     # the preset fills the rest
     preset = PRESETS["world-model"]["default"]
