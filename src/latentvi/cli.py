@@ -343,10 +343,11 @@ def _add_world_model(subparsers) -> None:
     )
     train = commands.add_parser(
         "train",
-        help="train an agent on a pixel environment (PlaNet, Dreamer, SLAC, E2C)",
+        help="train an agent on a pixel environment (PlaNet, Dreamer, SLAC, SOLAR, E2C)",
         description="Train PlaNet (CEM planning in the learned latent space), Dreamer (actor-"
         "critic on imagined rollouts) or SLAC (soft actor-critic: critics on the latent state, "
-        "actor on the frame history) from pixels. Writes curve.csv/png, open_loop.png/csv, "
+        "actor on the frame history) or SOLAR (LQR-FLM on local linear-Gaussian dynamics in an SVAE "
+        "latent space) from pixels. Writes curve.csv/png, open_loop.png/csv, "
         "open_loop_mse.png, frames.png, metrics, TensorBoard scalars, the episodes (episodes/) "
         "and resumable checkpoints to --out. --agent e2c runs the E2C pixel-pendulum experiment "
         "(Pendulum-v1 only; latent iLQR swing-up) with E2C's own options: see "

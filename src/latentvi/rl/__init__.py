@@ -7,6 +7,7 @@ their state for checkpoints.
   learned RSSM world model (:mod:`latentvi.rl.world_model_agent` holds what they share).
 - :mod:`latentvi.rl.e2c`: controllers in the latent space of an E2C model (iLQR MPC, value
   iteration's greedy policy).
+- :mod:`latentvi.rl.solar`: SOLAR, LQR-FLM on local linear-Gaussian dynamics in an SVAE latent space.
 - :mod:`latentvi.rl.imitation`: imitation policies (BC, CVAE, chunk CVAE, latent plans).
 
 Environments live in :mod:`latentvi.envs`, replay and episode storage in :mod:`latentvi.data`,
