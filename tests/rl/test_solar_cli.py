@@ -38,6 +38,14 @@ def test_solar_debug_run_loads_and_resumes(tmp_path, capsys):
     assert code == 0, captured.err
     assert json.loads(captured.out)["env_steps"] == 600
     assert int(latentvi.load(out).iterations) >= 2
+    code = main(["eval", str(out), "--episodes", "1", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert json.loads(captured.out)["agent"] == "solar"
+    code = main(["plot", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert (out / "figures" / "curve.png").is_file()
 
 
 def test_solar_bad_option_is_one_line(tmp_path, capsys):

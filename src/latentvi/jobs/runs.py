@@ -15,7 +15,8 @@ cvae-regressor  the halves task's regressor          its exact held-out log p(y|
 imitation       the policy's model (first seed of    success, collision and mode shares on
                 a job's folder)                      fresh episodes
 latent-q        the agent                            return of evaluation episodes
-world-model     the agent (planet, dreamer, slac)    return of evaluation episodes
+world-model     the agent (planet, dreamer, slac,    return of evaluation episodes
+                solar)
 e2c             the E2C model                        swing-up trials from the bottom
 ==============  ===================================  =========================================
 """
@@ -352,6 +353,8 @@ def _plot_world_model(run: Run, out: Path) -> list[Path]:
     agent = load(run.path)
     config = agent.run_config
     written = _curve(run, out, agent.agent_name)
+    if not hasattr(agent, "model"):  # SOLAR: no RSSM, no open-loop predictions
+        return written
     env = make_run_env(config)
     try:
         runner = EpisodeRunner(env, {"model": 0.0, "env": 0.0, "act": 0.0})
