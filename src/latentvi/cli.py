@@ -345,13 +345,12 @@ def _add_world_model(subparsers) -> None:
         "train",
         help="train an agent on a pixel environment (PlaNet, Dreamer, SLAC, SOLAR, E2C)",
         description="Train PlaNet (CEM planning in the learned latent space), Dreamer (actor-"
-        "critic on imagined rollouts) or SLAC (soft actor-critic: critics on the latent state, "
-        "actor on the frame history) or SOLAR (LQR-FLM on local linear-Gaussian dynamics in an SVAE "
-        "latent space) from pixels. Writes curve.csv/png, open_loop.png/csv, "
-        "open_loop_mse.png, frames.png, metrics, TensorBoard scalars, the episodes (episodes/) "
-        "and resumable checkpoints to --out. --agent e2c runs the E2C pixel-pendulum experiment "
-        "(Pendulum-v1 only; latent iLQR swing-up) with E2C's own options: see "
-        "latentvi world-model train --agent e2c --help.",
+        "critic on imagined rollouts), SLAC (soft actor-critic: critics on the latent state, actor "
+        "on the frame history) or SOLAR (LQR-FLM in an SVAE latent space) from pixels. Writes "
+        "curve.csv/png, open_loop.png/csv/_mse.png (not SOLAR), frames.png, metrics, TensorBoard "
+        "scalars, the episodes (episodes/) and resumable checkpoints to --out. --agent e2c runs the "
+        "E2C pixel-pendulum experiment (Pendulum-v1 only; latent iLQR swing-up) with E2C's own "
+        "options: see latentvi world-model train --agent e2c --help.",
         by_option=("--agent", {"e2c": _e2c_parser()}),
     )
     train.add_argument(

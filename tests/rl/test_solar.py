@@ -119,6 +119,14 @@ def test_protocol_update_improve_and_kl_bound():
     assert int(agent.iterations) == 1
 
 
+def test_short_exploring_episodes_are_skipped_with_a_warning(caplog):
+    agent = _agent(rollouts=1)
+    agent.reset()
+    agent.act(np.zeros(10, np.float32), True)
+    agent.reset()
+    assert int(agent.iterations) == 0 and "horizon" in caplog.text
+
+
 def test_bad_config():
     with pytest.raises(ValueError, match="kl_bound"):
         SolarConfig(kl_bound=0.0)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -57,6 +58,7 @@ from latentvi.rl.world_model_agent import ModelTrainingConfig
 __all__ = ["SolarAgent", "SolarConfig"]
 
 _F64 = torch.float64
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,6 +363,12 @@ class SolarAgent(nn.Module):
         episode = getattr(self, "_episode", None)
         if episode is not None and len(episode[1]) >= self.config.horizon:
             self._rollouts.append((np.stack(episode[0]), np.stack(episode[1])))
+        elif episode is not None:
+            logger.warning(
+                "SOLAR skipped an exploring episode of %d agent steps: the policy needs horizon = "
+                "%d (give --horizon at most the episodes' length)", len(episode[1]),
+                self.config.horizon,
+            )  # fmt: skip
         if len(self._rollouts) >= self.config.rollouts:
             self.last_improvement = self.improve(self._rollouts)
             self._rollouts = []
