@@ -116,6 +116,11 @@ def _add_train(subparsers) -> None:
         _run_train_vae,
         VAE_GROUPS,
         resume=True,
+        presets=(
+            "vae",
+            "burda: Burda et al.'s protocol (784-200-200-50, batch 20, Adam eps 1e-4, their "
+            "schedule over 3280 epochs, dynamic binarization, one resumable checkpoint)",
+        ),
         help="a variational autoencoder on images",
         description="Train a VAE (or IWAE, β-VAE, two-layer VAE) on an image data set. The run "
         "folder gets checkpoints, metrics and the configs; --resume continues a stopped run.",
@@ -138,7 +143,8 @@ def _add_train(subparsers) -> None:
 
 
 def _run_train_vae(arguments: argparse.Namespace) -> None:
-    data, model, training = (from_arguments(t, arguments) for _, t in VAE_GROUPS)
+    types = [t for _, t in VAE_GROUPS]
+    data, model, training = resolve("vae", arguments.preset, types, typed_values(arguments, types))
     info = init_distributed()  # a no-op unless launched by torchrun with WORLD_SIZE > 1
     try:
         summary = vae.train_vae(model, data, training, resume=arguments.resume)
