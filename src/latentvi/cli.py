@@ -116,11 +116,7 @@ def _add_train(subparsers) -> None:
         _run_train_vae,
         VAE_GROUPS,
         resume=True,
-        presets=(
-            "vae",
-            "burda: Burda et al.'s protocol (784-200-200-50, batch 20, Adam eps 1e-4, their "
-            "schedule over 3280 epochs, dynamic binarization, one resumable checkpoint)",
-        ),
+        presets=("vae", "burda: Burda et al.'s protocol (batch 20, 3280 epochs, resumable)"),
         help="a variational autoencoder on images",
         description="Train a VAE (or IWAE, β-VAE, two-layer VAE) on an image data set. The run "
         "folder gets checkpoints, metrics and the configs; --resume continues a stopped run.",
