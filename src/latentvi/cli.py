@@ -117,6 +117,7 @@ def _add_train(subparsers) -> None:
         _run_train_vae,
         VAE_GROUPS,
         resume=True,
+        presets=("vae", "burda: Burda et al.'s protocol (batch 20, 3280 epochs, resumable)"),
         help="a variational autoencoder on images",
         description="Train a VAE (or IWAE, β-VAE, two-layer VAE) on an image data set. The run "
         "folder gets checkpoints, metrics and the configs; --resume continues a stopped run.",
@@ -139,7 +140,8 @@ def _add_train(subparsers) -> None:
 
 
 def _run_train_vae(arguments: argparse.Namespace) -> None:
-    data, model, training = (from_arguments(t, arguments) for _, t in VAE_GROUPS)
+    types = [t for _, t in VAE_GROUPS]
+    data, model, training = resolve("vae", arguments.preset, types, typed_values(arguments, types))
     info = init_distributed()  # a no-op unless launched by torchrun with WORLD_SIZE > 1
     try:
         summary = vae.train_vae(model, data, training, resume=arguments.resume)

@@ -180,8 +180,36 @@ _E2C_DEBUG = {
     "transition_hidden": (16,),
 }
 
+_VAE_BURDA = {
+    # Burda, Grosse & Salakhutdinov (2016), section 5: the 784-200-200-50 tanh VAE on dynamically
+    # binarized MNIST, batch 20, Adam (β₁ 0.9, β₂ 0.999, ε 1e-4), 3^i epochs at 1e-3·10^(−i/7)
+    # for i = 0..7 (3280 epochs). One resumable checkpoint, replaced every 10 epochs (30,000
+    # steps), and one log row an epoch; validation only at the end (a best-checkpoint marker
+    # would keep a second checkpoint): the figure is the K = 5000 test evaluation afterwards.
+    "dataset": "mnist",
+    "binarize": "dynamic",
+    "latent_dim": 50,
+    "hidden": (200, 200),
+    "activation": "tanh",
+    "objective": "elbo",
+    "num_samples": 1,
+    "batch_size": 20,
+    "epochs": 3280,
+    "lr": 1e-3,
+    "lr_schedule": "burda",
+    "betas": (0.9, 0.999),
+    "eps": 1e-4,
+    "log_every": 3000,
+    "eval_every": 10_000_000,
+    "checkpoint_every": 30_000,
+    "keep_checkpoints": 1,
+    "tensorboard": False,
+}
+
 # command -> preset name -> field values over the command's configs.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # latentvi train vae: DataConfig, VAEConfig and TrainConfig
+    "vae": {"default": {}, "burda": _VAE_BURDA},
     # latentvi rl latent-q: RunConfig and LatentQConfig ("debug": a tiny run in seconds)
     "latent-q": {"default": {}, "debug": _LATENT_Q_DEBUG},
     # latentvi world-model train --agent planet|dreamer|slac: WorldModelRunConfig, RSSMConfig,

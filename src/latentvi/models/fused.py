@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["applies", "fused_elbo", "fused_iwae"]
+__all__ = ["applies", "fused_elbo", "fused_gradients", "fused_iwae"]
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 _ACTIVATIONS = ("tanh", "relu")
@@ -314,3 +314,41 @@ def fused_iwae(model: nn.Module, x: Tensor, num_samples: int) -> tuple[Tensor, T
     """``(−mean IWAE_K, IWAE_K [B])`` for images ``x [B, C, H, W]`` (the second not
     differentiable): the same values and gradients as the generic ``iwae_bound``."""
     return _run(_IWAE, model, x, num_samples)
+
+
+def fused_gradients(
+    model: nn.Module, x: Tensor, objective: str, num_samples: int, beta: float
+) -> tuple[Tensor, dict[str, Tensor], list[tuple[Tensor, Tensor]]]:
+    """The training loss, its metrics and its gradients, without autograd: ``(loss, metrics,
+    [(parameter, ∂loss/∂parameter)])`` for images ``x [B, C, H, W]``.
+
+    The same arithmetic as ``loss.backward()`` through :func:`fused_elbo` (loss ``recon + β kl``)
+    or :func:`fused_iwae` (loss ``−mean IWAE_K``), bit for bit, and the same random draw: the
+    forward and backward functions are the ones the autograd Functions call, and the upstream
+    gradients are the ones autograd would pass (1, and β for the KL). What it saves is the graph:
+    no autograd nodes, no saved-tensor bookkeeping, no gradient accumulation (about 0.3 ms a step
+    at batch 20, where the whole step is 2–3 ms).
+    """
+    encoder, decoder, min_scale = _parameters(model)
+    params = tuple(_flat_args(encoder, decoder))
+    flat = x.reshape(x.shape[0], -1)
+    latent = encoder[-1].weight.shape[0] // 2
+    first = params[0]
+    noise = torch.randn(
+        (num_samples, flat.shape[0], latent), dtype=first.dtype, device=first.device
+    )
+    relu, layers = model.config.activation == "relu", len(encoder)
+    one = torch.ones((), dtype=first.dtype, device=first.device)
+    with torch.no_grad():
+        detached = tuple(p.detach() for p in params)
+        if objective == "iwae":
+            loss, _, saved = _iwae_forward(flat, noise, relu, min_scale, layers, detached)
+            grads = _iwae_backward(one, relu, layers, saved)
+            value = -loss
+            metrics = {"iwae": value, "loss/neg_iwae": -value}
+        else:
+            recon, kl, saved = _elbo_forward(flat, noise, relu, min_scale, layers, detached)
+            grads = _elbo_backward(one, one * beta, relu, layers, saved)
+            loss = recon + beta * kl
+            metrics = {"loss/recon": recon, "loss/kl": kl, "elbo": -(recon + kl)}
+    return loss, metrics, list(zip(params, grads, strict=True))

@@ -344,6 +344,23 @@ class VAE(_LatentVariableModel):
         metrics["elbo"] = -(recon + divergence).detach()
         return total, metrics
 
+    def loss_and_gradients(self, batch):
+        """:meth:`loss` and its gradients computed without autograd, where the fused pass applies
+        (:func:`latentvi.models.fused.fused_gradients`): ``(loss, metrics, [(parameter,
+        gradient)])``, the same numbers as ``loss.backward()`` would give, bit for bit; None where
+        it does not apply (the caller then differentiates :meth:`loss`). :func:`latentvi.train.fit`
+        takes it when it trains without clipping or data parallelism."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        c = self.config
+        if not (
+            fused.applies(self)
+            and isinstance(x, Tensor)
+            and x.dim() == 4
+            and tuple(x.shape[1:]) == self.data_shape
+        ):
+            return None
+        return fused.fused_gradients(self, x, c.objective, c.num_samples, c.beta)
+
     def _check_images(self, x: Tensor) -> None:
         if not isinstance(x, Tensor) or tuple(x.shape[-3:]) != self.data_shape:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__

@@ -109,6 +109,10 @@ def check_weights(
             )
 
 
+def _none(batch: Any) -> None:
+    return None
+
+
 def train_step(
     model: torch.nn.Module,
     compute_loss: Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]],
@@ -125,7 +129,9 @@ def train_step(
     """Step number ``step`` (1-based) on ``batch``: the loss's values and ``grad_norm`` (floats).
 
     ``compute_loss`` is ``model.loss`` (or its data-parallel wrapper). The model is put back in
-    train mode if a callback left it in eval mode.
+    train mode if a callback left it in eval mode. A model with ``loss_and_gradients(batch)``
+    (the VAE's fused pass) that returns ``(loss, metrics, [(parameter, gradient)])`` trains
+    without autograd when not data-parallel: the same numbers, fewer operations per step.
 
     Raises:
         TrainingDivergedError: the loss or a gradient (on any rank) was not finite; nothing was
@@ -134,7 +140,13 @@ def train_step(
     batch = move_to(batch, device)
     if not model.training:  # e.g. a callback left it in eval mode
         model.train()
-    loss, metrics = compute_loss(batch)
+    gradients = None
+    if not info.distributed and compute_loss == model.loss:
+        computed = getattr(model, "loss_and_gradients", _none)(batch)  # the autograd-free path
+        if computed is not None:
+            loss, metrics, gradients = computed
+    if gradients is None:
+        loss, metrics = compute_loss(batch)
     values = loss_values(loss, metrics)  # also checks the shapes
     try:
         grad_norm = optimizer_step(
@@ -145,6 +157,7 @@ def train_step(
             name="loss",
             norm="float64",
             any_failed=lambda failed: any_across_ranks(failed, info),
+            gradients=gradients,
         )
     except NonFiniteError as error:
         lr = float(optimizer.param_groups[0]["lr"])
