@@ -54,12 +54,14 @@ def symexp(x: Tensor) -> Tensor:
 
 
 def twohot_bins(bins: int = BINS, limit: float = LIMIT, *, dtype=None, device=None) -> Tensor:
-    """``[bins]`` bucket centres evenly spaced on ``[−limit, limit]`` (V3: 255 on [−20, 20])."""
+    """``[bins]`` bucket centres evenly spaced on ``[−limit, limit]`` (V3: 255 on [−20, 20]),
+    symmetric about 0."""
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
         raise ValueError(f"bins = {bins!r} is invalid: use an integer >= 2 (DreamerV3: 255)")
     if not limit > 0:
         raise ValueError(f"limit = {limit!r} is invalid: use a positive bound (DreamerV3: 20)")
-    return torch.linspace(-limit, limit, bins, dtype=dtype, device=device)
+    grid = torch.linspace(-limit, limit, bins, dtype=dtype, device=device)
+    return (grid - grid.flip(0)) / 2  # exactly symmetric: the middle bucket (odd K) is exactly 0
 
 
 def twohot(values: Tensor, bins: Tensor) -> Tensor:
