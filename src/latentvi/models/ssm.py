@@ -5,7 +5,8 @@ The generative model over a sequence (Hafner et al. 2019, PlaNet; Hafner et al. 
 
     x_t ~ p(x_t | x_{t−1}, a_{t−1})     transition (the :class:`~latentvi.models.rssm.RSSM` prior)
     o_t ~ N(decoder(x_t), obs_std² I)   pixels in [-0.5, 0.5]
-    r_t ~ N(reward_head(x_t), 1)
+    r_t ~ N(reward_head(x_t), 1)        reward (with ``reward_twohot``: DreamerV3's symlog two-hot
+                                        categorical, whose term is a cross-entropy)
 
 with the filtering posterior q(x_t | x_{t−1}, a_{t−1}, o_t), and the loss to minimize is minus the
 sequence ELBO (:func:`latentvi.bounds.sequence_elbo`) per sequence step, with PlaNet's free nats,
