@@ -11,6 +11,7 @@ curves.
     python benchmarks/bench_world_model.py table --agent dreamer --preset default [--target -300]
     python benchmarks/bench_world_model.py curve --agent dreamer --preset default --steps 50000
         [--eval-every N] [--eval-episodes N] [--seed 0] [--runs runs/bench-world-model] [--resume]
+    python benchmarks/bench_world_model.py diagnose --run RUN [--figure PATH]
 
 ``throughput``, per preset and agent, on pixel Pendulum-v1 with the preset's sizes: world-model
 updates per second (one batch of chunks each; Dreamer's and SLAC's include their actor-critic
@@ -36,7 +37,9 @@ of both copies on the same fresh episodes of the checkpoint's agent; ``imaginati
 compares, along fresh episodes of the actor acting without noise, the reward the model imagines
 the actor collecting over the next ``--horizon`` steps from each filtered state (the actor's mode,
 the prior sampled, as in training's imagination) with the reward it actually collected over those
-steps, and the reward head on the filtered states with the true rewards. Results:
+steps, and the reward head on the filtered states with the true rewards; ``diagnose`` (Dreamer
+runs) draws the run's critic values, λ-returns, actor entropy, action saturation and return scale
+over environment steps in one figure (:mod:`world_model_diagnose`). Results:
 benchmarks/results/world_model_*.json (throughput of other agents than planet,dreamer:
 ``world_model_throughput_AGENTS_Nt.json``).
 """
@@ -392,8 +395,10 @@ def main() -> None:
             "overshooting",
             "imagination",
             "table",
+            "diagnose",
         ),
     )
+    parser.add_argument("--figure", default=None, help="diagnose: the PNG (default: results/)")
     parser.add_argument("--distance", type=int, default=10, help="overshooting: distance D")
     parser.add_argument("--target", type=float, default=-300.0, help="table: the return bar")
     parser.add_argument("--run", default=None, help="collect, open-loop: the run folder")
@@ -431,6 +436,12 @@ def main() -> None:
     elif args.mode == "collect":
         result = collect(args)
         name = f"world_model_partial_{Path(args.run).name}.json"
+    elif args.mode == "diagnose":
+        from world_model_diagnose import diagnose
+
+        figure = args.figure or RESULTS / f"world_model_diagnose_{Path(args.run).name}.png"
+        result = diagnose(args.run, figure)
+        name = f"world_model_diagnose_{Path(args.run).name}.json"
     elif args.mode == "table":
         result = table(args)
         name = f"world_model_table_{args.agent}_{args.preset}.json"

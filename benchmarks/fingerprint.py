@@ -150,13 +150,20 @@ def record(path: str, only: list[str] | None) -> None:
 # applies them to the older record, so that only values and weights are compared.
 RENAMED_METRICS = {"kl": "train/kl", "elbo": "train/elbo", "loss": "loss/total"}
 ADDED_CONFIG_KEYS = ("progress",)
+# Metrics added since (diagnosis scalars that change no arithmetic): dropped from both records.
+ADDED_METRICS = (
+    "train/critic_value",
+    "train/lambda_return_p05",
+    "train/lambda_return_p95",
+    "train/action_saturation",
+)
 
 
 def _renamed(value, metrics: bool):
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
-            if key in ADDED_CONFIG_KEYS:
+            if key in ADDED_CONFIG_KEYS or (metrics and key in ADDED_METRICS):
                 continue
             if metrics:
                 key = (

@@ -371,7 +371,8 @@ def _add_world_model(subparsers) -> None:
         presets=(
             "world-model",
             "debug: CPU, minutes; default: CPU pixel Pendulum, 50k steps; paper: the papers' "
-            "sizes, for a GPU",
+            "sizes, for a GPU; v1: default's DreamerV1 behaviour by name; v3, v3-debug: "
+            "DreamerV3's robustness techniques at default and debug sizes",
         ),
     )
 

@@ -124,6 +124,34 @@ _WORLD_MODEL_DEFAULT = {
     "model_only_updates": 300,
 }
 
+# DreamerV3's robustness (Hafner, Pasukonis, Ba & Lillicrap 2023) over the CPU sizes. The world
+# model's part (for every RSSM agent): 32 unimix categoricals of 32 classes, KL balancing with
+# weights 0.5 (dynamics: KL(sg(q) ‖ p)) and 0.1 (representation: KL(q ‖ sg(p))) — α = 5/6 of a
+# KL scale of 0.6 — each part clipped below at 1 free nat, and a zero-initialized symlog two-hot
+# reward head.
+_V3_MODEL = {
+    "stoch_dim": 32,
+    "classes": 32,
+    "unimix": 0.01,
+    "free_nats": 1.0,
+    "kl_balance": 5 / 6,
+    "kl_scale": 0.6,
+    "reward_twohot": True,
+    "zero_init_reward": True,
+}
+# Dreamer's part (AGENT_PRESETS): return normalization, a zero-initialized two-hot critic
+# regularized towards its EMA (decay 0.98) and bootstrapping from itself, entropy scale 3e-4.
+_V3_DREAMER = {
+    "return_norm": True,
+    "return_norm_decay": 0.99,
+    "critic_twohot": True,
+    "zero_init_critic": True,
+    "slow_critic_tau": 0.02,
+    "slow_critic_target": False,
+    "slow_critic_reg": 1.0,
+    "actor_entropy": 3e-4,
+}
+
 _WORLD_MODEL_PAPER = {
     # PlaNet/Dreamer sizes (the config defaults), for a GPU
     "device": "auto",
@@ -218,6 +246,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "debug": _WORLD_MODEL_DEBUG,
         "default": _WORLD_MODEL_DEFAULT,
         "paper": _WORLD_MODEL_PAPER,
+        # DreamerV1's behaviour (today's default, kept under its own name for comparisons), and
+        # DreamerV3's techniques over the same CPU sizes and over the debug sizes
+        "v1": _WORLD_MODEL_DEFAULT,
+        "v3": {**_WORLD_MODEL_DEFAULT, **_V3_MODEL},
+        "v3-debug": {**_WORLD_MODEL_DEBUG, **_V3_MODEL, "stoch_dim": 8, "classes": 8},
     },
     # latentvi world-model train --agent e2c: E2CRunConfig and E2CConfig
     "e2c": {"default": _E2C_DEFAULT, "paper": _E2C_PAPER, "debug": _E2C_DEBUG},
@@ -246,6 +279,7 @@ AGENT_PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             "debug": {"rollouts": 1, "encoder_hidden": (32,), "latent_dim": 3},
             "default": {"rollouts": 5, "encoder_hidden": (200,), "latent_dim": 3},
         },
+        "dreamer": {"v3": _V3_DREAMER, "v3-debug": _V3_DREAMER},
     },
 }
 

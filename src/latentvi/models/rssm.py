@@ -70,6 +70,13 @@ class RSSMConfig:
     obs_std: float = option(1.0, "σ of the Gaussian p(o_t|x_t) on pixels in [-0.5, 0.5]")
     recon_scale: float = option(1.0, "weight of the reconstruction term")
     reward_scale: float = option(1.0, "weight of the reward term")
+    reward_twohot: bool = option(
+        False,
+        "reward head: symlog two-hot categorical over 255 buckets (DreamerV3) instead of N(μ, 1)",
+    )
+    zero_init_reward: bool = option(
+        False, "zero the reward head's output layer at the start (DreamerV3): predicts 0 at first"
+    )
     kl_scale: float = option(1.0, "weight of the KL term")
     overshooting_scale: float = option(1.0, "weight of the overshooting KL terms")
 

@@ -5,7 +5,8 @@ The generative model over a sequence (Hafner et al. 2019, PlaNet; Hafner et al. 
 
     x_t ~ p(x_t | x_{t−1}, a_{t−1})     transition (the :class:`~latentvi.models.rssm.RSSM` prior)
     o_t ~ N(decoder(x_t), obs_std² I)   pixels in [-0.5, 0.5]
-    r_t ~ N(reward_head(x_t), 1)
+    r_t ~ N(reward_head(x_t), 1)        reward (with ``reward_twohot``: DreamerV3's symlog two-hot
+                                        categorical, whose term is a cross-entropy)
 
 with the filtering posterior q(x_t | x_{t−1}, a_{t−1}, o_t), and the loss to minimize is minus the
 sequence ELBO (:func:`latentvi.bounds.sequence_elbo`) per sequence step, with PlaNet's free nats,
@@ -38,6 +39,7 @@ from latentvi.bounds import balanced_kl, free_nats_kl, sequence_elbo
 from latentvi.distributions import diagonal_gaussian
 from latentvi.models.rssm import RSSM, RSSMConfig, State, stack_states
 from latentvi.nn import MLP, ConvDecoder, ConvEncoder
+from latentvi.scaling import BINS, TwoHotSymlog
 
 __all__ = ["RSSM", "RSSMConfig", "State", "WorldModel", "align_episode", "stack_states"]
 
@@ -81,7 +83,11 @@ class WorldModel(nn.Module):
         self.rssm = RSSM(c, self.embed_dim)
         self.feature_dim = self.rssm.feature_dim
         self.decoder = ConvDecoder(self.feature_dim, self.obs_shape, channels)
-        self.reward_head = MLP(self.feature_dim, (c.hidden, c.hidden), 1, nn.ELU)
+        outputs = BINS if c.reward_twohot else 1
+        self.reward_head = MLP(self.feature_dim, (c.hidden, c.hidden), outputs, nn.ELU)
+        if c.zero_init_reward:
+            nn.init.zeros_(self.reward_head[-1].weight)
+            nn.init.zeros_(self.reward_head[-1].bias)
         self.channels_last = False
         self.set_channels_last(True)
 
@@ -126,7 +132,11 @@ class WorldModel(nn.Module):
         )
 
     def reward(self, features: Tensor) -> Distribution:
-        """p(r|x) = N(head(x), 1): ``features [*B, F]`` -> batch ``[*B]``, event ``[]``."""
+        """p(r|x) = N(head(x), 1), or with ``reward_twohot`` DreamerV3's symlog two-hot
+        categorical (:class:`latentvi.scaling.TwoHotSymlog`: ``mean`` the prediction, ``log_prob``
+        minus a cross-entropy): ``features [*B, F]`` -> batch ``[*B]``, event ``[]``."""
+        if self.config.reward_twohot:
+            return TwoHotSymlog(self.reward_head(features))
         mean = self.reward_head(features).squeeze(-1)
         return diagonal_gaussian(mean, 1.0, 0, validate_args=False)
 
