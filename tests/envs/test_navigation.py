@@ -86,15 +86,15 @@ def test_frames_through_make_env_have_the_agents_shape_and_dtype():
     assert frame.shape == (3, 32, 32) and frame.dtype == np.uint8
     frame, _ = gray.reset(seed=0)
     assert frame.shape == (1, 64, 64) and frame.dtype == np.uint8
-    assert set(np.unique(frame)) >= {0, 76, 150}  # background, point, goal
+    assert set(np.unique(frame)) >= {0, 70, 255}  # background, goal, point
 
 
 def test_frames_show_where_the_point_is():
     image = draw((-2.0, 2.0), GOAL, 0.4, 32).astype(float)  # top left
-    red, green = image[..., 0], image[..., 1]
-    rows, columns = np.nonzero(red > 128)
+    point, goal = image[..., 0] > 128, (image[..., 1] > 60) & (image[..., 0] < 60)
+    rows, columns = np.nonzero(point)
     assert rows.mean() < 8 and columns.mean() < 8
-    rows, columns = np.nonzero(green > 128)
+    rows, columns = np.nonzero(goal)
     assert abs(rows.mean() - 15.5) < 0.5 and abs(columns.mean() - 15.5) < 0.5
     assert np.all(image[-4:, -4:] == 0)  # background
 
@@ -102,7 +102,7 @@ def test_frames_show_where_the_point_is():
 def test_subpixel_moves_change_the_frame():
     first, second = draw((1.0, 1.0), GOAL, 0.4, 32), draw((1.05, 1.0), GOAL, 0.4, 32)
     assert not np.array_equal(first, second)
-    # the red mass moves right
+    # the point's mass moves right
     columns = np.arange(32)
     centre = [(im[..., 0].sum(0) * columns).sum() / im[..., 0].sum() for im in (first, second)]
     assert centre[1] > centre[0]

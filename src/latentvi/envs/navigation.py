@@ -22,8 +22,11 @@ move counts and the reward is a function of the observation that follows it.
   (0.4); an episode succeeds when it ends there; ``info["distance"]`` is ``‖p − g‖``;
 * **observation** the position ``[2]`` (float32); ``render()`` (``render_mode="rgb_array"``)
   draws the arena from above as ``uint8 [screen_dim, screen_dim, 3]``: black background, the
-  goal region a green disc, the point a red disc drawn over it, anti-aliased so that moves
-  smaller than a pixel change the image (grayscale: goal 150, point 76).
+  goal region a dark green disc, the point a white disc (radius 0.35, ~4 pixels across at 32×32)
+  drawn over it, anti-aliased so that moves smaller than a pixel change the image (grayscale:
+  goal 70, point 255). The point is the brightest and largest thing a reconstruction loss can
+  gain from: drawn dim and small (red, radius 0.25: 2–3 pixels of gray 76), PlaNet's world
+  model reconstructed the goal alone and never saw the point.
   :class:`latentvi.envs.pixels.PixelObservation` sets ``screen_dim`` to its output size, so
   ``make_env("latentvi/PointNav-v0", pixels=True, size=32)`` draws 32×32 frames directly.
 """
@@ -53,9 +56,9 @@ GOAL = (0.0, 0.0)
 ACTION_COST = 1e-3
 BOUND = 2.8  # the point stays in [-BOUND, BOUND]²
 VIEW = 3.0  # the image shows [-VIEW, VIEW]²
-POINT_RADIUS = 0.25
-GOAL_COLOUR = np.array([0, 255, 0], np.float32)
-POINT_COLOUR = np.array([255, 0, 0], np.float32)
+POINT_RADIUS = 0.35
+GOAL_COLOUR = np.array([0, 120, 0], np.float32)
+POINT_COLOUR = np.array([255, 255, 255], np.float32)
 
 
 def _disc(centres: np.ndarray, centre: np.ndarray, radius: float, pixel: float) -> np.ndarray:
@@ -75,7 +78,7 @@ def _centres(size: int) -> np.ndarray:
 
 def draw(position, goal, goal_radius: float, size: int) -> np.ndarray:
     """The arena seen from above, ``uint8 [size, size, 3]`` (row 0 at y = +3, column 0 at
-    x = −3): the goal region a green disc, the point (radius 0.25) a red disc over it."""
+    x = −3): the goal region a dark green disc, the point a white disc over it."""
     pixel, centres = 2 * VIEW / size, _centres(size)
     goal_cover = _disc(centres, np.asarray(goal, np.float64), goal_radius, pixel)[..., None]
     point_cover = _disc(centres, np.asarray(position, np.float64), POINT_RADIUS, pixel)[..., None]
