@@ -116,6 +116,7 @@ def control(model: E2C, run: E2CRunConfig, seed: int) -> dict[str, Any]:
     """``run.trials`` episodes under latent iLQR toward the goal (module docstring): per-trial
     ``success``, ``returns``, ``final_distance`` and the newest frame of trial 0 each step."""
     envs = [_pixel_env(run) for _ in range(run.trials)]
+    envs[0].reset(seed=0)
     base = envs[0].unwrapped
     base.position = base.goal.copy()  # the goal image: the point drawn at the goal
     goal = model.encode(_to_input(envs[0].observation(None))[None]).mean[0]
