@@ -26,7 +26,8 @@ from latentvi.cli_options import (
 )
 from latentvi.config import CommandParser, from_arguments, typed_values
 from latentvi.envs.demos import DemoConfig
-from latentvi.jobs import cvae, e2c, em, imitation, latent_q, runs, vae, vi, world_model
+from latentvi.envs.navigation import ENV_ID as NAVIGATION_ID
+from latentvi.jobs import cvae, e2c, e2c_nav, em, imitation, latent_q, runs, vae, vi, world_model
 from latentvi.models.cvae import CVAEConfig
 from latentvi.models.e2c import E2CConfig
 from latentvi.models.ssm import RSSMConfig
@@ -391,7 +392,8 @@ def _e2c_parser() -> CommandParser:
     parser.add_argument(
         "--env",
         default="Pendulum-v1",
-        help="Pendulum-v1 only: E2C sets the pendulum's state to collect its data",
+        help="Pendulum-v1 (E2C sets the pendulum's state to collect its data) or "
+        "latentvi/PointNav-v0 (random episodes from its fixed start; latentvi.jobs.e2c_nav)",
     )
     parser.add_argument("--out", default=None, help="run folder (required)")
     return with_options(
@@ -429,16 +431,18 @@ def _run_rssm_agent(arguments: argparse.Namespace) -> dict:
 
 
 def _run_e2c_agent(arguments: argparse.Namespace) -> dict:
-    """E2C (Watter et al. 2015) on its pixel pendulum (:func:`latentvi.jobs.e2c.run_e2c`)."""
-    if arguments.env != "Pendulum-v1":
+    """E2C (Watter et al. 2015) on its pixel pendulum (:func:`latentvi.jobs.e2c.run_e2c`) or on
+    2-D navigation (:func:`latentvi.jobs.e2c_nav.run_e2c_nav`)."""
+    if arguments.env not in ("Pendulum-v1", NAVIGATION_ID):
         raise ValueError(
-            f"env = {arguments.env!r} is invalid: --agent e2c runs only on Pendulum-v1 (it sets "
-            "the pendulum's state to collect its data); drop --env"
+            f"env = {arguments.env!r} is invalid: --agent e2c runs on Pendulum-v1 (it sets the "
+            f"pendulum's state to collect its data) or {NAVIGATION_ID}; drop --env"
         )
     if arguments.out is None:
         raise ValueError("out = None is invalid: give a run folder, e.g. --out runs/e2c")
     run, model = resolve_world_model(arguments)
-    return e2c.run_e2c(run, arguments.out, model, preset=arguments.preset, resume=arguments.resume)
+    job = e2c_nav.run_e2c_nav if arguments.env == NAVIGATION_ID else e2c.run_e2c
+    return job(run, arguments.out, model, preset=arguments.preset, resume=arguments.resume)
 
 
 def _run_world_model(arguments: argparse.Namespace) -> None:

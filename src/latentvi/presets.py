@@ -265,6 +265,34 @@ ENV_PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         # action no policy reaches the end. One step per action, whatever the preset.
         "latentvi/PixelChain-v0": {ANY: {"action_repeat": 1}},
     },
+    "world-model": {
+        # SOLAR's 2-D navigation (issue 21): one action per step of its 50-step episodes; default
+        # is CPU-sized (32×32 frames, small networks, short plans: ~5 min per 5k steps on a core)
+        "latentvi/PointNav-v0": {
+            ANY: {"action_repeat": 1},
+            "default": {
+                "image_size": 32,
+                "steps": 5000,
+                "eval_every": 1000,
+                "eval_episodes": 5,
+                "checkpoint_every": 1000,
+                "train_steps": 20,
+                "deter_dim": 64,
+                "stoch_dim": 8,
+                "hidden": 64,
+                "channels": (8, 16, 32),
+                "chunk_length": 25,
+                "plan_horizon": 8,
+                "candidates": 100,
+                "cem_iterations": 3,
+                "top_k": 10,
+                "imag_horizon": 10,
+                "actor_hidden": (64, 64),
+                "sac_hidden": (64, 64),
+                "model_only_updates": 100,
+            },
+        },
+    },
 }
 
 # command -> agent -> preset name (or ANY) -> values over the command's (and environment's) preset.
