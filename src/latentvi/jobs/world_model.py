@@ -241,6 +241,7 @@ def train_world_model(
         resume=resume,
         divergence_hint="start again with lower learning rates (--model-lr; Dreamer: "
         "--actor-lr, --critic-lr; SLAC: --sac-lr)",
+        network_options=("--deter-dim", "--stoch-dim", "--hidden", "--embed-dim", "--channels"),
     ) as loop:
         state = loop.train()
         files = _write_outputs(loop.agent, agent_name, run, loop.eval_env, state, loop.out)

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from latentvi.config import option, require, require_int
+from latentvi.memory import require_training_memory
 from latentvi.progress import progress_bar
 from latentvi.train.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from latentvi.train.config import resolve_device
@@ -194,6 +195,7 @@ class EnvLoop:
         resume: bool = False,
         eval_rng_seed: int | None = None,
         divergence_hint: str = "start again with lower learning rates",
+        network_options: tuple[str, ...] = ("the network sizes",),
     ) -> None:
         require(run.out is not None, "out", run.out, "give a run folder, e.g. --out runs/agent")
         self.run, self.storage, self.schedule = run, storage, schedule
@@ -204,6 +206,7 @@ class EnvLoop:
         self.divergence_hint = divergence_hint
         self.guard = MetricGuard()  # scales from the first updates of this start (or resume)
         check_run_folder(self.out, resume, holds_run=storage.holds_run(self.out))
+        self._check_memory(make_env, make_agent, network_options)  # before seeding and writing
         latest = find_latest(self.out) if resume else None
         self.env = self.eval_env = None
         self.metrics_logger = self.bar = self._stack = None
@@ -248,6 +251,17 @@ class EnvLoop:
         else:
             write_run(self.out, self.record.kind, self.record.configs, **self.record.info)
             replace_text(self.out / "config.json", json.dumps(self.spec, indent=2) + "\n")
+
+    def _check_memory(self, make_env, make_agent, network_options) -> None:
+        """Refuse in one line a run whose agent and storage cannot fit in the memory available
+        now (:func:`~latentvi.memory.require_training_memory`)."""
+        env = make_env()
+        try:
+            stored, what = self.storage.projected_bytes(env, self.run)
+            require_training_memory(lambda: make_agent(env), "the agent", network_options,
+                                    stored, what, self.storage.options)  # fmt: skip
+        finally:
+            env.close()
 
     # --- the context: environments, metrics files, stop requests -------------------------------
     def __enter__(self) -> EnvLoop:
