@@ -128,7 +128,10 @@ def test_a_stored_episode_of_another_frame_size_is_named_with_both_shapes(tmp_pa
     assert "frames (1, 6, 6) where the first stored episode gives (1, 4, 4)" in message
     # against the shapes the run expects: the first file already differs
     (tmp_path / "episode-000001-3.npz").unlink()
-    with pytest.raises(ValueError, match=r"episode-000000-3.npz has frames \(1, 4, 4\) where "
-                       r"the env gives \(3, 4, 4\) and actions \(2,\) where the env gives \(1,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"episode-000000-3.npz has frames \(1, 4, 4\) where "
+        r"the env gives \(3, 4, 4\) and actions \(2,\) where the env gives \(1,\)",
+    ):
         EpisodeStore(tmp_path, frame_shape=(3, 4, 4), action_shape=(1,), source="the env")
     assert len(EpisodeStore(tmp_path, frame_shape=(1, 4, 4), action_shape=(2,))) == 1
