@@ -6,20 +6,31 @@ fix), a job whose estimated need exceeds the memory available now (``MemAvailabl
 allocates (weights, their gradients and two Adam moments in float32; data tensors), so a job
 that is refused would certainly have failed inside the allocator; a job that fits is never
 refused. Where the available memory cannot be read, nothing is refused.
+
+Networks are counted exactly without allocating them: :func:`meta_build` builds one on
+PyTorch's ``meta`` device (shapes only), and :func:`network_bytes` counts its weights and
+buffers (each trainable weight four times while training: itself, its gradient, Adam's two
+moments; ``tests/test_memory.py`` checks this against the tensors a real update leaves).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
+
+import torch
 
 __all__ = [
     "available_memory",
     "format_bytes",
+    "meta_build",
     "mlp_parameters",
+    "network_bytes",
     "require_memory",
+    "require_training_memory",
     "training_bytes",
 ]
 
@@ -70,4 +81,54 @@ def require_memory(needed: int, what: str, options: Iterable[str], fix: str) -> 
     raise ValueError(
         f"{names} too large: {what} needs at least {format_bytes(needed)} of memory, and this "
         f"machine has {format_bytes(available)} available; {fix}"
+    )
+
+
+def meta_build(build: Callable[[], Any]) -> Any:
+    """``build()`` on the ``meta`` device: the network's shapes, no memory. Sizes too large
+    for PyTorch to describe raise ``OverflowError``."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except (RuntimeError, TypeError) as error:
+        if "overflow" not in str(error).lower():
+            raise
+        raise OverflowError(" ".join(str(error).split())[:200]) from None
+
+
+def network_bytes(module: torch.nn.Module, training: bool = True) -> int:
+    """Bytes of ``module``'s weights and buffers (e.g. from :func:`meta_build`); with
+    ``training``, each weight that requires a gradient counts :data:`TRAINING_COPIES` times
+    (itself, its gradient, Adam's two moments)."""
+    total = 0
+    for parameter in module.parameters():
+        copies = TRAINING_COPIES if training and parameter.requires_grad else 1
+        total += copies * parameter.numel() * parameter.element_size()
+    return total + sum(buffer.numel() * buffer.element_size() for buffer in module.buffers())
+
+
+def require_training_memory(
+    build: Callable[[], torch.nn.Module],
+    what: str,
+    network_options: Sequence[str],
+    data_bytes: int,
+    data_what: str,
+    data_options: Sequence[str],
+) -> None:
+    """Refuse in one line (ValueError) training ``build()`` (``what``; counted on the meta
+    device: weights, gradients, Adam's moments) with ``data_bytes`` of data (``data_what``)
+    when both cannot fit in the memory available now, naming the options of the larger part."""
+    try:
+        network = network_bytes(meta_build(build))
+    except OverflowError as error:
+        raise ValueError(
+            f"{', '.join(network_options)} too large: {what} cannot be built ({error}); use "
+            "smaller sizes"
+        ) from None
+    require_memory(
+        network + data_bytes,
+        f"training {what} ({format_bytes(network)} of weights, gradients and Adam moments) with "
+        f"{data_what} ({format_bytes(data_bytes)})",
+        network_options if network >= data_bytes else data_options,
+        "use smaller sizes",
     )

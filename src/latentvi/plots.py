@@ -41,12 +41,16 @@ def _subplots(nrows: int = 1, ncols: int = 1, *, figsize, layout=None, **keyword
 
 
 def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Write ``figure`` to ``path`` (PNG) atomically and close it."""
+    """Write ``figure`` to ``path`` (PNG) atomically and close it. The file follows the umask
+    like any other (``mkstemp`` would leave it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".png")
     os.close(handle)
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temporary, 0o666 & ~mask)
         figure.savefig(temporary, dpi=dpi, bbox_inches="tight")
         os.replace(temporary, path)
     finally:

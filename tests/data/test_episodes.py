@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from latentvi.data.episodes import EpisodeStore, load_episode
+from latentvi.data.episodes import EpisodeStore, load_episode, save_episode
 
 
 def _episode(steps: int, offset: int, terminal_last: bool = False) -> dict[str, np.ndarray]:
@@ -113,3 +113,25 @@ def test_gaps_and_discard(tmp_path):
         bad = _episode(3, 0)
         bad["obs"] = np.zeros((4, 3, 4, 4), np.uint8)
         store.add(bad)
+
+
+def test_a_stored_episode_of_another_frame_size_is_named_with_both_shapes(tmp_path):
+    store = EpisodeStore(tmp_path)
+    store.add(_episode(3, 0))
+    odd = _episode(3, 10)
+    odd["obs"] = np.zeros((4, 1, 6, 6), np.uint8)
+    save_episode(tmp_path / "episode-000001-3.npz", odd)
+    with pytest.raises(ValueError) as raised:
+        EpisodeStore(tmp_path)
+    message = str(raised.value)
+    assert "episode file" in message and "episode-000001-3.npz" in message
+    assert "frames (1, 6, 6) where the first stored episode gives (1, 4, 4)" in message
+    # against the shapes the run expects: the first file already differs
+    (tmp_path / "episode-000001-3.npz").unlink()
+    with pytest.raises(
+        ValueError,
+        match=r"episode-000000-3.npz has frames \(1, 4, 4\) where "
+        r"the env gives \(3, 4, 4\) and actions \(2,\) where the env gives \(1,\)",
+    ):
+        EpisodeStore(tmp_path, frame_shape=(3, 4, 4), action_shape=(1,), source="the env")
+    assert len(EpisodeStore(tmp_path, frame_shape=(1, 4, 4), action_shape=(2,))) == 1

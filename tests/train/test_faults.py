@@ -247,3 +247,21 @@ def test_run_files_follow_the_umask(tmp_path, capsys, umask):
         if path.name == "tensorboard" or "tensorboard" in path.parts:
             continue
         assert path.stat().st_mode & 0o777 == expected, (path, oct(path.stat().st_mode))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_figures_follow_the_umask(tmp_path, capsys, umask):
+    """``plot`` (every figure goes through ``plots.save_figure``) writes PNGs with the mode any
+    other file gets, not mkstemp's 0600."""
+    out = tmp_path / "run"
+    assert cli.main([*TINY, "--max-steps", "2", "--out", str(out)]) == 0
+    old = os.umask(umask)
+    try:
+        assert cli.main(["plot", str(out), "--out", str(tmp_path / "figures")]) == 0
+    finally:
+        os.umask(old)
+    capsys.readouterr()
+    figures = sorted((tmp_path / "figures").glob("*.png"))
+    assert figures
+    for path in figures:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, (path, oct(path.stat().st_mode))

@@ -108,13 +108,26 @@ class EpisodeStore:
     Args:
         folder: where the episode files live (created if missing); existing episodes are loaded.
         seed: seed of the chunk sampler (its state: :meth:`sampler_state`).
+        frame_shape: ``(C, H, W)`` every episode's frames must have (default: the first
+            episode's); a file with other frames or actions is refused, naming it.
+        action_shape: ``(A,)`` likewise for actions.
+        source: what set the shapes, for the error message (e.g. the run's options).
     """
 
-    def __init__(self, folder: str | os.PathLike, seed: int = 0) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        seed: int = 0,
+        frame_shape: tuple[int, ...] | None = None,
+        action_shape: tuple[int, ...] | None = None,
+        source: str = "the environment",
+    ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.generator = np.random.default_rng(seed)
         self.episodes: list[Episode] = []
+        self.shapes = None if frame_shape is None else (tuple(frame_shape), action_shape)
+        self.source = source
         found = sorted(
             (int(m.group(1)), p) for p in self.folder.iterdir() if (m := _NAME.match(p.name))
         )
@@ -125,7 +138,9 @@ class EpisodeStore:
                     " episodes are numbered from 0 without gaps: restore the missing file or "
                     "remove the later ones"
                 )
-            self.episodes.append(load_episode(path))
+            episode = load_episode(path)
+            self._check_shapes(episode, f"episode file {path}", "delete it (and the later ones)")
+            self.episodes.append(episode)
         if self.episodes:
             logger.info("loaded %d episodes from %s", len(self.episodes), self.folder)
 
@@ -142,20 +157,27 @@ class EpisodeStore:
         """Save a finished episode to disk (atomically) and keep it for sampling."""
         index = len(self.episodes)
         episode = _check_episode(episode, f"episode {index}")
-        if self.episodes:
-            first = self.episodes[0]
-            if episode["obs"].shape[1:] != first["obs"].shape[1:] or (
-                episode["action"].shape[1:] != first["action"].shape[1:]
-            ):
-                raise ValueError(
-                    f"episode {index} has frames {episode['obs'].shape[1:]} and actions "
-                    f"{episode['action'].shape[1:]}, the store holds {first['obs'].shape[1:]} and "
-                    f"{first['action'].shape[1:]}; use one folder per environment setting"
-                )
+        self._check_shapes(episode, f"episode {index}", "use one folder per environment setting")
         path = self.folder / f"episode-{index:06d}-{len(episode['action'])}.npz"
         save_episode(path, episode)
         self.episodes.append(episode)
         return path
+
+    def _check_shapes(self, episode: Episode, where: str, fix: str) -> None:
+        """Frames ``(C, H, W)`` and actions ``(A,)`` as the store's (the given shapes, else the
+        first episode's); ``ValueError`` naming ``where``, the expected and the found shapes."""
+        found = (episode["obs"].shape[1:], episode["action"].shape[1:])
+        if self.shapes is None:
+            self.shapes, self.source = found, "the first stored episode"
+            return
+        frames, actions = self.shapes
+        bad = [
+            f"{name} {tuple(have)} where {self.source} gives {tuple(want)}"
+            for name, have, want in (("frames", found[0], frames), ("actions", found[1], actions))
+            if want is not None and tuple(have) != tuple(want)
+        ]
+        if bad:
+            raise ValueError(f"{where} has {' and '.join(bad)}; {fix}")
 
     def discard_after(self, count: int) -> int:
         """Keep only the first ``count`` episodes (delete the later files): used on resume to

@@ -44,6 +44,7 @@ import torch
 from latentvi.config import check_positive_int, from_dict, option, require, to_dict
 from latentvi.envs.pendulum import MAX_SPEED, MAX_TORQUE
 from latentvi.envs.pendulum_pixels import PendulumPixels, to_input, wrap
+from latentvi.memory import require_training_memory
 from latentvi.models.e2c import E2C, E2CConfig
 from latentvi.plots import plot_e2c
 from latentvi.presets import DEFAULT_PRESET, resolve
@@ -380,6 +381,7 @@ def _run_e2c(config, out: Path, model_config, preset, resume: bool) -> dict[str,
     )  # fmt: skip
     if run.controller == "value":  # the grid's size, checked before anything is written
         check_value_grid(run.value_cells, model_config.latent_dim)
+    check_memory(run, model_config)
     if not resume:
         shape = [2, run.image_size, run.image_size]
         write_run(out, "e2c", configs, obs_shape=shape, action_dim=1, preset=preset)
@@ -404,6 +406,16 @@ def _run_e2c(config, out: Path, model_config, preset, resume: bool) -> dict[str,
     }
     write_json(out / "summary.json", summary)
     return summary
+
+
+def check_memory(run: E2CRunConfig, model_config: E2CConfig) -> None:
+    """Refuse in one line a model and data (:func:`collect_transitions`) that cannot fit."""
+    size, steps, frames = run.image_size, run.prediction_steps, run.transitions * run.image_size**2
+    require_training_memory(
+        lambda: E2C((2, size, size), 1, model_config), "E2C", ("--latent-dim", "--hidden"),
+        frames * (steps + 2) + 4 * frames * 2 * (steps + 1), f"{run.transitions} transitions",
+        ("--transitions", "--image-size", "--prediction-steps"),
+    )  # fmt: skip
 
 
 def load_model(

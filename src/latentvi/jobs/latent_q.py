@@ -250,6 +250,7 @@ def run_latent_q(
         resume=resume,
         eval_rng_seed=run.seed,  # latent-Q's evaluation stream since its first release
         divergence_hint="start again with a lower learning rate (--lr, --vae-lr)",
+        network_options=("--hidden", "--latent-dim", "--channels", "--feature-dim"),
     ) as loop:
         if not loop.resumed and agent_config.variant == "vae-pretrained":
             _pretrain(loop.agent, run, loop.out, stack, loop.stop)

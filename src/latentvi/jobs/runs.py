@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from latentvi.config import from_dict, require
-from latentvi.train.checkpoint import load_checkpoint
+from latentvi.train.checkpoint import build_for_checkpoint, load_checkpoint
 from latentvi.train.runs import FIGURES, Run, read_run
 
 __all__ = ["KINDS", "Kind", "evaluate", "load", "plot", "sample"]
@@ -89,12 +89,21 @@ def _load_imitation(run: Run, map_location, checkpoint):
     return model.eval()
 
 
-def _space(description: dict[str, Any]):
+MAX_SPACE_VALUES = 10**8  # a 3×64×64 frame stack holds 10⁴..10⁵
+
+
+def _space(description: dict[str, Any], where: Path):
     import gymnasium as gym
 
     if "n" in description:
         return gym.spaces.Discrete(int(description["n"]))
-    shape, dtype = tuple(description["shape"]), np.dtype(description["dtype"])
+    shape, dtype = tuple(int(n) for n in description["shape"]), np.dtype(description["dtype"])
+    size = int(np.prod(shape, dtype=object))
+    if not 0 < size <= MAX_SPACE_VALUES or min(shape) < 1:
+        raise ValueError(
+            f"{where} declares a space of shape {list(shape)} ({size} values, at most "
+            f"{MAX_SPACE_VALUES}); the file is damaged or was edited: restore it or retrain"
+        )
 
     def bound(value) -> np.ndarray:
         return np.broadcast_to(np.asarray(value, np.float64).reshape(-1), (int(np.prod(shape)),))
@@ -120,13 +129,16 @@ def _load_latent_q(run: Run, map_location, checkpoint):
 
     configs = _configs(run, {"agent": LatentQConfig, "run": RunConfig})
     if "observation_space" in run.info:
-        observations = _space(run.info["observation_space"])
-        actions = _space(run.info["action_space"])
+        observations = _space(run.info["observation_space"], run.path / "run.json")
+        actions = _space(run.info["action_space"], run.path / "run.json")
     else:  # an older run: the environment's spaces
         env = make_run_env(configs["run"], _pixels(configs["agent"], configs["run"]))
         observations, actions = env.observation_space, env.action_space
         env.close()
-    agent = LatentQAgent(configs["agent"], observations, actions)
+    agent = build_for_checkpoint(
+        lambda: LatentQAgent(configs["agent"], observations, actions),
+        _source(run, checkpoint), run.path / "run.json",
+    )  # fmt: skip
     loaded = load_checkpoint(
         _source(run, checkpoint), agent, map_location=map_location, restore_rng=False
     )
@@ -152,7 +164,8 @@ def _load_e2c(run: Run, map_location, checkpoint):
 
     configs = _configs(run, {"run": E2CRunConfig, "model": E2CConfig})
     size = configs["run"].image_size
-    model = E2C((2, size, size), 1, configs["model"])
+    model = build_for_checkpoint(lambda: E2C((2, size, size), 1, configs["model"]),
+                                 _source(run, checkpoint), run.path / "run.json")  # fmt: skip
     load_checkpoint(_source(run, checkpoint), model, map_location=map_location, restore_rng=False)
     model.run_config = configs["run"]
     return model.eval()

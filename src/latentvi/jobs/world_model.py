@@ -56,7 +56,7 @@ from latentvi.rl.planet import PlanetAgent, PlanetConfig
 from latentvi.rl.slac import SlacAgent, SlacConfig
 from latentvi.rl.solar import SolarAgent, SolarConfig
 from latentvi.rl.world_model_agent import ModelTrainingConfig, WorldModelAgent
-from latentvi.train.checkpoint import find_latest, load_checkpoint
+from latentvi.train.checkpoint import build_for_checkpoint, find_latest, load_checkpoint
 from latentvi.train.env_loop import EnvLoop, EnvRunConfig, RunRecord, write_curve
 from latentvi.train.env_schedules import EpisodeSchedule, EpisodeStorage
 from latentvi.train.metrics import log_images
@@ -140,8 +140,9 @@ def load_run(
         raise ValueError(f"{record.path} holds a corrupt world-model run ({error})") from None
     if find_latest(run_dir) is None:
         raise ValueError(f"{str(run_dir)!r} holds no checkpoint yet: wait for the first one")
-    agent = factory(model, training, agent_config)
     source = run_dir if checkpoint is None else checkpoint
+    agent = build_for_checkpoint(lambda: factory(model, training, agent_config), source,
+                                 record.path / "run.json")  # fmt: skip
     loaded = load_checkpoint(source, agent, map_location=map_location, restore_rng=False)
     agent.load_optimizer_state(loaded["optimizers"])  # so that it can train on from here
     return agent_name, agent.eval(), run, int(loaded["counters"]["env_steps"])
@@ -243,6 +244,7 @@ def train_world_model(
         resume=resume,
         divergence_hint="start again with lower learning rates (--model-lr; Dreamer: "
         "--actor-lr, --critic-lr; SLAC: --sac-lr)",
+        network_options=("--deter-dim", "--stoch-dim", "--hidden", "--embed-dim", "--channels"),
     ) as loop:
         state = loop.train()
         files = _write_outputs(loop.agent, agent_name, run, loop.eval_env, state, loop.out)

@@ -60,7 +60,8 @@ class TanhGaussianPolicy(nn.Module):
             torch.as_tensor(low, dtype=torch.float32),
             torch.as_tensor(high, dtype=torch.float32),
         )
-        if low.dim() != 1 or low.shape != high.shape or not bool((high > low).all()):
+        valid = low.is_meta or bool((high > low).all())  # meta: counted, not built (memory.py)
+        if low.dim() != 1 or low.shape != high.shape or not valid:
             raise ValueError(
                 f"action bounds low = {low.tolist()}, high = {high.tolist()} are invalid: SAC "
                 "needs a 1-D Box action space with finite high > low"

@@ -40,8 +40,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import torch
 
+from latentvi.memory import meta_build, network_bytes, require_memory
 from latentvi.train.errors import CheckpointError
 from latentvi.train.rng import RNGState, capture_rng_state, restore_rng_state
 from latentvi.train.storage import (
@@ -59,6 +61,7 @@ from latentvi.train.storage import (
 
 __all__ = [
     "CheckpointError",
+    "build_for_checkpoint",
     "checkpoint_name",
     "find_best",
     "find_latest",
@@ -309,7 +312,9 @@ def _check_model(model: torch.nn.Module, loaded: Mapping[str, torch.Tensor], pat
     non_finite = [
         name
         for name in sorted(parameters & set(loaded))
-        if loaded[name].is_floating_point() and not bool(torch.isfinite(loaded[name]).all())
+        if loaded[name].is_floating_point()
+        and not loaded[name].is_meta  # declared only (build_for_checkpoint)
+        and not bool(torch.isfinite(loaded[name]).all())
     ]
     problems = []
     if dtypes:
@@ -342,6 +347,46 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, loaded: Mapping, path: Pa
             f"checkpoint {path} does not match the optimizer: parameter groups of sizes {theirs} "
             f"vs {ours}; build the optimizer the same way as in the saved run"
         )
+
+
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+           "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+           "BOOL": "bool"}  # fmt: skip
+
+
+def _declared(folder: Path) -> dict[str, torch.Tensor]:
+    """The model tensors a checkpoint declares, as meta tensors: its header only is read."""
+    path, aliases = folder / "model.safetensors", read_json(folder / "state.json")
+    try:
+        with safetensors.safe_open(path, framework="pt") as handle:
+            found = {}
+            for name in handle.keys():  # noqa: SIM118 (a handle, not a dict)
+                part = handle.get_slice(name)
+                dtype = getattr(torch, _DTYPES[part.get_dtype()])
+                found[name] = torch.empty(part.get_shape(), dtype=dtype, device="meta")
+        for name, target in dict(aliases.get("model_aliases") or {}).items():
+            found[name] = found[target]
+    except Exception as error:  # SafetensorError, a bad dtype or alias, sizes that overflow
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {error}") from None
+    return found
+
+
+def build_for_checkpoint(build, path_or_run_dir: str | os.PathLike, declared_in: Path):
+    """``build()``, once it is known without allocating anything that the network it makes
+    (from the configuration in ``declared_in``, a run's ``run.json``) fits in the memory
+    available and has the names, shapes and dtypes the checkpoint's ``model.safetensors``
+    declares; otherwise one line (ValueError) naming the file."""
+    fix = "the file is damaged or was edited: restore it or retrain"
+    try:
+        probe = meta_build(build)
+    except OverflowError as error:
+        message = f"{declared_in} declares a network too large to build ({error}); {fix}"
+        raise ValueError(message) from None
+    require_memory(network_bytes(probe, training=False), "the network it declares",
+                   (str(declared_in),), fix)  # fmt: skip
+    folder = _resolve(path_or_run_dir)
+    _check_model(probe, _declared(folder), folder / "model.safetensors")
+    return build()
 
 
 def load_checkpoint(

@@ -26,7 +26,10 @@ the seed (set first, before any part is built), the counters (``state``: environ
 episodes, the evaluation curve, the schedules' next steps), evaluation (``eval_episodes`` episodes
 without exploration, reset seeds ``mixed_seed(seed, EVAL_SEED, i)``, under their own random
 state), ``metrics.jsonl`` (:class:`~latentvi.train.metrics.MetricsLogger`), the progress bar,
-divergence (:class:`~latentvi.train.errors.TrainingDivergedError`) and checkpoints (the agent's
+divergence (:class:`~latentvi.train.errors.TrainingDivergedError`: a non-finite update, a loss
+or gradient norm that explodes, :class:`~latentvi.train.step.MetricGuard`, or weights that
+are not finite or over :data:`~latentvi.train.step.WEIGHT_LIMIT` when a checkpoint is due, so
+the kept checkpoint is always from before a divergence) and checkpoints (the agent's
 weights and optimizers, the storage's state, the action generator, the counters and every random
 state; named by environment step). Environment steps count the underlying environment's steps
 (an agent step with action repeat R counts R).
@@ -51,6 +54,7 @@ import numpy as np
 import torch
 
 from latentvi.config import option, require, require_int
+from latentvi.memory import require_training_memory
 from latentvi.progress import progress_bar
 from latentvi.train.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from latentvi.train.config import resolve_device
@@ -60,6 +64,13 @@ from latentvi.train.metrics import MetricsLogger
 from latentvi.train.rng import isolated_rng, mixed_seed, seed_everything
 from latentvi.train.runs import check_run_folder, write_run
 from latentvi.train.signals import StopRequest, stop_on_signals
+from latentvi.train.step import (
+    EXPLOSION_FACTOR,
+    WARMUP_STEPS,
+    WEIGHT_LIMIT,
+    MetricGuard,
+    largest_weight,
+)
 from latentvi.train.storage import replace_text
 
 __all__ = [
@@ -184,6 +195,7 @@ class EnvLoop:
         resume: bool = False,
         eval_rng_seed: int | None = None,
         divergence_hint: str = "start again with lower learning rates",
+        network_options: tuple[str, ...] = ("the network sizes",),
     ) -> None:
         require(run.out is not None, "out", run.out, "give a run folder, e.g. --out runs/agent")
         self.run, self.storage, self.schedule = run, storage, schedule
@@ -192,7 +204,9 @@ class EnvLoop:
             eval_rng_seed
         )  # fmt: skip
         self.divergence_hint = divergence_hint
+        self.guard = MetricGuard()  # scales from the first updates of this start (or resume)
         check_run_folder(self.out, resume, holds_run=storage.holds_run(self.out))
+        self._check_memory(make_env, make_agent, network_options)  # before seeding and writing
         latest = find_latest(self.out) if resume else None
         self.env = self.eval_env = None
         self.metrics_logger = self.bar = self._stack = None
@@ -237,6 +251,17 @@ class EnvLoop:
         else:
             write_run(self.out, self.record.kind, self.record.configs, **self.record.info)
             replace_text(self.out / "config.json", json.dumps(self.spec, indent=2) + "\n")
+
+    def _check_memory(self, make_env, make_agent, network_options) -> None:
+        """Refuse in one line a run whose agent and storage cannot fit in the memory available
+        now (:func:`~latentvi.memory.require_training_memory`)."""
+        env = make_env()
+        try:
+            stored, what = self.storage.projected_bytes(env, self.run)
+            require_training_memory(lambda: make_agent(env), "the agent", network_options,
+                                    stored, what, self.storage.options)  # fmt: skip
+        finally:
+            env.close()
 
     # --- the context: environments, metrics files, stop requests -------------------------------
     def __enter__(self) -> EnvLoop:
@@ -312,12 +337,22 @@ class EnvLoop:
         self.bar.update(env_steps)
 
     def update(self, batch: Any) -> dict[str, float]:
-        """One agent update; a non-finite one becomes :class:`TrainingDivergedError`."""
+        """One agent update, its metrics as floats; a non-finite one, or one whose loss or
+        gradient norm exploded (:class:`~latentvi.train.step.MetricGuard`), becomes
+        :class:`TrainingDivergedError`."""
         try:
-            metrics = self.agent.update(batch)
+            metrics = {name: float(value) for name, value in self.agent.update(batch).items()}
         except FloatingPointError as error:
             raise self._diverged(error) from error
         self.state["updates"] = self.state.get("updates", 0) + 1
+        exploded = self.guard.exploded(metrics)
+        if exploded is not None:
+            name, value, scale = exploded
+            raise self._diverged(
+                f"{name} is {value:.3g}, over {EXPLOSION_FACTOR:g} times its scale {scale:.3g} "
+                f"in the first {WARMUP_STEPS} updates; no checkpoint was written after it",
+                taken=True,
+            )
         return metrics
 
     def evaluate(self) -> None:
@@ -350,7 +385,16 @@ class EnvLoop:
             self.checkpoint()
 
     def checkpoint(self) -> Path:
-        """Save everything a resumed run needs, named by environment step."""
+        """Save everything a resumed run needs, named by environment step; refused
+        (:class:`TrainingDivergedError`) while a weight is not finite or over
+        :data:`~latentvi.train.step.WEIGHT_LIMIT`."""
+        bad = largest_weight(self.agent.named_parameters())
+        if bad is not None:
+            raise self._diverged(
+                f"weight {bad[0]} reaches {bad[1]:.3g} (limit {WEIGHT_LIMIT:g}), so no "
+                "checkpoint was written",
+                taken=True,
+            )
         self.elapsed()
         extra = {
             "optimizers": self.agent.optimizer_state(),
@@ -372,15 +416,19 @@ class EnvLoop:
         """The last evaluation (empty before the first)."""
         return self.state["curve"][-1] if self.state["curve"] else {}
 
-    def _diverged(self, error: FloatingPointError) -> TrainingDivergedError:
+    def _diverged(self, error: Any, taken: bool = False) -> TrainingDivergedError:
+        """The one-line error of a diverged run: what happened (``error``), whether the last
+        update was taken, and where to go on from."""
         state = self.state
         latest = find_latest(self.out)
         where = f"the last checkpoint is {latest}" if latest else "no checkpoint was written yet"
+        updates = state.get("updates", 0)
+        done = "" if taken else "; that step was not taken"
         return TrainingDivergedError(
-            f"training diverged after {state.get('updates', 0)} updates ({state['env_steps']} "
-            f"environment steps): {error}; that step was not taken. {where}: resume it "
+            f"training diverged after {updates} updates ({state['env_steps']} "
+            f"environment steps): {error}{done}. {where}: resume it "
             f"(--resume) or {self.divergence_hint}",
-            step=state.get("updates", 0) + 1,
+            step=updates if taken else updates + 1,
             metric=str(error),
             last_checkpoint=str(latest) if latest else None,
         )

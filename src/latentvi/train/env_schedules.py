@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from latentvi.data.episodes import EpisodeRunner, EpisodeStore
-from latentvi.data.replay import ReplayBuffer
+from latentvi.data.replay import ReplayBuffer, bytes_per_slot
 from latentvi.envs.pixels import newest_frame
 from latentvi.train.env_loop import next_multiple
 from latentvi.train.rng import capture_rng_state, mixed_seed, restore_rng_state
@@ -84,9 +84,19 @@ class ReplayStorage:
         self.capacity, self.stack = capacity, stack
         self.buffer: ReplayBuffer | None = None
 
+    options = ("--buffer-size",)
+
     @staticmethod
     def holds_run(out: Path) -> bool:
         return False  # the buffer lives in the checkpoints
+
+    def projected_bytes(self, env, run) -> tuple[int, str]:
+        """Bytes of the buffer :meth:`open` will allocate, and what it is."""
+        space, discrete = env.observation_space, hasattr(env.action_space, "n")
+        frame = (space.shape[0] // self.stack, *space.shape[1:])
+        slot = bytes_per_slot(frame, space.dtype, () if discrete else env.action_space.shape,
+                              np.int64 if discrete else np.float32)  # fmt: skip
+        return self.capacity * slot, f"a replay buffer of {self.capacity} frames"
 
     def open(self, env, out: Path, seed: int) -> None:
         self.buffer = new_replay_buffer(env, self.capacity, self.stack, seed)
@@ -121,12 +131,34 @@ class EpisodeStorage:
     def __init__(self) -> None:
         self.store: EpisodeStore | None = None
 
+    options = ("--steps (stored episodes are kept in memory)", "--image-size")
+
     @classmethod
     def holds_run(cls, out: Path) -> bool:
         return any((out / cls.FOLDER).glob("episode-*.npz"))
 
+    @staticmethod
+    def projected_bytes(env, run) -> tuple[int, str]:
+        """Bytes of the episodes a run of ``run.steps`` environment steps keeps in memory
+        (frames as observed, float32 actions and rewards, bool terminals; one more frame per
+        episode), and what they are: the budget's agent steps in episodes of the environment's
+        length (the last episode may run past the budget: not counted)."""
+        steps = -(-run.steps // run.action_repeat)
+        limit = env.spec.max_episode_steps if env.spec is not None else None
+        length = -(-limit // run.action_repeat) if limit else steps
+        episodes = -(-steps // length)
+        space = env.observation_space
+        frame = int(np.prod(space.shape, dtype=np.int64)) * np.dtype(space.dtype).itemsize
+        transition = 4 * int(np.prod(env.action_space.shape, dtype=np.int64)) + 4 + 1
+        what = f"{episodes} episodes of {steps} steps in all of frames {tuple(space.shape)}"
+        return (steps + episodes) * frame + steps * transition, what
+
     def open(self, env, out: Path, seed: int) -> None:
-        self.store = EpisodeStore(out / self.FOLDER, seed=seed)
+        self.store = EpisodeStore(
+            out / self.FOLDER, seed=seed, frame_shape=env.observation_space.shape,
+            action_shape=env.action_space.shape,
+            source="the run's environment (--env, --image-size, --grayscale)",
+        )  # fmt: skip
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {"sampler": self.store.sampler_state()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,10 @@ __all__ = [
     "EXPLOSION_FACTOR",
     "WEIGHT_LIMIT",
     "ExplosionGuard",
+    "MetricGuard",
     "NonFiniteError",
     "check_weights",
+    "largest_weight",
     "optimizer_step",
     "train_step",
 ]
@@ -89,6 +91,50 @@ class ExplosionGuard:
             )
 
 
+@dataclasses.dataclass
+class MetricGuard:
+    """:class:`ExplosionGuard` for metrics by name (the environment loop's agent updates):
+    each watched metric (``loss/…`` or ``…grad_norm``) gets its own scale, the median of its
+    first :data:`WARMUP_STEPS` absolute values (at least 1); a later value over
+    :data:`EXPLOSION_FACTOR` times it is an explosion. Reads values only."""
+
+    warmup: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    scales: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @staticmethod
+    def watches(name: str) -> bool:
+        return name.startswith("loss/") or name.endswith("grad_norm")
+
+    def exploded(self, values: Mapping[str, float]) -> tuple[str, float, float] | None:
+        """The first watched metric of ``values`` that exploded: ``(name, value, scale)``."""
+        found = None
+        for name, value in values.items():
+            if not self.watches(name):
+                continue
+            scale = self.scales.get(name)
+            if scale is None:
+                seen = self.warmup.setdefault(name, [])
+                seen.append(abs(value))
+                if len(seen) == WARMUP_STEPS:
+                    self.scales[name] = max(statistics.median(seen), 1.0)
+                    del self.warmup[name]
+            elif found is None and abs(value) > EXPLOSION_FACTOR * scale:
+                found = (name, value, scale)
+        return found
+
+
+def largest_weight(
+    named_parameters: Iterable[tuple[str, torch.Tensor]],
+) -> tuple[str, float] | None:
+    """The first weight that is not finite or larger than :data:`WEIGHT_LIMIT` in magnitude:
+    ``(name, largest magnitude)``; None when all are within it."""
+    for name, parameter in named_parameters:
+        largest = float(parameter.detach().abs().max()) if parameter.numel() else 0.0
+        if not largest <= WEIGHT_LIMIT:  # also NaN
+            return name, largest
+    return None
+
+
 def check_weights(
     named_parameters: Sequence[tuple[str, torch.Tensor]],
     step: int,
@@ -97,16 +143,16 @@ def check_weights(
 ) -> None:
     """Refuse (TrainingDivergedError) to checkpoint weights that are not finite or larger than
     :data:`WEIGHT_LIMIT`: the kept checkpoint is always one from before a divergence."""
-    for name, parameter in named_parameters:
-        largest = float(parameter.detach().abs().max()) if parameter.numel() else 0.0
-        if not largest <= WEIGHT_LIMIT:  # also NaN
-            raise TrainingDivergedError(
-                f"training diverged at step {step}: weight {name} reaches {largest:.3g} (limit "
-                f"{WEIGHT_LIMIT:g}), so no checkpoint was written; {_advice(lr, last)}",
-                step=step,
-                metric=f"weight {name}",
-                last_checkpoint=None if last is None else str(last),
-            )
+    bad = largest_weight(named_parameters)
+    if bad is not None:
+        name, largest = bad
+        raise TrainingDivergedError(
+            f"training diverged at step {step}: weight {name} reaches {largest:.3g} (limit "
+            f"{WEIGHT_LIMIT:g}), so no checkpoint was written; {_advice(lr, last)}",
+            step=step,
+            metric=f"weight {name}",
+            last_checkpoint=None if last is None else str(last),
+        )
 
 
 def _none(batch: Any) -> None:
