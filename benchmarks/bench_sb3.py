@@ -208,6 +208,8 @@ def _cell(value: float | None, form: str) -> str:
 
 
 def table(args) -> None:
+    """One markdown table per algorithm (returns, updates per wall and per CPU second, their
+    ratios ours / SB3 per seed) and ``sb3_summary.json``."""
     summary = {}
     for algo in SETTINGS:
         rows = {}
@@ -219,39 +221,42 @@ def table(args) -> None:
         by_seed = {lib: {r["seed"]: r for r in runs} for lib, runs in rows.items()}
         seeds = sorted({seed for runs in by_seed.values() for seed in runs})
         print(f"\n{algo} ({SETTINGS[algo]['env']})\n")
-        header = [f"{lib} {what}" for lib in LIBRARIES for what in ("return", "updates/s")]
-        print("| seed | " + " | ".join(header) + " | updates/s ours / SB3 |")
-        print("|---" * (len(header) + 2) + "|")
-        ratios = []
+        print(
+            "| seed | SB3 return | ours return | SB3 updates/s | ours updates/s | ratio "
+            "| SB3 updates/CPU s | ours updates/CPU s | ratio |"
+        )
+        print("|---" * 9 + "|")
+        ratios = {"updates_per_second": [], "updates_per_cpu_second": []}
         for seed in seeds:
-            cells = [str(seed)]
-            for lib in LIBRARIES:
-                r = by_seed[lib].get(seed)
-                cells.append(_cell(r and r["return_mean"], ".1f"))
-                cells.append(_cell(r and r["updates_per_second"], ".0f"))
             ours, theirs = by_seed["ours"].get(seed), by_seed["sb3"].get(seed)
-            ratio = None
-            if ours and theirs:
-                ratio = ours["updates_per_second"] / theirs["updates_per_second"]
-                ratios.append(ratio)
-            cells.append(_cell(ratio, ".2f"))
+            cells = [str(seed), _cell(theirs and theirs["return_mean"], ".1f"),
+                     _cell(ours and ours["return_mean"], ".1f")]  # fmt: skip
+            for key, values in ratios.items():
+                ratio = ours[key] / theirs[key] if ours and theirs else None
+                if ratio is not None:
+                    values.append(ratio)
+                cells += [_cell(theirs and theirs[key], ".0f"), _cell(ours and ours[key], ".0f"),
+                          _cell(ratio, ".2f")]  # fmt: skip
             print("| " + " | ".join(cells) + " |")
         entry = {}
-        cells = ["mean ± std"]
         for lib in LIBRARIES:
             returns = [r["return_mean"] for r in rows[lib]]
-            rates = [r["updates_per_second"] for r in rows[lib]]
             entry[lib] = {
                 "seeds": [r["seed"] for r in rows[lib]],
                 "returns": returns,
                 "return": _spread(returns),
-                "updates_per_second": _spread(rates),
+                "updates_per_second": _spread([r["updates_per_second"] for r in rows[lib]]),
+                "updates_per_cpu_second": _spread([r["updates_per_cpu_second"] for r in rows[lib]]),
                 "train_wall_seconds": _spread([r["train_wall_seconds"] for r in rows[lib]]),
                 "updates": [r["updates"] for r in rows[lib]],
+                "load_average_1min": [r["load_average_before"][0] for r in rows[lib]],
             }
-            cells += [entry[lib]["return"], entry[lib]["updates_per_second"]]
-        entry["updates_per_second_ratio_median"] = statistics.median(ratios) if ratios else None
-        cells.append("median " + _cell(entry["updates_per_second_ratio_median"], ".2f"))
+        for key, values in ratios.items():
+            entry[f"{key}_ratio_median"] = statistics.median(values) if values else None
+        cells = ["mean ± std", entry["sb3"]["return"], entry["ours"]["return"]]
+        for key in ratios:
+            cells += [entry["sb3"][key], entry["ours"][key],
+                      "median " + _cell(entry[f"{key}_ratio_median"], ".2f")]  # fmt: skip
         print("| " + " | ".join(cells) + " |")
         summary[algo] = entry
     (RESULTS / "sb3_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -226,8 +226,13 @@ class StepSchedule:
                 done = True
                 state["episodes"] += 1
                 _add(window, {"train/episode_return": state["episode_return"]})
-            ready = state["env_steps"] >= self.learning_starts and len(storage) >= self.batch_size
-            if ready and state["agent_steps"] % self.update_every == 0:
+            due = state["agent_steps"] % self.update_every == 0
+            # len(storage) scans the buffer (O(its size)): only asked when a round is due
+            if (
+                due
+                and state["env_steps"] >= self.learning_starts
+                and len(storage) >= self.batch_size
+            ):
                 for _ in range(self.gradient_steps):
                     _add(window, loop.update(storage.sample(self.batch_size)))
             if state["env_steps"] >= state["next_log"]:
