@@ -298,8 +298,9 @@ def _add_rl(subparsers) -> None:
         json_help="print the summary as JSON",
         presets=(
             "latent-q",
-            "debug: a tiny run in seconds; latentvi/PixelChain-v0 gets action repeat 1 in any "
-            "preset",
+            "debug: a tiny run in seconds; sb3: Stable-Baselines3 at rl-zoo's settings (SAC as "
+            "for Pendulum-v1, CartPole-v1's DQN; --variant state); latentvi/PixelChain-v0 gets "
+            "action repeat 1 in any preset",
         ),
         help="Q-learning on a VAE latent of pixel observations (and its baselines)",
         description="Train double DQN (discrete actions) or SAC (continuous) on the true state, on "

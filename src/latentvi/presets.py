@@ -60,6 +60,39 @@ _LATENT_Q_DEBUG = {
     "target_update_every": 50,
 }
 
+# Stable-Baselines3 at rl-zoo's settings (issue 24; BENCHMARKS.md). SAC, rl-zoo's Pendulum-v1: SB3's
+# defaults with lr 1e-3 (one update of 256 per environment step after 100 random steps, τ 0.005,
+# α learned from 1 towards −|A|, no LayerNorm, no action repeat).
+_LATENT_Q_SB3 = {
+    "action_repeat": 1,
+    "update_every": 1,
+    "gradient_steps": 1,
+    "buffer_size": 1_000_000,
+    "learning_starts": 100,
+    "batch_size": 256,
+    "lr": 1e-3,
+    "tau": 0.005,
+    "discount": 0.99,
+    "init_temperature": 1.0,
+    "hidden": (256, 256),
+    "critic_norm": "none",
+}
+# DQN, rl-zoo's CartPole-v1: 128 updates of 64 every 256 steps after 1000 random ones; SB3 copies
+# the target every 10 environment steps, i.e. once between two rounds: every 128 updates here.
+_LATENT_Q_SB3_CARTPOLE = {
+    "steps": 50_000,
+    "buffer_size": 100_000,
+    "learning_starts": 1000,
+    "update_every": 256,
+    "gradient_steps": 128,
+    "batch_size": 64,
+    "lr": 2.3e-3,
+    "target_update_every": 128,
+    "epsilon_start": 1.0,
+    "epsilon_end": 0.04,
+    "epsilon_decay_steps": 8000,  # exploration_fraction 0.16 of 5e4 steps
+}
+
 # The class defaults of the world-model configs are the papers' sizes; `paper` adds only the
 # papers' run settings.
 _WORLD_MODEL_DEBUG = {
@@ -238,8 +271,9 @@ _VAE_BURDA = {
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # latentvi train vae: DataConfig, VAEConfig and TrainConfig
     "vae": {"default": {}, "burda": _VAE_BURDA},
-    # latentvi rl latent-q: RunConfig and LatentQConfig ("debug": a tiny run in seconds)
-    "latent-q": {"default": {}, "debug": _LATENT_Q_DEBUG},
+    # latentvi rl latent-q: RunConfig and LatentQConfig ("debug": a tiny run in seconds; "sb3":
+    # Stable-Baselines3 at rl-zoo's settings, for the state variant)
+    "latent-q": {"default": {}, "debug": _LATENT_Q_DEBUG, "sb3": _LATENT_Q_SB3},
     # latentvi world-model train --agent planet|dreamer|slac: WorldModelRunConfig, RSSMConfig,
     # ModelTrainingConfig and the agents' configs
     "world-model": {
@@ -264,6 +298,7 @@ ENV_PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         # The chain's action moves right in one cell and left in the next: with two steps per
         # action no policy reaches the end. One step per action, whatever the preset.
         "latentvi/PixelChain-v0": {ANY: {"action_repeat": 1}},
+        "CartPole-v1": {"sb3": _LATENT_Q_SB3_CARTPOLE},
     },
     "world-model": {
         # SOLAR's 2-D navigation (issue 21): one action per step of its 50-step episodes; default

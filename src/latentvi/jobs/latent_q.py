@@ -75,7 +75,12 @@ class RunConfig(EnvRunConfig):
     frame_stack: int = option(3, "frames per pixel observation (1 for states)")
     buffer_size: int = option(100_000, "replay buffer capacity (frames / transitions)")
     learning_starts: int = option(1000, "environment steps of uniform random actions first")
-    update_every: int = option(2, "agent steps between updates (one batch each)")
+    update_every: int = option(2, "agent steps between rounds of updates")
+    gradient_steps: int = option(
+        1,
+        "updates per round, each on a fresh batch (Stable-Baselines3's gradient_steps per "
+        "train_freq; rl-zoo's CartPole DQN: 128 every 256 steps)",
+    )
     prior_data: str | None = option(
         None,
         "vae-pretrained: observations file (.safetensors) to pretrain on; written there first, "
@@ -87,7 +92,10 @@ class RunConfig(EnvRunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("frame_stack", "buffer_size", "update_every", "prior_steps", "log_every"):
+        for name in (
+            "frame_stack", "buffer_size", "update_every", "gradient_steps", "prior_steps",
+            "log_every",
+        ):  # fmt: skip
             require_int(getattr(self, name), name, 1, "use a positive integer")
         require(self.learning_starts >= 0, "learning_starts", self.learning_starts, "use >= 0")
         require(self.pretrain_updates >= 0, "pretrain_updates", self.pretrain_updates, "use >= 0")
@@ -225,6 +233,7 @@ def run_latent_q(
     schedule = StepSchedule(
         learning_starts=run.learning_starts,
         update_every=run.update_every,
+        gradient_steps=run.gradient_steps,
         batch_size=agent_config.batch_size,
         log_every=run.log_every,
         explore=functools.partial(_explore, agent_config),

@@ -13,7 +13,8 @@ Storage (``holds_run(out)``, ``open(env, out, seed)``, ``checkpoint_state()``,
 Schedules (``initial_state()``, ``train(loop)``, ``play(loop, env, seed) -> return | None``):
 
 - :class:`StepSchedule` (latent-Q): agent steps inside episodes; uniform random actions for the
-  first ``learning_starts`` environment steps; an update every ``update_every`` agent steps;
+  first ``learning_starts`` environment steps; ``gradient_steps`` updates (a fresh batch each)
+  every ``update_every`` agent steps (Stable-Baselines3's ``gradient_steps`` per ``train_freq``);
   training means logged every ``log_every`` environment steps; periodic checkpoints at the end of
   the first episode after each ``checkpoint_every`` steps, so a run resumed from one is identical,
   on CPU, to one that never stopped (a checkpoint taken on a stop request may fall inside an
@@ -213,15 +214,16 @@ def _add(window: dict[str, list[float]], values: dict) -> None:
 
 @dataclasses.dataclass
 class StepSchedule:
-    """Updates every ``update_every`` agent steps (module docstring). ``explore(agent, obs,
-    agent_steps)`` picks a training action after ``learning_starts`` (default: ``agent.act(obs,
-    explore=True)``)."""
+    """``gradient_steps`` updates every ``update_every`` agent steps (module docstring).
+    ``explore(agent, obs, agent_steps)`` picks a training action after ``learning_starts``
+    (default: ``agent.act(obs, explore=True)``)."""
 
     learning_starts: int
     update_every: int
     batch_size: int
     log_every: int
     explore: Callable[[Any, Any, int], Any] = _explore
+    gradient_steps: int = 1
 
     def initial_state(self) -> dict[str, Any]:
         return {"agent_steps": 0}
@@ -256,9 +258,15 @@ class StepSchedule:
                 done = True
                 state["episodes"] += 1
                 _add(window, {"train/episode_return": state["episode_return"]})
-            ready = state["env_steps"] >= self.learning_starts and len(storage) >= self.batch_size
-            if ready and state["agent_steps"] % self.update_every == 0:
-                _add(window, loop.update(storage.sample(self.batch_size)))
+            due = state["agent_steps"] % self.update_every == 0
+            # len(storage) scans the buffer (O(its size)): only asked when a round is due
+            if (
+                due
+                and state["env_steps"] >= self.learning_starts
+                and len(storage) >= self.batch_size
+            ):
+                for _ in range(self.gradient_steps):
+                    _add(window, loop.update(storage.sample(self.batch_size)))
             if state["env_steps"] >= state["next_log"]:
                 row = {k: sum(v) / len(v) for k, v in window.items()}
                 row["perf/env_steps_per_second"] = state["env_steps"] / max(loop.elapsed(), 1e-9)
