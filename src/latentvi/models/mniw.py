@@ -91,6 +91,10 @@ def transition_stats(
 
 
 def _spd(name: str, value: Tensor, size: int) -> Tensor:
+    if value.is_meta:  # shapes only (memory estimates build networks on the meta device)
+        if value.shape != (size, size):
+            raise ValueError(f"{name} must be a [{size}, {size}] matrix, got {tuple(value.shape)}")
+        return value
     if value.shape != (size, size) or not torch.isfinite(value).all():
         raise ValueError(
             f"{name} must be a finite [{size}, {size}] matrix, got {tuple(value.shape)}"
