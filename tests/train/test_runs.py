@@ -101,3 +101,16 @@ def test_space_info_describes_boxes_compactly(tmp_path):
     assert torque["low"] == [-2.0, -1.0] and torque["high"] == [2.0, 1.0]
     assert space_info(gym.spaces.Discrete(3)) == {"n": 3}
     assert json.loads(json.dumps(frames)) == frames
+
+
+def test_a_run_saved_before_an_option_was_added_resumes_at_its_default(tmp_path):
+    """An option added to the library after a run was saved (here ``seed``, absent from the
+    run.json) is what that run did at its default: the resume goes on; any other value is refused."""
+    folder = _with_checkpoint(tmp_path / "run")
+    record = json.loads((folder / RUN_FILE).read_text())
+    del record["configs"]["run"]["seed"]
+    (folder / RUN_FILE).write_text(json.dumps(record))
+    fixed = {"kind": "vae", "fixed": ("model", "run")}
+    check_run_folder(folder, True, configs={"model": Model(), "run": Schedule()}, **fixed)
+    with pytest.raises(ValueError, match=r"run: seed = 1 \(the run has 0\)"):
+        check_run_folder(folder, True, configs={"model": Model(), "run": Schedule(seed=1)}, **fixed)

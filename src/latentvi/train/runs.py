@@ -227,6 +227,17 @@ def _legacy(path: Path) -> Run | None:
     return None
 
 
+def _defaults(config: Any) -> dict[str, Any]:
+    """The JSON of ``config``'s default values (a dataclass config with all-default fields), else
+    {}: an option added to the library after a run was saved is what that run did at its default."""
+    if not (dataclasses.is_dataclass(config) and not isinstance(config, type)):
+        return {}
+    try:
+        return to_dict(type(config)())
+    except (TypeError, ValueError):
+        return {}
+
+
 def _differences(recorded: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
     keys = sorted(set(recorded) | set(given))
     return [
@@ -308,7 +319,7 @@ def check_run_folder(
     problems = []
     for name in fixed:
         given = _as_json((configs or {})[name])
-        recorded = run.configs.get(name, {})
+        recorded = {**_defaults((configs or {})[name]), **run.configs.get(name, {})}
         skip = ignore.get(name, set())
         given = {k: v for k, v in given.items() if k not in skip}
         recorded = {k: v for k, v in recorded.items() if k not in skip}
