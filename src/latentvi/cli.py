@@ -387,8 +387,7 @@ def _e2c_parser() -> CommandParser:
     parser.add_argument(
         "--env",
         default="Pendulum-v1",
-        help="Pendulum-v1 (E2C sets the pendulum's state to collect its data) or "
-        "latentvi/PointNav-v0 (random episodes from its fixed start; latentvi.jobs.e2c_nav)",
+        help="Pendulum-v1 (its state is set to collect data) or latentvi/PointNav-v0 (e2c_nav)",
     )
     parser.add_argument("--out", default=None, help="run folder (required)")
     return with_options(
@@ -426,8 +425,7 @@ def _run_rssm_agent(arguments: argparse.Namespace) -> dict:
 
 
 def _run_e2c_agent(arguments: argparse.Namespace) -> dict:
-    """E2C (Watter et al. 2015) on its pixel pendulum (:func:`latentvi.jobs.e2c.run_e2c`) or on
-    2-D navigation (:func:`latentvi.jobs.e2c_nav.run_e2c_nav`)."""
+    """E2C (Watter et al. 2015) on its pixel pendulum or on 2-D navigation (``e2c_nav``)."""
     if arguments.env not in ("Pendulum-v1", NAVIGATION_ID):
         raise ValueError(
             f"env = {arguments.env!r} is invalid: --agent e2c runs on Pendulum-v1 (it sets the "
