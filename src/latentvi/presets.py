@@ -304,7 +304,8 @@ ENV_PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         # SOLAR's 2-D navigation (issue 21): one action per step of its 50-step episodes; default
         # is CPU-sized (32×32 frames, small networks, short plans: ~5 min per 5k steps on a core)
         "latentvi/PointNav-v0": {
-            ANY: {"action_repeat": 1},
+            # SOLAR's TVLG policy spans one 50-step episode (its 100-step default is Pendulum's)
+            ANY: {"action_repeat": 1, "horizon": 50},
             "default": {
                 "image_size": 32,
                 "steps": 5000,
