@@ -234,12 +234,16 @@ def train_model(
     out: Path,
     preset: str | None = None,
     resume: bool = False,
+    *,
+    obs_shape: tuple[int, ...] | None = None,
+    action_dim: int = 1,
 ) -> tuple[E2C, float]:
     """Train E2C on ``data`` with :func:`latentvi.train.fit` (``resume``: on from the latest
     checkpoint in ``out``); returns (model, seconds). The run folder's ``config.json`` gets both
-    configs and the name of the ``preset`` they came from."""
+    configs and the name of the ``preset`` they came from. ``obs_shape``/``action_dim``: the
+    pendulum's (two stacked frames, one torque) unless given (e.g. :mod:`latentvi.jobs.e2c_nav`)."""
     size = run.image_size
-    model = E2C((2, size, size), 1, model_config)
+    model = E2C(obs_shape or (2, size, size), action_dim, model_config)
     n = data["x"].shape[0]
     per_epoch = max(1, n // run.batch_size)
 
@@ -250,14 +254,9 @@ def train_model(
             yield data["x"][index], data["u"][index], data["x_next"][index]
 
     train = TrainConfig(
-        max_steps=run.steps,
-        lr=run.lr,
-        seed=run.seed,
-        log_every=max(1, min(200, run.steps)),
-        progress=run.progress,
-        tensorboard=False,
-        out=str(out),
-    )
+        max_steps=run.steps, lr=run.lr, seed=run.seed, log_every=max(1, min(200, run.steps)),
+        progress=run.progress, tensorboard=False, out=str(out),
+    )  # fmt: skip
     started = time.perf_counter()
     extra = {"model": to_dict(model_config), "run": to_dict(run), "preset": preset}
     fit(model, batches, per_epoch, train, extra_config=extra, resume=resume)

@@ -40,10 +40,9 @@ from latentvi.config import require, to_dict
 from latentvi.control.lqr import MPC, jacobians
 from latentvi.envs.navigation import ENV_ID, MAX_EPISODE_STEPS
 from latentvi.envs.pixels import make_env
-from latentvi.jobs.e2c import RESUMABLE_RUN_FIELDS, E2CRunConfig
+from latentvi.jobs.e2c import RESUMABLE_RUN_FIELDS, E2CRunConfig, train_model
 from latentvi.models.e2c import E2C, E2CConfig
 from latentvi.presets import DEFAULT_PRESET, resolve
-from latentvi.train import TrainConfig, fit
 from latentvi.train.checkpoint import load_checkpoint
 from latentvi.train.env_loop import evaluation_returns
 from latentvi.train.lock import run_lock
@@ -89,26 +88,6 @@ def collect_episodes(run: E2CRunConfig, seed: int) -> dict[str, torch.Tensor]:
         "u": torch.from_numpy(np.stack(us)),
         "x_next": _to_input(np.stack(nexts)),
     }
-
-
-def _train(data, run: E2CRunConfig, model_config: E2CConfig, out: Path, preset, resume) -> E2C:
-    model = E2C((1, run.image_size, run.image_size), ACTION_DIM, model_config)
-    n = data["x"].shape[0]
-    per_epoch = max(1, n // run.batch_size)
-
-    def batches(epoch: int, generator: torch.Generator):
-        order = torch.randperm(n, generator=generator)
-        for i in range(per_epoch):
-            index = order[i * run.batch_size : (i + 1) * run.batch_size]
-            yield data["x"][index], data["u"][index], data["x_next"][index]
-
-    train = TrainConfig(
-        max_steps=run.steps, lr=run.lr, seed=run.seed, log_every=max(1, min(200, run.steps)),
-        progress=run.progress, tensorboard=False, out=str(out),
-    )  # fmt: skip
-    extra = {"model": to_dict(model_config), "run": to_dict(run), "preset": preset}
-    fit(model, batches, per_epoch, train, extra_config=extra, resume=resume)
-    return model.eval()
 
 
 @torch.no_grad()
@@ -189,7 +168,17 @@ def _run(run: E2CRunConfig, out: Path, model_config, preset, resume: bool) -> di
     started = time.perf_counter()
     data = collect_episodes(run, mixed_seed(run.seed, 1))
     collected = time.perf_counter()
-    model = _train(data, run, model_config, out, preset, resume)
+    size = run.image_size
+    model, _ = train_model(
+        data,
+        run,
+        model_config,
+        out,
+        preset,
+        resume,
+        obs_shape=(1, size, size),
+        action_dim=ACTION_DIM,
+    )
     trained = time.perf_counter()
     result = control(model, run, mixed_seed(run.seed, CONTROL_SEED))
     with torch.no_grad():

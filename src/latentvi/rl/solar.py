@@ -53,7 +53,7 @@ from latentvi.models.mniw import MNIW
 from latentvi.models.rssm import RSSMConfig
 from latentvi.nn import MLP, ConvDecoder, ConvEncoder
 from latentvi.optim_step import optimizer_step
-from latentvi.rl.world_model_agent import ModelTrainingConfig
+from latentvi.rl.world_model_agent import AgentModule, ModelTrainingConfig
 
 __all__ = ["SolarAgent", "SolarConfig"]
 
@@ -116,7 +116,7 @@ def _psd(matrix: Tensor, floor: float) -> Tensor:
     return vectors @ torch.diag(values.clamp_min(floor)) @ vectors.T
 
 
-class SolarAgent(nn.Module):
+class SolarAgent(AgentModule):
     """SOLAR (module docstring) for frames of ``obs_shape`` (``[C, H, W]`` uint8 pixels or a
     float vector ``[D]``) and actions of ``action_dim``; acts and learns in the run protocol of
     :class:`latentvi.train.env_loop.EnvLoop` (``act``, ``reset``, ``update``)."""
@@ -345,17 +345,6 @@ class SolarAgent(nn.Module):
                 getattr(self, f"local_{field}").copy_(tensor)
             self.iterations += 1
         return {"solar/eta": result.eta, "solar/kl_per_step": result.kl}
-
-    def optimizer_state(self) -> dict:
-        return {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()}
-
-    def load_optimizer_state(self, state: Mapping) -> None:
-        for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state[name])
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     # --- acting ---------------------------------------------------------------------------------
     def reset(self) -> None:

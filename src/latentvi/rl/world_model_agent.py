@@ -65,7 +65,25 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
             parameter.requires_grad_(True)
 
 
-class WorldModelAgent(nn.Module):
+class AgentModule(nn.Module):
+    """An agent's network with its named optimizers (``self.optimizers``, set by the subclass):
+    their state for checkpoints, and the device it lives on."""
+
+    optimizers: dict[str, torch.optim.Optimizer]
+
+    def optimizer_state(self) -> dict:
+        return {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()}
+
+    def load_optimizer_state(self, state: Mapping) -> None:
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state[name])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+class WorldModelAgent(AgentModule):
     """A world model, its optimizer, and a filter for acting (see the module docstring).
 
     Args:
@@ -115,17 +133,6 @@ class WorldModelAgent(nn.Module):
     def learn_behaviour(self, posterior: State) -> dict[str, float]:
         """Learn from posterior states ``[L, B]`` (detached); PlaNet has nothing to learn."""
         return {}
-
-    def optimizer_state(self) -> dict:
-        return {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()}
-
-    def load_optimizer_state(self, state: Mapping) -> None:
-        for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state[name])
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     # --- acting ----------------------------------------------------------------------------------
     def reset(self) -> None:
