@@ -40,6 +40,7 @@ from bench_vae_speed import (
     idiomatic_epoch,
     matmul_rate,
     pyro_epoch,
+    race,
 )
 from latentvi.data import Batches, load_dataset
 from latentvi.models.vae import VAE, VAEConfig
@@ -93,19 +94,6 @@ def matmul_floor(batch_size: int, repeats: int = 300) -> float:
         step()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
-
-
-def race(contenders: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
-    for run in contenders.values():
-        run()
-    times = {clock: {name: [] for name in contenders} for clock in ("wall", "cpu")}
-    for _ in range(repeats):
-        for name, run in contenders.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            run()
-            times["cpu"][name].append(time.process_time() - cpu)
-            times["wall"][name].append(time.perf_counter() - wall)
-    return times
 
 
 def main(argv=None) -> dict:

@@ -5,7 +5,6 @@ it."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -16,13 +15,12 @@ from latentvi import cli
 from latentvi.cli_options import error_report
 from latentvi.rl.latent_q import LatentQAgent
 from latentvi.train.checkpoint import find_latest, load_checkpoint
-from latentvi.train.env_loop import EnvLoop, RunRecord
-from latentvi.train.env_schedules import ReplayStorage, StepSchedule
 from latentvi.train.errors import TrainingDivergedError
 from latentvi.train.step import EXPLOSION_FACTOR, WARMUP_STEPS, WEIGHT_LIMIT, MetricGuard
 from latentvi.train.storage import read_tensors
 
-from .test_env_loop import RUN, SignAgent, Walk
+from .test_env_loop import SignAgent
+from .test_env_loop import _train as train_toy_agent
 from .test_faults import snapshot
 
 
@@ -44,16 +42,7 @@ class BlowUp(SignAgent):
 
 
 def _train(out, make_agent, steps=200, resume=False):
-    run = dataclasses.replace(RUN, out=str(out), steps=steps)
-    schedule = StepSchedule(learning_starts=20, update_every=2, batch_size=8, log_every=25)
-    with EnvLoop(run, make_env=Walk, make_agent=lambda env: make_agent(),
-                 storage=ReplayStorage(capacity=500, stack=1), schedule=schedule,
-                 describe=lambda env: {"run": dataclasses.asdict(run)},
-                 record=lambda env: RunRecord("world-model", {"run": run}, fixed=("run",),
-                                              ignore={"run": ("steps",)},
-                                              info={"agent": "sign"}),
-                 resume=resume) as loop:  # fmt: skip
-        return loop.train()
+    return train_toy_agent(out, steps=steps, resume=resume, make_agent=make_agent)
 
 
 def _kept_is_finite_and_loads(out) -> str:

@@ -75,10 +75,10 @@ RUN = EnvRunConfig(env="walk", steps=200, eval_every=50, eval_episodes=2, checkp
                    keep_checkpoints=5, progress=False, tensorboard=False)  # fmt: skip
 
 
-def _train(out, steps=200, resume=False, signal_at_update=None):
+def _train(out, steps=200, resume=False, signal_at_update=None, make_agent=None):
     run = dataclasses.replace(RUN, out=str(out), steps=steps)
     schedule = StepSchedule(learning_starts=20, update_every=2, batch_size=8, log_every=25)
-    with EnvLoop(run, make_env=Walk, make_agent=lambda env: SignAgent(),
+    with EnvLoop(run, make_env=Walk, make_agent=lambda env: (make_agent or SignAgent)(),
                  storage=ReplayStorage(capacity=500, stack=1), schedule=schedule,
                  describe=lambda env: {"run": dataclasses.asdict(run)},
                  # run.json: recorded like a world-model agent's run, under the agent's own name
